@@ -1,0 +1,40 @@
+# hyperloss: `make test` (environment, build, lint, all tests) and `make bench` (the benchmark on this device).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.deps-installed
+EXT_SOURCES := $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h csrc/torch/*.cpp csrc/include/hyperloss/*.h) setup.py
+
+.PHONY: test bench build lint pytest ctest clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet torch==2.13.0 triton pytest hypothesis pytest-benchmark ninja pybind11 ruff matplotlib numpy
+	touch $@
+
+# The extension is built against the venv's torch (no build isolation: that would fetch a second torch).
+build: $(STAMP) hyperloss/.build-stamp
+hyperloss/.build-stamp: $(EXT_SOURCES) $(STAMP)
+	$(PIP) install --quiet --no-build-isolation -e .
+	touch $@
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check hyperloss tests bench
+	$(VENV)/bin/ruff format --check hyperloss tests bench
+
+pytest: build
+	$(PY) -m pytest -q tests bench
+
+ctest:
+	cmake -S . -B build-cmake -G Ninja -DCMAKE_BUILD_TYPE=Release > /dev/null
+	cmake --build build-cmake
+	cd build-cmake && ctest --output-on-failure
+
+test: build lint ctest pytest
+
+bench: build
+	$(PY) -m hyperloss.bench
+
+clean:
+	rm -rf build build-cmake hyperloss/_C*.so hyperloss/.build-stamp *.egg-info

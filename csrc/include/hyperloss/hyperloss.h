@@ -1,0 +1,59 @@
+/* hyperloss C API: alignment and uniformity losses (Wang & Isola, ICML 2020) without an N x N matrix.
+ *
+ * The core knows no framework types: plain pointers, sizes, element strides, a dtype enum and status codes.
+ * The torch extension and any other binding call through these functions.
+ *
+ * Uniformity works on a pair set P over rows of A (n_a x d) and optionally B (n_b x d):
+ *   P = {(i, j) : i < j in A}  (when intra_batch)   union   {(i, k) : i in A, k in B}  (when B is given)
+ *   s_p  = -t * ||a_i - b_k||^2                     (or a_j for the intra pairs)
+ *   lse  = log sum_{p in P} exp(s_p)                 (the loss is lse - log |P|)
+ *   grad_a = d lse / d A,  grad_b = d lse / d B      (written only when the pointers are non-null)
+ * Alignment: loss = mean_i ||x_i - y_i||^alpha, grad_x = d loss / d x (grad_y = -grad_x).
+ */
+#ifndef HYPERLOSS_H_
+#define HYPERLOSS_H_
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { HL_FLOAT32 = 0, HL_FLOAT64 = 1 } hl_dtype;
+
+typedef enum {
+  HL_OK = 0,
+  HL_ERR_INVALID_ARGUMENT = 1,
+  HL_ERR_OUT_OF_MEMORY = 2,
+  HL_ERR_UNSUPPORTED = 3,
+} hl_status;
+
+/* A read-only row-major-or-strided matrix view: element (r, c) is at data[r * row_stride + c * col_stride]. */
+typedef struct {
+  const void* data;
+  int64_t rows;
+  int64_t cols;
+  int64_t row_stride;
+  int64_t col_stride;
+} hl_matrix;
+
+/* Uniformity log-sum-exp and its gradient on the CPU.
+ * a: required. b: data == NULL means no cross pairs. grad_a / grad_b: contiguous rows x cols outputs of the
+ * same dtype, each NULL when not wanted (both NULL skips the gradient work). lse_out: one double. num_threads: OpenMP threads, 0 for the
+ * OpenMP default. Any non-finite input element makes the result (and gradients) NaN. */
+hl_status hl_uniform_lse_cpu(hl_dtype dtype, hl_matrix a, hl_matrix b, double t, int intra_batch, int num_threads,
+                             double* lse_out, void* grad_a, void* grad_b);
+
+/* Alignment loss and the gradient with respect to x on the CPU. grad_x may be NULL. Where x_i == y_i the
+ * gradient of that row is zero (the subgradient torch's norm uses), for every alpha. */
+hl_status hl_align_cpu(hl_dtype dtype, hl_matrix x, hl_matrix y, double alpha, int num_threads, double* loss_out,
+                       void* grad_x);
+
+/* A static, human-readable message for a status code. */
+const char* hl_status_string(hl_status status);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* HYPERLOSS_H_ */

@@ -1,0 +1,82 @@
+// Thin torch binding over the C API: checks, dtype conversion, output allocation. All math lives in csrc/cpu.
+// Ops (schemas below) are registered with TORCH_LIBRARY; their fake and autograd registrations are in
+// hyperloss/cpu.py, so torch.compile can trace them.
+#include <Python.h>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "hyperloss/hyperloss.h"
+
+namespace {
+
+// Computation happens in float64 for float64 inputs and in float32 for every other float dtype.
+at::Tensor to_compute_dtype(const at::Tensor& t) {
+  TORCH_CHECK(t.dim() == 2, "hyperloss: expected a 2-D tensor, got ", t.dim(), "-D");
+  TORCH_CHECK(t.device().is_cpu(), "hyperloss: the native CPU kernels take CPU tensors, got ", t.device());
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "hyperloss: expected a floating-point tensor, got ",
+              t.scalar_type());
+  return t.scalar_type() == at::kDouble ? t : t.to(at::kFloat);
+}
+
+hl_dtype dtype_of(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? HL_FLOAT64 : HL_FLOAT32; }
+
+hl_matrix view_of(const at::Tensor& t) { return {t.data_ptr(), t.size(0), t.size(1), t.stride(0), t.stride(1)}; }
+
+void check(hl_status status) { TORCH_CHECK(status == HL_OK, "hyperloss: ", hl_status_string(status)); }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> uniform_lse(const at::Tensor& x, const std::optional<at::Tensor>& queue,
+                                                           double t, bool intra_batch, bool grad_x, bool grad_queue) {
+  const at::Tensor xc = to_compute_dtype(x);
+  at::Tensor qc;
+  hl_matrix qv{nullptr, 0, xc.size(1), 0, 0};
+  if (queue.has_value()) {
+    qc = to_compute_dtype(*queue);
+    TORCH_CHECK(qc.scalar_type() == xc.scalar_type() && qc.size(1) == xc.size(1),
+                "hyperloss: queue must match x in dtype and feature size");
+    qv = view_of(qc);
+  }
+  const auto options = xc.options();
+  at::Tensor gx = grad_x ? at::empty({xc.size(0), xc.size(1)}, options) : at::empty({0}, options);
+  at::Tensor gq = grad_queue && queue.has_value() ? at::empty({qc.size(0), qc.size(1)}, options)
+                                                  : at::empty({0}, options);
+  double lse = 0;
+  check(hl_uniform_lse_cpu(dtype_of(xc), view_of(xc), qv, t, intra_batch, at::get_num_threads(), &lse,
+                           gx.numel() ? gx.data_ptr() : nullptr, gq.numel() ? gq.data_ptr() : nullptr));
+  return {at::scalar_tensor(lse, options), gx, gq};
+}
+
+std::tuple<at::Tensor, at::Tensor> align(const at::Tensor& x, const at::Tensor& y, double alpha, bool grad_x) {
+  const at::Tensor xc = to_compute_dtype(x), yc = to_compute_dtype(y);
+  TORCH_CHECK(xc.sizes() == yc.sizes() && xc.scalar_type() == yc.scalar_type(),
+              "hyperloss: x and y must have the same shape and dtype");
+  const auto options = xc.options();
+  at::Tensor gx = grad_x ? at::empty({xc.size(0), xc.size(1)}, options) : at::empty({0}, options);
+  double loss = 0;
+  check(hl_align_cpu(dtype_of(xc), view_of(xc), view_of(yc), alpha, at::get_num_threads(), &loss,
+                     grad_x ? gx.data_ptr() : nullptr));
+  return {at::scalar_tensor(loss, options), gx};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(hyperloss, m) {
+  m.def("uniform_lse(Tensor x, Tensor? queue, float t, bool intra_batch, bool grad_x, bool grad_queue) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("align(Tensor x, Tensor y, float alpha, bool grad_x) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(hyperloss, CPU, m) {
+  m.impl("uniform_lse", &uniform_lse);
+  m.impl("align", &align);
+}
+
+// `import hyperloss._C` loads this library (running the registrations above); the module itself is empty.
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "hyperloss native ops (torch.ops.hyperloss)", -1,
+                                   nullptr};
+  return PyModule_Create(&module_def);
+}

@@ -1,0 +1,27 @@
+"""hyperloss: the alignment and uniformity losses of Wang & Isola (ICML 2020) without an N x N matrix.
+
+Drop-in for the paper's two functions (same names, arguments and values), with fused kernels for the CPU
+(C++/OpenMP) and the GPU (Triton), and a pure-PyTorch fallback:
+
+    import hyperloss
+    loss = hyperloss.align_loss(x, y, alpha=2) + hyperloss.uniform_loss(x, t=2)
+
+``hyperloss.backends()`` lists the backends, whether they can run here, and why not.
+"""
+
+from . import reference
+from ._dispatch import BackendStatus, backends
+from .functional import align_loss, uniform_loss
+from .modules import AlignLoss, AlignUniformLoss, UniformLoss
+
+__all__ = [
+    "AlignLoss",
+    "AlignUniformLoss",
+    "BackendStatus",
+    "UniformLoss",
+    "align_loss",
+    "backends",
+    "reference",
+    "uniform_loss",
+]
+__version__ = "0.1.0"

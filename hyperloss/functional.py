@@ -1,0 +1,120 @@
+"""The public losses: input checks, backend choice, and the autograd glue every backend shares.
+
+Each backend computes the loss and, in the same call, its analytic gradient when one is needed; the backward
+pass only scales that gradient by the incoming one. Second derivatives are not supported and raise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _dispatch
+from ._common import log_num_pairs
+from ._validation import check_features, check_positive, check_same_kind
+
+_SECOND_DERIVATIVE = (
+    "hyperloss computes analytic first derivatives only; second derivatives (create_graph=True through "
+    "align_loss/uniform_loss) are not supported. Use hyperloss.reference.dense_uniform_loss / "
+    "dense_align_loss for higher-order gradients on small inputs."
+)
+
+
+def _scale(grad_output: torch.Tensor, grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    if grad is None:
+        return None
+    if torch.is_grad_enabled():  # backward(create_graph=True): the saved gradient has no graph of its own
+        raise RuntimeError(_SECOND_DERIVATIVE)
+    return (grad_output * grad).to(like.dtype)
+
+
+class _UniformLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, queue, t, intra_batch, backend):
+        grad_x = ctx.needs_input_grad[0]
+        grad_queue = queue is not None and ctx.needs_input_grad[1]
+        lse, gx, gq = _dispatch.primitive(backend, "uniform_lse")(x, queue, t, intra_batch, grad_x, grad_queue)
+        ctx.save_for_backward(x, queue, gx, gq)
+        k = 0 if queue is None else queue.shape[0]
+        return lse - log_num_pairs(x.shape[0], k, intra_batch)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, queue, gx, gq = ctx.saved_tensors
+        return _scale(grad_output, gx, x), _scale(grad_output, gq, queue), None, None, None
+
+
+class _AlignLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, y, alpha, backend):
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        loss, gx = _dispatch.primitive(backend, "align")(x, y, alpha, need_grad)
+        ctx.save_for_backward(x, gx)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, gx = ctx.saved_tensors
+        grad_x = _scale(grad_output, gx, x)  # y has x's dtype; its gradient is the opposite
+        return (grad_x if ctx.needs_input_grad[0] else None), (-grad_x if ctx.needs_input_grad[1] else None), None, None
+
+
+def align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0, *, backend: str = "auto") -> torch.Tensor:
+    """Alignment loss of Wang & Isola (2020): ``mean_i ||x_i - y_i||_2 ** alpha``.
+
+    Args:
+        x, y: positive-pair features, shape (N, D), same dtype and device; any float dtype (float16 and bfloat16
+            are computed in float32). Rows are usually L2-normalized.
+        alpha: exponent > 0 (the paper uses 2).
+        backend: "auto" (the best kernel for the device; the environment variable HYPERLOSS_BACKEND overrides it),
+            or one of ``hyperloss.backends()``.
+
+    Returns:
+        A 0-dim tensor: float64 for float64 inputs, float32 otherwise. Equal rows get a zero gradient for every
+        alpha (no square root is taken).
+    """
+    check_features("x", x)
+    check_features("y", y)
+    check_same_kind("y", y, x)
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    alpha = check_positive("alpha", alpha)
+    name = _dispatch.resolve(backend, x.device)
+    return _AlignLoss.apply(x, y, alpha, name)
+
+
+def uniform_loss(
+    x: torch.Tensor,
+    t: float = 2.0,
+    *,
+    queue: torch.Tensor | None = None,
+    intra_batch: bool = True,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Uniformity loss of Wang & Isola (2020): ``log mean_{pairs} exp(-t ||u - v||_2^2)``, without an N x N matrix.
+
+    Args:
+        x: features, shape (N, D); any float dtype (float16 and bfloat16 are computed in float32).
+        t: temperature > 0 (the paper uses 2).
+        queue: optional (K, D) features, e.g. a MoCo memory bank, same dtype and device as x; it may or may not
+            require grad. With a queue the pairs are every (x_i, queue_k).
+        intra_batch: include the pairs x_i, x_j with i < j (always true without a queue).
+        backend: "auto" (HYPERLOSS_BACKEND overrides it) or one of ``hyperloss.backends()``.
+
+    Returns:
+        A 0-dim tensor (float64 for float64 inputs, float32 otherwise). Equal to the paper's
+        ``torch.pdist(x).pow(2).mul(-t).exp().mean().log()`` where that is finite, and the exact finite
+        log-mean-exp where the paper's code underflows to -inf. NaN if any input element is NaN or infinite.
+    """
+    if not isinstance(intra_batch, bool):
+        raise TypeError(f"intra_batch must be a bool, got {type(intra_batch).__name__}")
+    if queue is None and not intra_batch:
+        raise ValueError("intra_batch=False leaves no pairs without a queue")
+    check_features("x", x, min_rows=2 if queue is None else 1)
+    if queue is not None:
+        check_features("queue", queue)
+        check_same_kind("queue", queue, x)
+        if queue.shape[1] != x.shape[1]:
+            raise ValueError(f"queue has {queue.shape[1]} features per row but x has {x.shape[1]}")
+    t = check_positive("t", t)
+    name = _dispatch.resolve(backend, x.device)
+    return _UniformLoss.apply(x, queue, t, intra_batch, name)
