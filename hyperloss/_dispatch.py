@@ -11,8 +11,8 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import NamedTuple
 
 import torch
@@ -25,7 +25,7 @@ class _Backend:
     device_types: tuple[str, ...]  # device types it runs on ("*" for any)
     description: str
 
-    def load(self):
+    def load(self) -> ModuleType:
         return importlib.import_module(f"hyperloss.{self.module}")
 
 
@@ -103,15 +103,25 @@ def _resolve(requested: str, device_type: str) -> str:
     return requested
 
 
-def resolve(backend: str, device: torch.device) -> str:
-    """The backend to use for ``backend`` ("auto" or a name) on ``device``; HYPERLOSS_BACKEND overrides "auto"."""
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+# Modules of the backends resolved so far. Filled outside any torch.compile trace (see resolve), so a traced
+# forward only reads a dict and never imports.
+LOADED: dict[str, ModuleType] = {}
+
+
+@torch.compiler.assume_constant_result
+def _resolve_and_load(backend: str, device_type: str) -> str:
     if backend == "auto":
         backend = os.environ.get("HYPERLOSS_BACKEND", "auto") or "auto"
-    return _resolve(backend, device.type)
+    name = _resolve(backend, device_type)
+    LOADED[name] = _BACKENDS[name].load()
+    return name
 
 
-def primitive(name: str, op: str) -> Callable:
-    """The function ``op`` ("uniform_lse" or "align") of backend ``name``."""
-    return getattr(_BACKENDS[name].load(), op)
+def resolve(backend: str, device: torch.device) -> str:
+    """The backend to use for ``backend`` ("auto" or a name) on ``device``; HYPERLOSS_BACKEND overrides "auto".
+
+    Under torch.compile this runs once at trace time and its answer is baked into the graph.
+    """
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    return _resolve_and_load(backend, device.type)

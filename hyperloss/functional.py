@@ -32,7 +32,7 @@ class _UniformLoss(torch.autograd.Function):
     def forward(ctx, x, queue, t, intra_batch, backend):
         grad_x = ctx.needs_input_grad[0]
         grad_queue = queue is not None and ctx.needs_input_grad[1]
-        lse, gx, gq = _dispatch.primitive(backend, "uniform_lse")(x, queue, t, intra_batch, grad_x, grad_queue)
+        lse, gx, gq = _dispatch.LOADED[backend].uniform_lse(x, queue, t, intra_batch, grad_x, grad_queue)
         ctx.save_for_backward(x, queue, gx, gq)
         k = 0 if queue is None else queue.shape[0]
         return lse - log_num_pairs(x.shape[0], k, intra_batch)
@@ -47,7 +47,7 @@ class _AlignLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, alpha, backend):
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        loss, gx = _dispatch.primitive(backend, "align")(x, y, alpha, need_grad)
+        loss, gx = _dispatch.LOADED[backend].align(x, y, alpha, need_grad)
         ctx.save_for_backward(x, gx)
         return loss
 

@@ -34,14 +34,12 @@ template <typename T>
 struct PackedRows {
   int64_t rows = 0, padded_rows = 0, padded_cols = 0;
   std::vector<T> rows_major;  // padded_rows x padded_cols
-  std::vector<T> transposed;  // padded_cols x padded_rows
   std::vector<T> sq_norms;    // padded_rows
   bool finite = true;
 
   PackedRows(const hl_matrix& m, int64_t padded_cols_)
       : rows(m.rows), padded_rows(round_up(m.rows, kTile)), padded_cols(padded_cols_),
-        rows_major(padded_rows * padded_cols, T(0)), transposed(padded_cols * padded_rows, T(0)),
-        sq_norms(padded_rows, T(0)) {
+        rows_major(padded_rows * padded_cols, T(0)), sq_norms(padded_rows, T(0)) {
     const T* src = static_cast<const T*>(m.data);
     bool all_finite = true;
 #pragma omp parallel for reduction(&& : all_finite)
@@ -51,7 +49,6 @@ struct PackedRows {
         const T v = src[r * m.row_stride + c * m.col_stride];
         all_finite = all_finite && std::isfinite(v);
         rows_major[r * padded_cols + c] = v;
-        transposed[c * padded_rows + r] = v;
         norm += v * v;
       }
       sq_norms[r] = norm;
@@ -150,10 +147,12 @@ hl_status uniform_lse(const hl_matrix& a_in, const hl_matrix& b_in, double t, bo
     for (size_t k = 0; k < tiles.size(); ++k) {
       const PairTile& p = tiles[k];
       const PackedRows<T>& side = p.cross ? b : a;
-      // Gram tile: g_ij = x_i . y_j, with the j side copied to a contiguous transposed tile first (rows of the
-      // whole transposed matrix lie a power-of-two stride apart, which thrashes the cache sets).
-      for (int64_t c = 0; c < padded_cols; ++c)
-        std::copy_n(side.transposed.data() + c * side.padded_rows + p.j0, kTile, side_tile.data() + c * kTile);
+      // Gram tile: g_ij = x_i . y_j, with the j side transposed into a contiguous tile first so that the
+      // product's inner loop runs along j.
+      for (int64_t j = 0; j < kTile; ++j) {
+        const T* yj = side.row(p.j0 + j);
+        for (int64_t c = 0; c < padded_cols; ++c) side_tile[c * kTile + j] = yj[c];
+      }
       tile_matmul<T, false>(kTile, kTile, padded_cols, a.row(p.i0), padded_cols, 1, side_tile.data(), kTile, e,
                             kTile);
       // Scores, masked where the pair does not exist (padding, j <= i on the diagonal).

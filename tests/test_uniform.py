@@ -1,0 +1,200 @@
+"""uniform_loss on every CPU backend against the float64 paper formulas and the float64 log-sum-exp."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import CPU_BACKENDS, assert_close_scaled, features, score_error_budget, uniform_reference
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import hyperloss
+from hyperloss import reference
+
+VALUE_REL = {torch.float64: 1e-10, torch.float32: 2e-5}
+GRAD_REL = {torch.float64: 1e-8, torch.float32: 2e-4}
+
+
+def check_uniform(backend, x, t, queue=None, intra_batch=True, queue_grad=True):
+    """Compares value and gradients (x, and the queue when it requires grad) with the float64 reference."""
+    dtype = x.dtype
+    x = x.detach().requires_grad_()
+    if queue is not None:
+        queue = queue.detach().requires_grad_(queue_grad)
+    got = hyperloss.uniform_loss(x, t, queue=queue, intra_batch=intra_batch, backend=backend)
+    want, want_grads = uniform_reference(x, t, queue, intra_batch)
+    assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert got.shape == ()
+    budget = score_error_budget(dtype, t, x, *([] if queue is None else [queue]))
+    err = abs(got.item() - want.item())
+    assert err <= budget + VALUE_REL[dtype] * (1 + abs(float(want))), f"value {float(got)} vs {float(want)}"
+    inputs = [x] + ([queue] if queue is not None and queue_grad else [])
+    grads = torch.autograd.grad(got, inputs)
+    for name, g, w in zip(("x", "queue"), grads, want_grads, strict=False):
+        assert g.dtype == dtype and g.shape == w.shape
+        assert_close_scaled(g, w, GRAD_REL[dtype] + 8 * budget, f"d loss / d {name}")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(
+    n=st.integers(2, 300),
+    d=st.integers(1, 257),
+    t=st.floats(0.1, 10.0),
+    scale=st.sampled_from([0.1, 0.5, 1.0, 3.0]),
+    normalize=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_matches_paper(backend, dtype, n, d, t, scale, normalize, seed):
+    check_uniform(backend, features(n, d, seed=seed, dtype=dtype, scale=scale, normalize=normalize), t)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    n=st.integers(1, 200),
+    k=st.integers(1, 150),
+    d=st.integers(1, 257),
+    t=st.floats(0.1, 10.0),
+    intra_batch=st.booleans(),
+    queue_grad=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_queue_matches_paper(backend, dtype, n, k, d, t, intra_batch, queue_grad, seed):
+    x = features(n, d, seed=seed, dtype=dtype)
+    queue = features(k, d, seed=seed + 1, dtype=dtype)
+    check_uniform(backend, x, t, queue, intra_batch=intra_batch and n >= 2, queue_grad=queue_grad)
+
+
+@pytest.mark.parametrize(("n", "d"), [(63, 15), (64, 16), (65, 17), (129, 31), (300, 257), (257, 129)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sizes_around_tile_edges(backend, dtype, n, d):
+    """The native kernel tiles 64 rows and pads columns to 16 (float) or 8 (double): sizes on both sides of that."""
+    x = features(n, d, seed=n * d, dtype=dtype)
+    check_uniform(backend, x, 2.0)
+    check_uniform(backend, x, 2.0, features(n // 2 + 1, d, seed=n, dtype=dtype))
+
+
+@pytest.mark.parametrize(
+    ("case", "n", "d", "t", "scale"),
+    [
+        ("t=50 underflows float32", 64, 16, 50.0, 1.0),
+        ("t=500 underflows float64", 64, 16, 500.0, 1.0),
+        ("features x10", 80, 32, 2.0, 10.0),
+        ("N=2", 2, 7, 2.0, 1.0),
+        ("D=1", 50, 1, 2.0, 1.0),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_extremes_against_float64_logsumexp(backend, dtype, case, n, d, t, scale):
+    x = features(n, d, seed=n + d, dtype=dtype, scale=scale)
+    got = hyperloss.uniform_loss(x, t, backend=backend)
+    assert torch.isfinite(got), case
+    check_uniform(backend, x, t)
+    queue = features(9, d, seed=3, dtype=dtype, scale=scale)
+    check_uniform(backend, x, t, queue)
+
+
+def test_where_paper_underflows_the_value_is_the_exact_log_mean_exp(backend):
+    x = features(40, 8, seed=1, dtype=torch.float32, scale=10.0)
+    assert reference.paper_uniform_loss(x, 10.0) == -math.inf  # the paper's code in float32
+    want = reference.dense_uniform_loss(x.double(), 10.0)
+    got = hyperloss.uniform_loss(x, 10.0, backend=backend)
+    assert abs(float(got) - float(want)) <= 1e-4 * abs(float(want))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_duplicate_rows_give_finite_gradients(backend, dtype):
+    base = features(10, 6, seed=2, dtype=dtype)
+    x = torch.cat([base, base[:4], base[:1]])  # repeated rows, one three times
+    check_uniform(backend, x, 2.0)
+    x = x.detach().requires_grad_()
+    (grad,) = torch.autograd.grad(hyperloss.uniform_loss(x, 2.0, backend=backend), x)
+    assert torch.isfinite(grad).all()
+
+
+def test_all_rows_identical(backend):
+    x = torch.ones(5, 3, dtype=torch.float64, requires_grad=True)
+    loss = hyperloss.uniform_loss(x, 2.0, backend=backend)
+    assert float(loss) == pytest.approx(0.0, abs=1e-12)  # every distance is 0: log mean exp(0) = 0
+    (grad,) = torch.autograd.grad(loss, x)
+    assert torch.equal(grad, torch.zeros_like(grad))
+
+
+def test_non_contiguous_inputs(backend):
+    wide = features(60, 40, seed=5, dtype=torch.float32)
+    x = wide[::2, ::3]  # strided in both dimensions
+    assert not x.is_contiguous()
+    check_uniform(backend, x, 2.0)
+    queue = features(14, 40, seed=6, dtype=torch.float32)[:, ::3]
+    assert not queue.is_contiguous()
+    check_uniform(backend, x, 2.0, queue)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_compute_in_float32(backend, dtype):
+    x = features(50, 16, seed=7, dtype=dtype).requires_grad_()
+    got = hyperloss.uniform_loss(x, 2.0, backend=backend)
+    assert got.dtype == torch.float32
+    want, (want_grad,) = uniform_reference(x, 2.0)  # the rounded half inputs, computed exactly
+    assert abs(float(got) - float(want)) <= 1e-5 * (1 + abs(float(want)))
+    (grad,) = torch.autograd.grad(got, x)
+    assert grad.dtype == dtype
+    assert_close_scaled(grad, want_grad, 1e-2, "half-precision gradient")  # the gradient is rounded to dtype
+
+
+def test_forward_only_matches_forward_with_gradient(backend):
+    x = features(70, 12, seed=8, dtype=torch.float32)
+    queue = features(30, 12, seed=9, dtype=torch.float32)
+    with torch.no_grad():
+        plain = hyperloss.uniform_loss(x, 2.0, queue=queue, backend=backend)
+    with_grad = hyperloss.uniform_loss(x.requires_grad_(), 2.0, queue=queue, backend=backend)
+    assert float(plain) == pytest.approx(float(with_grad), rel=1e-6)
+
+
+def test_upstream_gradient_scales(backend):
+    x = features(30, 5, seed=10).requires_grad_()
+    (g1,) = torch.autograd.grad(hyperloss.uniform_loss(x, backend=backend), x)
+    (g3,) = torch.autograd.grad(-3.0 * hyperloss.uniform_loss(x, backend=backend), x)
+    assert torch.allclose(g3, -3.0 * g1, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_input_gives_nan(backend, bad):
+    x = features(20, 4, seed=11, dtype=torch.float32)
+    x[3, 1] = bad
+    x.requires_grad_()
+    loss = hyperloss.uniform_loss(x, backend=backend)
+    assert torch.isnan(loss)
+    (grad,) = torch.autograd.grad(loss, x)
+    assert torch.isnan(grad).all()
+    queue = features(5, 4, seed=12, dtype=torch.float32)
+    queue[0, 0] = bad
+    assert torch.isnan(
+        hyperloss.uniform_loss(features(6, 4, seed=1, dtype=torch.float32), queue=queue, backend=backend)
+    )
+
+
+@pytest.mark.parametrize("with_queue", [False, True])
+def test_gradcheck_native_kernel(with_queue):
+    if "cpu" not in CPU_BACKENDS:
+        pytest.skip("the native extension is not built")
+    x = features(9, 4, seed=13).requires_grad_()
+    queue = features(5, 4, seed=14).requires_grad_() if with_queue else None
+
+    def fn(x, queue=None):
+        return hyperloss.uniform_loss(x, 1.5, queue=queue, backend="cpu")
+
+    inputs = (x, queue) if with_queue else (x,)
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+def test_second_derivative_raises(backend):
+    x = features(8, 3, seed=15).requires_grad_()
+    loss = hyperloss.uniform_loss(x, backend=backend)
+    with pytest.raises(RuntimeError, match="second derivatives"):
+        torch.autograd.grad(loss, x, create_graph=True)
