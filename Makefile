@@ -4,13 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.deps-installed
-EXT_SOURCES := $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h csrc/torch/*.cpp csrc/include/hyperloss/*.h) setup.py
+EXT_SOURCES := $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h csrc/torch/*.cpp csrc/jax/*.cpp csrc/include/hyperloss/*.h) setup.py
 
 .PHONY: test bench build lint pytest ctest clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet torch==2.13.0 triton pytest hypothesis pytest-benchmark ninja pybind11 ruff matplotlib numpy
+	$(PIP) install --quiet torch==2.13.0 triton pytest hypothesis pytest-benchmark ninja pybind11 ruff matplotlib numpy jax jaxlib
 	touch $@
 
 # The extension is built against the venv's torch (no build isolation: that would fetch a second torch).

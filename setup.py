@@ -1,4 +1,5 @@
-"""Builds hyperloss and its native extension ``hyperloss._C`` (C++ CPU kernels, OpenMP) with ninja.
+"""Builds hyperloss and its native extension ``hyperloss._C`` (C++ CPU kernels, OpenMP) with ninja, and, where
+jax is importable, ``hyperloss._jax_ffi`` (the same kernels behind XLA FFI handlers, for hyperloss.jax).
 
 Build against the installed torch: ``pip install --no-build-isolation -e .``. If the extension cannot be built
 (no compiler, say), set HYPERLOSS_NO_EXTENSION=1 to install the pure-Python package: the Triton and reference
@@ -8,7 +9,10 @@ HYPERLOSS_NATIVE=0 builds for a generic x86-64 instead of this machine's CPU.
 
 import os
 
-from setuptools import setup
+from setuptools import Extension, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+CORE_SOURCES = ["csrc/cpu/uniform.cpp", "csrc/cpu/align.cpp"]
 
 ext_modules = []
 cmdclass = {}
@@ -21,12 +25,31 @@ if os.environ.get("HYPERLOSS_NO_EXTENSION", "0") != "1":
     ext_modules.append(
         CppExtension(
             name="hyperloss._C",
-            sources=["csrc/cpu/uniform.cpp", "csrc/cpu/align.cpp", "csrc/torch/bindings.cpp"],
-            include_dirs=[os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "include")],
+            sources=[*CORE_SOURCES, "csrc/torch/bindings.cpp"],
+            include_dirs=[os.path.join(ROOT, "csrc", "include")],
             extra_compile_args=flags,
             extra_link_args=["-fopenmp"],
         )
     )
     cmdclass["build_ext"] = BuildExtension.with_options(use_ninja=True)
+
+    try:
+        import jax.ffi
+
+        jax_include = jax.ffi.include_dir()
+    except ImportError:
+        jax_include = None
+    if jax_include:
+        # A plain shared library (no Python module): hyperloss/jax.py loads it with ctypes.
+        ext_modules.append(
+            Extension(
+                name="hyperloss._jax_ffi",
+                sources=[*CORE_SOURCES, "csrc/jax/ffi.cpp"],
+                include_dirs=[os.path.join(ROOT, "csrc", "include")],
+                extra_compile_args=[*flags, "-isystem", jax_include],
+                extra_link_args=["-fopenmp"],
+                language="c++",
+            )
+        )
 
 setup(ext_modules=ext_modules, cmdclass=cmdclass)

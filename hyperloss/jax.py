@@ -1,0 +1,153 @@
+"""JAX bindings: ``align_loss`` and ``uniform_loss`` for JAX arrays, through XLA's FFI, on the CPU.
+
+The same C++ kernels as the torch "cpu" backend (csrc/cpu, via csrc/jax/ffi.cpp), called with
+``jax.ffi.ffi_call`` and differentiated with ``jax.custom_vjp``: the forward pass of a gradient computation gets
+the analytic gradient from the same kernel call, the backward pass only scales it. Works under ``jax.jit``.
+Semantics match ``hyperloss.align_loss`` / ``hyperloss.uniform_loss`` (float16/bfloat16 are computed in float32;
+float64 needs ``jax_enable_x64``).
+
+The FFI library ``hyperloss/_jax_ffi*.so`` is built by setup.py when jax is installed at build time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._common import log_num_pairs
+from ._validation import check_positive
+
+__all__ = ["align_loss", "uniform_loss"]
+
+
+def _register_targets() -> None:
+    libraries = sorted(Path(__file__).parent.glob("_jax_ffi*.so"))
+    if not libraries:
+        raise ImportError(
+            "hyperloss._jax_ffi is not built: install jax first, then rebuild with "
+            "`pip install --no-build-isolation -e .` (setup.py builds it only where jax is importable)"
+        )
+    library = ctypes.cdll.LoadLibrary(str(libraries[0]))
+    jax.ffi.register_ffi_target("hyperloss_uniform_lse", jax.ffi.pycapsule(library.HyperlossUniformLse), platform="cpu")
+    jax.ffi.register_ffi_target("hyperloss_align", jax.ffi.pycapsule(library.HyperlossAlign), platform="cpu")
+
+
+_register_targets()
+
+
+def _compute_dtype(dtype) -> jnp.dtype:
+    return jnp.float64 if dtype == jnp.float64 else jnp.float32
+
+
+def _check_features(name: str, x, min_rows: int = 1) -> None:
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise TypeError(f"{name} must be a JAX array, got {type(x).__name__}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{name} must have a floating-point dtype, got {x.dtype}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (N, D), got shape {tuple(x.shape)}")
+    if x.shape[0] < min_rows:
+        raise ValueError(f"{name} needs at least {min_rows} row(s), got shape {tuple(x.shape)}")
+    if x.shape[1] < 1:
+        raise ValueError(f"{name} needs at least one feature column (D >= 1), got shape {tuple(x.shape)}")
+
+
+def _uniform_call(x, queue, t: float, intra_batch: bool, with_grad: bool):
+    n, d = x.shape
+    shapes = (
+        jax.ShapeDtypeStruct((), x.dtype),
+        jax.ShapeDtypeStruct((n, d) if with_grad else (0,), x.dtype),
+        jax.ShapeDtypeStruct(queue.shape if with_grad else (0,), x.dtype),
+    )
+    call = jax.ffi.ffi_call("hyperloss_uniform_lse", shapes, vmap_method="sequential")
+    return call(x, queue, t=np.float64(t), intra_batch=np.bool_(intra_batch), with_grad=np.bool_(with_grad))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _uniform(x, queue, t: float, intra_batch: bool):
+    lse, _, _ = _uniform_call(x, queue, t, intra_batch, False)
+    return lse - log_num_pairs(x.shape[0], queue.shape[0], intra_batch)
+
+
+def _uniform_fwd(x, queue, t, intra_batch):
+    lse, gx, gq = _uniform_call(x, queue, t, intra_batch, True)
+    return lse - log_num_pairs(x.shape[0], queue.shape[0], intra_batch), (gx, gq)
+
+
+def _uniform_bwd(t, intra_batch, residuals, g):
+    gx, gq = residuals
+    return g * gx, g * gq
+
+
+_uniform.defvjp(_uniform_fwd, _uniform_bwd)
+
+
+def _align_call(x, y, alpha: float, with_grad: bool):
+    shapes = (jax.ShapeDtypeStruct((), x.dtype), jax.ShapeDtypeStruct(x.shape if with_grad else (0,), x.dtype))
+    call = jax.ffi.ffi_call("hyperloss_align", shapes, vmap_method="sequential")
+    return call(x, y, alpha=np.float64(alpha), with_grad=np.bool_(with_grad))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _align(x, y, alpha: float):
+    return _align_call(x, y, alpha, False)[0]
+
+
+def _align_fwd(x, y, alpha):
+    loss, gx = _align_call(x, y, alpha, True)
+    return loss, gx
+
+
+def _align_bwd(alpha, gx, g):
+    return g * gx, -g * gx
+
+
+_align.defvjp(_align_fwd, _align_bwd)
+
+
+def uniform_loss(x, t: float = 2.0, *, queue=None, intra_batch: bool = True):
+    """Uniformity loss ``log mean_{pairs} exp(-t ||u - v||^2)`` of JAX arrays (see ``hyperloss.uniform_loss``).
+
+    Args:
+        x: (N, D) floating-point array.
+        t: temperature > 0 (a Python number: it is static under jit).
+        queue: optional (K, D) array of x's dtype: adds every (x_i, queue_k) pair.
+        intra_batch: include the i < j pairs of x.
+
+    Returns:
+        A 0-dim array, float64 for float64 inputs and float32 otherwise.
+    """
+    if not isinstance(intra_batch, bool):
+        raise TypeError(f"intra_batch must be a bool, got {type(intra_batch).__name__}")
+    if queue is None and not intra_batch:
+        raise ValueError("intra_batch=False leaves no pairs without a queue")
+    _check_features("x", x, min_rows=2 if queue is None else 1)
+    dtype = _compute_dtype(x.dtype)
+    if queue is None:
+        queue = jnp.zeros((0, x.shape[1]), dtype)
+    else:
+        _check_features("queue", queue)
+        if queue.dtype != x.dtype:
+            raise TypeError(f"queue has dtype {queue.dtype} but x has {x.dtype}")
+        if queue.shape[1] != x.shape[1]:
+            raise ValueError(f"queue has {queue.shape[1]} features per row but x has {x.shape[1]}")
+    t = check_positive("t", t)
+    return _uniform(x.astype(dtype), queue.astype(dtype), t, intra_batch)
+
+
+def align_loss(x, y, alpha: float = 2.0):
+    """Alignment loss ``mean_i ||x_i - y_i||^alpha`` of JAX arrays (see ``hyperloss.align_loss``)."""
+    _check_features("x", x)
+    _check_features("y", y)
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.dtype != y.dtype:
+        raise TypeError(f"y has dtype {y.dtype} but x has {x.dtype}")
+    alpha = check_positive("alpha", alpha)
+    dtype = _compute_dtype(x.dtype)
+    return _align(x.astype(dtype), y.astype(dtype), alpha)
