@@ -21,9 +21,10 @@ import torch
 @dataclass(frozen=True)
 class _Backend:
     name: str
-    module: str  # hyperloss submodule with available(), uniform_lse(), align()
+    module: str  # hyperloss submodule with uniform_lse(), align() and the availability check
     device_types: tuple[str, ...]  # device types it runs on ("*" for any)
     description: str
+    check: str = "available"  # the module's function returning (available, why not)
 
     def load(self) -> ModuleType:
         return importlib.import_module(f"hyperloss.{self.module}")
@@ -34,11 +35,12 @@ _BACKENDS = {
     b.name: b
     for b in (
         _Backend("triton", "triton", ("cuda", "cpu"), "fused Triton GPU kernels (CPU only under TRITON_INTERPRET=1)"),
-        _Backend("cpu", "cpu", ("cpu",), "native C++ CPU kernels (OpenMP), hyperloss._C"),
+        _Backend("cuda", "native", ("cuda",), "CUDA C++ kernels, hyperloss._C built with CUDA", "available_cuda"),
+        _Backend("cpu", "native", ("cpu",), "native C++ CPU kernels (OpenMP), hyperloss._C", "available_cpu"),
         _Backend("reference", "reference", ("*",), "chunked pure-PyTorch fallback, any device"),
     )
 }
-_AUTO_ORDER = {"cuda": ("triton", "reference"), "cpu": ("cpu", "reference")}
+_AUTO_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpu", "reference")}
 
 
 class BackendStatus(NamedTuple):
@@ -60,7 +62,7 @@ def _availability(name: str) -> tuple[bool, str]:
         module = backend.load()
     except ImportError as error:
         return False, f"import failed: {error}"
-    return module.available()
+    return getattr(module, backend.check)()
 
 
 def backends() -> list[BackendStatus]:

@@ -52,13 +52,3 @@ extern "C" hl_status hl_align_cpu(hl_dtype dtype, hl_matrix x, hl_matrix y, doub
   if (dtype == HL_FLOAT64) return align<double>(x, y, alpha, num_threads, loss_out, static_cast<double*>(grad_x));
   return HL_ERR_UNSUPPORTED;
 }
-
-extern "C" const char* hl_status_string(hl_status status) {
-  switch (status) {
-    case HL_OK: return "ok";
-    case HL_ERR_INVALID_ARGUMENT: return "invalid argument (shapes, sizes, t or alpha)";
-    case HL_ERR_OUT_OF_MEMORY: return "out of memory";
-    case HL_ERR_UNSUPPORTED: return "unsupported dtype or device";
-  }
-  return "unknown status";
-}

@@ -1,6 +1,6 @@
-// Thin torch binding over the C API: checks, dtype conversion, output allocation. All math lives in csrc/cpu.
-// Ops (schemas below) are registered with TORCH_LIBRARY; their fake and autograd registrations are in
-// hyperloss/cpu.py, so torch.compile can trace them.
+// Thin torch binding over the C API: checks, dtype conversion, output allocation. All math lives in csrc/cpu and
+// csrc/cuda. Ops (schemas below) are registered with TORCH_LIBRARY for CPU (and CUDA where built); their fake
+// registrations are in hyperloss/native.py, so torch.compile can trace them.
 #include <Python.h>
 
 #include <ATen/ATen.h>
@@ -8,6 +8,11 @@
 #include <torch/library.h>
 
 #include <tuple>
+
+#ifdef HYPERLOSS_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#endif
 
 #include "hyperloss/hyperloss.h"
 
@@ -29,7 +34,8 @@ hl_matrix view_of(const at::Tensor& t) { return {t.data_ptr(), t.size(0), t.size
 void check(hl_status status) { TORCH_CHECK(status == HL_OK, "hyperloss: ", hl_status_string(status)); }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> uniform_lse(const at::Tensor& x, const std::optional<at::Tensor>& queue,
-                                                           double t, bool intra_batch, bool grad_x, bool grad_queue) {
+                                                           double t, bool intra_batch, bool grad_x, bool grad_queue,
+                                                           int64_t /*precision: float32 products are exact here*/) {
   const at::Tensor xc = to_compute_dtype(x);
   at::Tensor qc;
   hl_matrix qv{nullptr, 0, xc.size(1), 0, 0};
@@ -61,11 +67,69 @@ std::tuple<at::Tensor, at::Tensor> align(const at::Tensor& x, const at::Tensor& 
   return {at::scalar_tensor(loss, options), gx};
 }
 
+#ifdef HYPERLOSS_WITH_CUDA
+// CUDA: inputs stay in their dtype (the kernels convert float16/bfloat16 on load); outputs in the compute dtype.
+hl_dtype cuda_dtype_of(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kDouble: return HL_FLOAT64;
+    case at::kFloat: return HL_FLOAT32;
+    case at::kHalf: return HL_FLOAT16;
+    case at::kBFloat16: return HL_BFLOAT16;
+    default: TORCH_CHECK(false, "hyperloss: unsupported dtype ", t.scalar_type());
+  }
+}
+
+void check_cuda_input(const at::Tensor& t, const at::Tensor& x) {
+  TORCH_CHECK(t.dim() == 2 && t.is_cuda() && t.device() == x.device() && t.scalar_type() == x.scalar_type(),
+              "hyperloss: CUDA inputs must be 2-D tensors of one dtype on one device");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> uniform_lse_cuda(const at::Tensor& x,
+                                                                const std::optional<at::Tensor>& queue, double t,
+                                                                bool intra_batch, bool grad_x, bool grad_queue,
+                                                                int64_t precision) {
+  check_cuda_input(x, x);
+  if (queue.has_value()) check_cuda_input(*queue, x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto options = x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  const bool cross = queue.has_value();
+  const int64_t k = cross ? queue->size(0) : 0;
+  at::Tensor lse = at::empty({}, options);
+  at::Tensor gx = grad_x ? at::empty({x.size(0), x.size(1)}, options) : at::empty({0}, options);
+  at::Tensor gq = grad_queue && cross ? at::empty({k, x.size(1)}, options) : at::empty({0}, options);
+  const size_t bytes =
+      hl_uniform_workspace_bytes_cuda(cuda_dtype_of(x), x.size(0), k, x.size(1), gx.numel() > 0, gq.numel() > 0);
+  at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
+  const hl_matrix qv = cross ? view_of(*queue) : hl_matrix{nullptr, 0, x.size(1), 0, 0};
+  check(hl_uniform_lse_cuda(cuda_dtype_of(x), static_cast<hl_precision>(precision), view_of(x), qv, t, intra_batch,
+                            lse.data_ptr(), gx.numel() ? gx.data_ptr() : nullptr,
+                            gq.numel() ? gq.data_ptr() : nullptr, workspace.data_ptr(), bytes,
+                            c10::cuda::getCurrentCUDAStream().stream()));
+  return {lse, gx, gq};
+}
+
+std::tuple<at::Tensor, at::Tensor> align_cuda(const at::Tensor& x, const at::Tensor& y, double alpha, bool grad_x) {
+  check_cuda_input(x, x);
+  check_cuda_input(y, x);
+  TORCH_CHECK(x.sizes() == y.sizes(), "hyperloss: x and y must have the same shape");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto options = x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  at::Tensor loss = at::empty({}, options);
+  at::Tensor gx = grad_x ? at::empty({x.size(0), x.size(1)}, options) : at::empty({0}, options);
+  const size_t bytes = hl_align_workspace_bytes_cuda(cuda_dtype_of(x), x.size(0));
+  at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
+  check(hl_align_cuda(cuda_dtype_of(x), view_of(x), view_of(y), alpha, loss.data_ptr(),
+                      grad_x ? gx.data_ptr() : nullptr, workspace.data_ptr(), bytes,
+                      c10::cuda::getCurrentCUDAStream().stream()));
+  return {loss, gx};
+}
+#endif
+
 }  // namespace
 
 TORCH_LIBRARY(hyperloss, m) {
-  m.def("uniform_lse(Tensor x, Tensor? queue, float t, bool intra_batch, bool grad_x, bool grad_queue) "
-        "-> (Tensor, Tensor, Tensor)");
+  m.def("uniform_lse(Tensor x, Tensor? queue, float t, bool intra_batch, bool grad_x, bool grad_queue, "
+        "int precision=0) -> (Tensor, Tensor, Tensor)");
   m.def("align(Tensor x, Tensor y, float alpha, bool grad_x) -> (Tensor, Tensor)");
 }
 
@@ -73,6 +137,13 @@ TORCH_LIBRARY_IMPL(hyperloss, CPU, m) {
   m.impl("uniform_lse", &uniform_lse);
   m.impl("align", &align);
 }
+
+#ifdef HYPERLOSS_WITH_CUDA
+TORCH_LIBRARY_IMPL(hyperloss, CUDA, m) {
+  m.impl("uniform_lse", &uniform_lse_cuda);
+  m.impl("align", &align_cuda);
+}
+#endif
 
 // `import hyperloss._C` loads this library (running the registrations above); the module itself is empty.
 extern "C" PyObject* PyInit__C(void) {

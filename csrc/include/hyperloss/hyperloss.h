@@ -13,19 +13,26 @@
 #ifndef HYPERLOSS_H_
 #define HYPERLOSS_H_
 
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-typedef enum { HL_FLOAT32 = 0, HL_FLOAT64 = 1 } hl_dtype;
+/* Element types. The CPU functions take float32 and float64; the CUDA ones also float16 and bfloat16 inputs
+ * (computed with float32 accumulation; their outputs are float32). */
+typedef enum { HL_FLOAT32 = 0, HL_FLOAT64 = 1, HL_FLOAT16 = 2, HL_BFLOAT16 = 3 } hl_dtype;
+
+/* Products of float32 inputs on the GPU: exact float32 (no tensor cores), tf32 or bfloat16 tensor cores. */
+typedef enum { HL_PRECISION_IEEE = 0, HL_PRECISION_TF32 = 1, HL_PRECISION_BF16 = 2 } hl_precision;
 
 typedef enum {
   HL_OK = 0,
   HL_ERR_INVALID_ARGUMENT = 1,
   HL_ERR_OUT_OF_MEMORY = 2,
   HL_ERR_UNSUPPORTED = 3,
+  HL_ERR_CUDA = 4,
 } hl_status;
 
 /* A read-only row-major-or-strided matrix view: element (r, c) is at data[r * row_stride + c * col_stride]. */
@@ -48,6 +55,23 @@ hl_status hl_uniform_lse_cpu(hl_dtype dtype, hl_matrix a, hl_matrix b, double t,
  * gradient of that row is zero (the subgradient torch's norm uses), for every alpha. */
 hl_status hl_align_cpu(hl_dtype dtype, hl_matrix x, hl_matrix y, double alpha, int num_threads, double* loss_out,
                        void* grad_x);
+
+/* CUDA versions (present when the library is built with CUDA; HL_ERR_UNSUPPORTED otherwise).
+ * Every pointer is device memory, every call is asynchronous on `stream` (a cudaStream_t, NULL for the default).
+ * lse_out / loss_out: one element of the compute type (double for float64 inputs, float otherwise).
+ * grad_a / grad_b / grad_x: rows x cols of the compute type, or NULL. workspace: at least the bytes that
+ * hl_uniform_workspace_bytes_cuda / hl_align_workspace_bytes_cuda return for the same arguments. */
+size_t hl_uniform_workspace_bytes_cuda(hl_dtype dtype, int64_t rows_a, int64_t rows_b, int64_t cols, int need_grad_a,
+                                       int need_grad_b);
+hl_status hl_uniform_lse_cuda(hl_dtype dtype, hl_precision precision, hl_matrix a, hl_matrix b, double t,
+                              int intra_batch, void* lse_out, void* grad_a, void* grad_b, void* workspace,
+                              size_t workspace_bytes, void* stream);
+size_t hl_align_workspace_bytes_cuda(hl_dtype dtype, int64_t rows);
+hl_status hl_align_cuda(hl_dtype dtype, hl_matrix x, hl_matrix y, double alpha, void* loss_out, void* grad_x,
+                        void* workspace, size_t workspace_bytes, void* stream);
+
+/* Whether this build has the CUDA kernels. */
+int hl_has_cuda(void);
 
 /* A static, human-readable message for a status code. */
 const char* hl_status_string(hl_status status);

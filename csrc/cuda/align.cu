@@ -1,0 +1,104 @@
+// Alignment loss on NVIDIA GPUs: one warp per row reads x_i and y_i, writes the row's loss term and, in the
+// same kernel, its gradient; a one-block reduction then averages the terms (deterministic, no atomics).
+//   loss = 1/N sum_i d_i^(alpha/2),  d_i = ||x_i - y_i||^2
+//   d loss / d x_i = alpha/N d_i^(alpha/2 - 1) (x_i - y_i)   (zero where d_i == 0)
+#include <cmath>
+
+#include "common.cuh"
+
+namespace hyperloss::cuda {
+namespace {
+
+constexpr int kRowsPerBlock = 8;  // one warp per row
+
+template <typename Tin>
+struct Rows {
+  const Tin* data;
+  int64_t row_stride, col_stride;
+  __device__ __forceinline__ Tin at(int64_t r, int64_t c) const { return data[r * row_stride + c * col_stride]; }
+};
+
+template <typename Tin, typename Tc>
+__global__ void align_rows_kernel(Rows<Tin> x, Rows<Tin> y, int64_t rows, int64_t cols, Tc alpha, Tc* terms,
+                                  Tc* grad) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  Tc d2 = 0;
+  for (int64_t c = lane; c < cols; c += 32) {
+    const Tc diff = to_compute<Tc>(x.at(row, c)) - to_compute<Tc>(y.at(row, c));
+    d2 += diff * diff;
+  }
+  d2 = warp_sum(d2);
+  const bool square = alpha == Tc(2);
+  if (lane == 0) terms[row] = square ? d2 : pow(d2, alpha / Tc(2));
+  if (grad == nullptr) return;
+  const Tc scale = alpha / static_cast<Tc>(rows);
+  const Tc coef = square ? scale : (d2 > Tc(0) ? scale * pow(d2, alpha / Tc(2) - Tc(1)) : Tc(0));
+  for (int64_t c = lane; c < cols; c += 32)  // the row is still in L1/L2
+    grad[row * cols + c] = coef * (to_compute<Tc>(x.at(row, c)) - to_compute<Tc>(y.at(row, c)));
+}
+
+template <typename Tc>
+__global__ void mean_kernel(const Tc* terms, int64_t rows, Tc* out) {
+  __shared__ double partial[32];
+  double sum = 0;
+  for (int64_t i = threadIdx.x; i < rows; i += blockDim.x) sum += static_cast<double>(terms[i]);
+  sum = warp_sum(sum);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = sum;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0;
+    for (unsigned w = 0; w < blockDim.x / 32; ++w) total += partial[w];
+    *out = static_cast<Tc>(total / static_cast<double>(rows));
+  }
+}
+
+template <typename Tin, typename Tc>
+hl_status align(const hl_matrix& x, const hl_matrix& y, double alpha, Tc* loss, Tc* grad, void* workspace,
+                size_t workspace_bytes, cudaStream_t stream) {
+  WorkspaceCarver carve(workspace);
+  Tc* terms = carve.take<Tc>(x.rows);
+  if (workspace_bytes < carve.bytes()) return HL_ERR_INVALID_ARGUMENT;
+  const Rows<Tin> xr{static_cast<const Tin*>(x.data), x.row_stride, x.col_stride};
+  const Rows<Tin> yr{static_cast<const Tin*>(y.data), y.row_stride, y.col_stride};
+  const auto blocks = static_cast<unsigned>((x.rows + kRowsPerBlock - 1) / kRowsPerBlock);
+  align_rows_kernel<Tin, Tc><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(xr, yr, x.rows, x.cols, Tc(alpha), terms, grad);
+  mean_kernel<Tc><<<1, 1024, 0, stream>>>(terms, x.rows, loss);
+  return status_of(cudaGetLastError());
+}
+
+}  // namespace
+}  // namespace hyperloss::cuda
+
+extern "C" size_t hl_align_workspace_bytes_cuda(hl_dtype dtype, int64_t rows) {
+  hyperloss::cuda::WorkspaceCarver carve(nullptr);
+  if (dtype == HL_FLOAT64)
+    carve.take<double>(rows);
+  else
+    carve.take<float>(rows);
+  return carve.bytes();
+}
+
+extern "C" hl_status hl_align_cuda(hl_dtype dtype, hl_matrix x, hl_matrix y, double alpha, void* loss_out,
+                                   void* grad_x, void* workspace, size_t workspace_bytes, void* stream_ptr) {
+  using namespace hyperloss::cuda;
+  if (x.data == nullptr || y.data == nullptr || loss_out == nullptr) return HL_ERR_INVALID_ARGUMENT;
+  if (x.rows <= 0 || x.cols <= 0 || x.rows != y.rows || x.cols != y.cols) return HL_ERR_INVALID_ARGUMENT;
+  if (!(alpha > 0) || !std::isfinite(alpha)) return HL_ERR_INVALID_ARGUMENT;
+  const auto stream = static_cast<cudaStream_t>(stream_ptr);
+  float* loss_f = static_cast<float*>(loss_out);
+  float* grad_f = static_cast<float*>(grad_x);
+  switch (dtype) {
+    case HL_FLOAT64:
+      return align<double, double>(x, y, alpha, static_cast<double*>(loss_out), static_cast<double*>(grad_x),
+                                   workspace, workspace_bytes, stream);
+    case HL_FLOAT32:
+      return align<float, float>(x, y, alpha, loss_f, grad_f, workspace, workspace_bytes, stream);
+    case HL_FLOAT16:
+      return align<__half, float>(x, y, alpha, loss_f, grad_f, workspace, workspace_bytes, stream);
+    case HL_BFLOAT16:
+      return align<__nv_bfloat16, float>(x, y, alpha, loss_f, grad_f, workspace, workspace_bytes, stream);
+  }
+  return HL_ERR_UNSUPPORTED;
+}
