@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CPU_BACKENDS, assert_close_scaled, features
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hyperloss
 from hyperloss import reference
+from tests.helpers import CPU_BACKENDS, assert_close_scaled, features
 
 REL = {torch.float64: 1e-12, torch.float32: 1e-5}
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CPU_BACKENDS, features, native_extension_expected
 
 import hyperloss
 from hyperloss import reference
+from tests.helpers import CPU_BACKENDS, features, native_extension_expected
 
 X = features(8, 4, seed=0, dtype=torch.float32)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import CPU_BACKENDS, features, uniform_reference
 
 import hyperloss
 from hyperloss import reference
+from tests.helpers import CPU_BACKENDS, features, uniform_reference
 
 jax = pytest.importorskip("jax", reason="jax is not installed")
 jax.config.update("jax_enable_x64", True)  # float64 cases; float32 arrays stay float32

@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
-from conftest import CPU_BACKENDS, assert_close_scaled, features, score_error_budget, uniform_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hyperloss
 from hyperloss import reference
+from tests.helpers import CPU_BACKENDS, assert_close_scaled, features, score_error_budget, uniform_reference
 
 VALUE_REL = {torch.float64: 1e-10, torch.float32: 2e-5}
 GRAD_REL = {torch.float64: 1e-8, torch.float32: 2e-4}

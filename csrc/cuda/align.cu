@@ -3,6 +3,7 @@
 //   loss = 1/N sum_i d_i^(alpha/2),  d_i = ||x_i - y_i||^2
 //   d loss / d x_i = alpha/N d_i^(alpha/2 - 1) (x_i - y_i)   (zero where d_i == 0)
 #include <cmath>
+#include <cstdint>
 
 #include "common.cuh"
 
@@ -40,7 +41,7 @@ __global__ void align_rows_kernel(Rows<Tin> x, Rows<Tin> y, int64_t rows, int64_
 }
 
 template <typename Tc>
-__global__ void mean_kernel(const Tc* terms, int64_t rows, Tc* out) {
+__global__ void __launch_bounds__(1024) mean_kernel(const Tc* terms, int64_t rows, Tc* out) {
   __shared__ double partial[32];
   double sum = 0;
   for (int64_t i = threadIdx.x; i < rows; i += blockDim.x) sum += static_cast<double>(terms[i]);
@@ -59,7 +60,8 @@ hl_status align(const hl_matrix& x, const hl_matrix& y, double alpha, Tc* loss, 
                 size_t workspace_bytes, cudaStream_t stream) {
   WorkspaceCarver carve(workspace);
   Tc* terms = carve.take<Tc>(x.rows);
-  if (workspace_bytes < carve.bytes()) return HL_ERR_INVALID_ARGUMENT;
+  if (workspace == nullptr || reinterpret_cast<uintptr_t>(workspace) % 256 != 0 || workspace_bytes < carve.bytes())
+    return HL_ERR_INVALID_ARGUMENT;
   const Rows<Tin> xr{static_cast<const Tin*>(x.data), x.row_stride, x.col_stride};
   const Rows<Tin> yr{static_cast<const Tin*>(y.data), y.row_stride, y.col_stride};
   const auto blocks = static_cast<unsigned>((x.rows + kRowsPerBlock - 1) / kRowsPerBlock);

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
 
 #include "common.cuh"
@@ -25,6 +26,7 @@ using namespace nvcuda;
 constexpr int kThreads = 256;
 constexpr int kTile = 64;                       // rows and columns of a pair tile
 constexpr int kDepth = 32;                      // feature columns per step of the Gram product
+constexpr int kScorePitch = kTile + 4;          // row pitch of the score tile: conflict-free score pass
 constexpr int kThreadsPerRow = kThreads / kTile;  // in the score pass: 4 threads share a row
 constexpr int kColsPerThread = kTile / kThreadsPerRow;
 
@@ -87,7 +89,6 @@ struct SweepArgs {
   Tc* r_intra;  // nullptr when there are no intra pairs
   Tc* r_cross;
   Tc* acc;  // rows x cols, or nullptr when no gradient is needed
-  int* nonfinite;
 };
 
 template <typename Tc, Gram G>
@@ -95,15 +96,15 @@ constexpr size_t sweep_smem_bytes() {
   using Op = typename GramTraits<Tc, G>::Op;
   constexpr size_t operands = 2 * kTile * GramTraits<Tc, G>::kPitch * sizeof(Op);
   constexpr size_t features = kTile * kTile * sizeof(Tc);
-  return kTile * kTile * sizeof(Tc) + (operands > features ? operands : features);
+  return kTile * kScorePitch * sizeof(Tc) + (operands > features ? operands : features);
 }
 
 // Copies feature columns [k0, k0 + kDepth) of the tile's rows of R and C into shared memory as operands
-// (zero outside the matrices), noting any non-finite element.
+// (zero outside the matrices).
 template <typename Tin, typename Tc, Gram G>
 __device__ void load_operands(const MatrixView<Tin>& R, int64_t row0, const MatrixView<Tin>& C, int64_t col0,
                               int64_t cols, int64_t k0, typename GramTraits<Tc, G>::Op* row_ops,
-                              typename GramTraits<Tc, G>::Op* col_ops, bool& nonfinite) {
+                              typename GramTraits<Tc, G>::Op* col_ops) {
   using Op = typename GramTraits<Tc, G>::Op;
   constexpr int P = GramTraits<Tc, G>::kPitch;
   for (int idx = threadIdx.x; idx < kTile * kDepth; idx += kThreads) {
@@ -112,7 +113,6 @@ __device__ void load_operands(const MatrixView<Tin>& R, int64_t row0, const Matr
     Tc vr = 0, vc = 0;
     if (gk < cols && row0 + r < R.rows) vr = to_compute<Tc>(R.at(row0 + r, gk));
     if (gk < cols && col0 + r < C.rows) vc = to_compute<Tc>(C.at(col0 + r, gk));
-    nonfinite = nonfinite || !isfinite(static_cast<double>(vr)) || !isfinite(static_cast<double>(vc));
     row_ops[r * P + k] = to_operand<Op>(vr);
     col_ops[r * P + k] = to_operand<Op>(vc);
   }
@@ -122,13 +122,13 @@ __device__ void load_operands(const MatrixView<Tin>& R, int64_t row0, const Matr
 // Thread (ty, tx) computes rows ty + 16 a and columns tx + 16 b: conflict-free shared-memory reads.
 template <typename Tin, typename Tc>
 __device__ void gram_tile_simt(const MatrixView<Tin>& R, int64_t row0, const MatrixView<Tin>& C, int64_t col0,
-                               int64_t cols, Tc* row_ops, Tc* col_ops, Tc* scores, bool& nonfinite) {
+                               int64_t cols, Tc* row_ops, Tc* col_ops, Tc* scores) {
   constexpr int P = GramTraits<Tc, Gram::kSimt>::kPitch;
   const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
   Tc sum[4][4] = {};
   for (int64_t k0 = 0; k0 < cols; k0 += kDepth) {
     __syncthreads();  // the previous step's operands are consumed
-    load_operands<Tin, Tc, Gram::kSimt>(R, row0, C, col0, cols, k0, row_ops, col_ops, nonfinite);
+    load_operands<Tin, Tc, Gram::kSimt>(R, row0, C, col0, cols, k0, row_ops, col_ops);
     __syncthreads();
 #pragma unroll 8
     for (int k = 0; k < kDepth; ++k) {
@@ -147,7 +147,7 @@ __device__ void gram_tile_simt(const MatrixView<Tin>& R, int64_t row0, const Mat
 #pragma unroll
   for (int qa = 0; qa < 4; ++qa)
 #pragma unroll
-    for (int qb = 0; qb < 4; ++qb) scores[(ty + 16 * qa) * kTile + tx + 16 * qb] = sum[qa][qb];
+    for (int qb = 0; qb < 4; ++qb) scores[(ty + 16 * qa) * kScorePitch + tx + 16 * qb] = sum[qa][qb];
 }
 
 // The same on the tensor cores (float16, bfloat16 or tf32 operands, float accumulation). Warp w computes the
@@ -155,7 +155,10 @@ __device__ void gram_tile_simt(const MatrixView<Tin>& R, int64_t row0, const Mat
 template <typename Tin, Gram G>
 __device__ void gram_tile_mma(const MatrixView<Tin>& R, int64_t row0, const MatrixView<Tin>& C, int64_t col0,
                               int64_t cols, typename GramTraits<float, G>::Op* row_ops,
-                              typename GramTraits<float, G>::Op* col_ops, float* scores, bool& nonfinite) {
+                              typename GramTraits<float, G>::Op* col_ops, float* scores) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // bf16 and tf32 fragments need sm_80; the host picks the SIMT path on older GPUs
+#else
   using Op = typename GramTraits<float, G>::Op;
   using Frag = std::conditional_t<G == Gram::kTf32, wmma::precision::tf32, Op>;
   constexpr int P = GramTraits<float, G>::kPitch;
@@ -167,7 +170,7 @@ __device__ void gram_tile_mma(const MatrixView<Tin>& R, int64_t row0, const Matr
   wmma::fill_fragment(acc[1], 0.0f);
   for (int64_t k0 = 0; k0 < cols; k0 += kDepth) {
     __syncthreads();
-    load_operands<Tin, float, G>(R, row0, C, col0, cols, k0, row_ops, col_ops, nonfinite);
+    load_operands<Tin, float, G>(R, row0, C, col0, cols, k0, row_ops, col_ops);
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < kDepth; kk += kK) {
@@ -192,7 +195,9 @@ __device__ void gram_tile_mma(const MatrixView<Tin>& R, int64_t row0, const Matr
   }
 #pragma unroll
   for (int f = 0; f < 2; ++f)
-    wmma::store_matrix_sync(scores + frag_row * kTile + frag_col + 16 * f, acc[f], kTile, wmma::mem_row_major);
+    wmma::store_matrix_sync(scores + frag_row * kScorePitch + frag_col + 16 * f, acc[f], kScorePitch,
+                            wmma::mem_row_major);
+#endif
 }
 
 // acc_i = acc_i * scale_i + sum_j e_ij y_j for the tile's rows, e in `weights`, y the tile's columns of C.
@@ -214,7 +219,7 @@ __device__ void accumulate_features(const MatrixView<Tin>& C, int64_t col0, int6
       Tc w[4], f[4];
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
-        w[q] = weights[(ty + 16 * q) * kTile + j];
+        w[q] = weights[(ty + 16 * q) * kScorePitch + j];
         f[q] = features[j * kTile + tx + 16 * q];
       }
 #pragma unroll
@@ -243,7 +248,7 @@ __global__ void __launch_bounds__(kThreads) sweep_kernel(SweepArgs<Tin, Tc> p) {
   using Op = typename GramTraits<Tc, G>::Op;
   extern __shared__ __align__(128) unsigned char smem[];
   Tc* scores = reinterpret_cast<Tc*>(smem);
-  unsigned char* work = smem + kTile * kTile * sizeof(Tc);  // Gram operands, later a chunk of features
+  unsigned char* work = smem + kTile * kScorePitch * sizeof(Tc);  // Gram operands, later a chunk of features
   Op* row_ops = reinterpret_cast<Op*>(work);
   Op* col_ops = row_ops + kTile * GramTraits<Tc, G>::kPitch;
   Tc* features = reinterpret_cast<Tc*>(work);
@@ -256,7 +261,6 @@ __global__ void __launch_bounds__(kThreads) sweep_kernel(SweepArgs<Tin, Tc> p) {
   const Tc neg_inf = static_cast<Tc>(-INFINITY);
   if (tid < kTile) row_norm[tid] = row0 + tid < p.rows.rows ? p.row_norms[row0 + tid] : Tc(0);
   Tc m = neg_inf, r_intra = 0, r_cross = 0;
-  bool nonfinite = false;
 
   for (int set = 0; set < 2; ++set) {
     const bool intra = set == 0;
@@ -268,16 +272,16 @@ __global__ void __launch_bounds__(kThreads) sweep_kernel(SweepArgs<Tin, Tc> p) {
       __syncthreads();  // the previous tile's readers of shared memory are done
       if (tid < kTile) col_norm[tid] = col0 + tid < C.rows ? c_norms[col0 + tid] : Tc(0);
       if constexpr (G == Gram::kSimt)
-        gram_tile_simt<Tin, Tc>(p.rows, row0, C, col0, p.cols, row_ops, col_ops, scores, nonfinite);
+        gram_tile_simt<Tin, Tc>(p.rows, row0, C, col0, p.cols, row_ops, col_ops, scores);
       else
-        gram_tile_mma<Tin, G>(p.rows, row0, C, col0, p.cols, row_ops, col_ops, scores, nonfinite);
+        gram_tile_mma<Tin, G>(p.rows, row0, C, col0, p.cols, row_ops, col_ops, scores);
       __syncthreads();
 
-      Tc* srow = scores + local_row * kTile;
+      Tc* srow = scores + local_row * kScorePitch;
       Tc tile_max = neg_inf;
 #pragma unroll 4
       for (int c = 0; c < kColsPerThread; ++c) {
-        const int jj = part * kColsPerThread + c;
+        const int jj = c * kThreadsPerRow + part;  // interleaved: a warp's 32 reads hit 32 banks
         const int64_t j = col0 + jj;
         const bool valid = i < p.rows.rows && j < C.rows && (!intra || (p.upper_only ? j > i : j != i));
         Tc d2 = row_norm[local_row] + col_norm[jj] - Tc(2) * srow[jj];
@@ -292,7 +296,7 @@ __global__ void __launch_bounds__(kThreads) sweep_kernel(SweepArgs<Tin, Tc> p) {
       Tc tile_sum = 0;
 #pragma unroll 4
       for (int c = 0; c < kColsPerThread; ++c) {
-        const int jj = part * kColsPerThread + c;
+        const int jj = c * kThreadsPerRow + part;
         const Tc e = new_m == neg_inf ? Tc(0) : exp(srow[jj] - new_m);
         srow[jj] = e;
         tile_sum += e;
@@ -312,25 +316,28 @@ __global__ void __launch_bounds__(kThreads) sweep_kernel(SweepArgs<Tin, Tc> p) {
     if (p.r_intra != nullptr) p.r_intra[i] = r_intra;
     p.r_cross[i] = r_cross;
   }
-  if (nonfinite) atomicOr(p.nonfinite, 1);
 }
 
+// Squared row norms, and the non-finite flag (any NaN or Inf element makes the result NaN, as on the CPU).
 template <typename Tin, typename Tc>
-__global__ void sq_norms_kernel(MatrixView<Tin> x, int64_t cols, Tc* norms) {
+__global__ void sq_norms_kernel(MatrixView<Tin> x, int64_t cols, Tc* norms, int* nonfinite) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (row >= x.rows) return;
   Tc sum = 0;
+  bool finite = true;
   for (int64_t c = threadIdx.x % 32; c < cols; c += 32) {
     const Tc v = to_compute<Tc>(x.at(row, c));
+    finite = finite && isfinite(v);
     sum += v * v;
   }
   sum = warp_sum(sum);
   if (threadIdx.x % 32 == 0) norms[row] = sum;
+  if (!finite) atomicOr(nonfinite, 1);
 }
 
 // lse = M + log sum_i exp(m_i - M) (intra_factor r_intra_i + r_cross_i), one block.
 template <typename Tc>
-__global__ void lse_kernel(int64_t rows, const Tc* m, const Tc* r_intra, const Tc* r_cross, Tc intra_factor,
+__global__ void __launch_bounds__(1024) lse_kernel(int64_t rows, const Tc* m, const Tc* r_intra, const Tc* r_cross, Tc intra_factor,
                            const int* nonfinite, Tc* lse_out, Tc* lse_copy) {
   __shared__ double partial[32];
   __shared__ double shift;
@@ -423,26 +430,27 @@ hl_status uniform(const hl_matrix& a_in, const hl_matrix& b_in, double t, bool i
   const bool cross = b_in.data != nullptr;
   const int64_t cols = a_in.cols;
   const Workspace<Tc> ws(workspace, a_in.rows, cross ? b_in.rows : 0, cols, grad_a != nullptr, grad_b != nullptr);
-  if (workspace_bytes < ws.bytes) return HL_ERR_INVALID_ARGUMENT;
+  if (workspace == nullptr || reinterpret_cast<uintptr_t>(workspace) % 256 != 0 || workspace_bytes < ws.bytes)
+    return HL_ERR_INVALID_ARGUMENT;
   const MatrixView<Tin> a{static_cast<const Tin*>(a_in.data), a_in.rows, a_in.row_stride, a_in.col_stride};
   const MatrixView<Tin> b{static_cast<const Tin*>(b_in.data), cross ? b_in.rows : 0, b_in.row_stride,
                           b_in.col_stride};
 
-  cudaMemsetAsync(ws.nonfinite, 0, sizeof(int), stream);
-  if (grad_a) cudaMemsetAsync(ws.acc_a, 0, sizeof(Tc) * a.rows * cols, stream);
-  if (grad_b) cudaMemsetAsync(ws.acc_b, 0, sizeof(Tc) * b.rows * cols, stream);
+  cudaError_t error = cudaMemsetAsync(ws.nonfinite, 0, sizeof(int), stream);
+  if (grad_a && error == cudaSuccess) error = cudaMemsetAsync(ws.acc_a, 0, sizeof(Tc) * a.rows * cols, stream);
+  if (grad_b && error == cudaSuccess) error = cudaMemsetAsync(ws.acc_b, 0, sizeof(Tc) * b.rows * cols, stream);
+  if (error != cudaSuccess) return HL_ERR_CUDA;
   constexpr int kNormRowsPerBlock = 8;
   sq_norms_kernel<Tin, Tc><<<unsigned((a.rows + kNormRowsPerBlock - 1) / kNormRowsPerBlock), 32 * kNormRowsPerBlock, 0,
-                             stream>>>(a, cols, ws.norms_a);
+                             stream>>>(a, cols, ws.norms_a, ws.nonfinite);
   if (cross)
     sq_norms_kernel<Tin, Tc><<<unsigned((b.rows + kNormRowsPerBlock - 1) / kNormRowsPerBlock),
-                               32 * kNormRowsPerBlock, 0, stream>>>(b, cols, ws.norms_b);
+                               32 * kNormRowsPerBlock, 0, stream>>>(b, cols, ws.norms_b, ws.nonfinite);
 
   // A's rows against A (intra) and B (cross). Without a gradient for A, the j > i half suffices for lse.
   const bool upper_only = grad_a == nullptr;
-  SweepArgs<Tin, Tc> args{a,        b,           cols,         ws.norms_a,   ws.norms_b, intra, upper_only,
-                          Tc(t),    ws.m_a,      ws.r_intra_a, ws.r_cross_a, grad_a ? ws.acc_a : nullptr,
-                          ws.nonfinite};
+  SweepArgs<Tin, Tc> args{a,     b,      cols,         ws.norms_a,   ws.norms_b, intra, upper_only,
+                          Tc(t), ws.m_a, ws.r_intra_a, ws.r_cross_a, grad_a ? ws.acc_a : nullptr};
   if (!cross) args.cross.data = nullptr;
   hl_status status = launch_sweep<Tin, Tc, G>(args, stream);
   if (status != HL_OK) return status;
@@ -455,8 +463,7 @@ hl_status uniform(const hl_matrix& a_in, const hl_matrix& b_in, double t, bool i
         a, cols, Tc(t), ws.m_a, ws.r_intra_a, ws.r_cross_a, ws.acc_a, ws.lse, ws.nonfinite, grad_a);
   if (grad_b && cross) {
     // B's rows against A: the same sweep with the roles swapped, cross pairs only.
-    SweepArgs<Tin, Tc> back{b,     a,      cols,    ws.norms_b, ws.norms_a, false,       false,
-                            Tc(t), ws.m_b, nullptr, ws.r_b,     ws.acc_b,   ws.nonfinite};
+    SweepArgs<Tin, Tc> back{b, a, cols, ws.norms_b, ws.norms_a, false, false, Tc(t), ws.m_b, nullptr, ws.r_b, ws.acc_b};
     status = launch_sweep<Tin, Tc, G>(back, stream);
     if (status != HL_OK) return status;
     finish_kernel<Tin, Tc><<<finish_blocks(b.rows * cols), kFinishThreads, 0, stream>>>(
@@ -491,8 +498,15 @@ extern "C" hl_status hl_uniform_lse_cuda(hl_dtype dtype, hl_precision precision,
                                          size_t workspace_bytes, void* stream_ptr) {
   using namespace hyperloss::cuda;
   if (!valid_shapes(a, b, t, intra_batch) || lse_out == nullptr) return HL_ERR_INVALID_ARGUMENT;
+  if (precision != HL_PRECISION_IEEE && precision != HL_PRECISION_TF32 && precision != HL_PRECISION_BF16)
+    return HL_ERR_INVALID_ARGUMENT;
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
   const bool intra = intra_batch != 0;
+  int device = 0, major = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess)
+    return HL_ERR_CUDA;
+  const bool tensor_cores = major >= 8;  // bf16 and tf32 fragments; older GPUs compute every product on SIMT
   float* lse_f = static_cast<float*>(lse_out);
   float* ga_f = static_cast<float*>(grad_a);
   float* gb_f = static_cast<float*>(grad_b);
@@ -502,12 +516,21 @@ extern "C" hl_status hl_uniform_lse_cuda(hl_dtype dtype, hl_precision precision,
                                                   static_cast<double*>(grad_a), static_cast<double*>(grad_b), workspace,
                                                   workspace_bytes, stream);
     case HL_FLOAT16:
+      if (!tensor_cores)
+        return uniform<__half, float, Gram::kSimt>(a, b, t, intra, lse_f, ga_f, gb_f, workspace, workspace_bytes,
+                                                   stream);
       return uniform<__half, float, Gram::kHalf>(a, b, t, intra, lse_f, ga_f, gb_f, workspace, workspace_bytes,
                                                  stream);
     case HL_BFLOAT16:
+      if (!tensor_cores)
+        return uniform<__nv_bfloat16, float, Gram::kSimt>(a, b, t, intra, lse_f, ga_f, gb_f, workspace,
+                                                          workspace_bytes, stream);
       return uniform<__nv_bfloat16, float, Gram::kBf16>(a, b, t, intra, lse_f, ga_f, gb_f, workspace,
                                                         workspace_bytes, stream);
     case HL_FLOAT32:
+      if (!tensor_cores)
+        return uniform<float, float, Gram::kSimt>(a, b, t, intra, lse_f, ga_f, gb_f, workspace, workspace_bytes,
+                                                  stream);
       if (precision == HL_PRECISION_TF32)
         return uniform<float, float, Gram::kTf32>(a, b, t, intra, lse_f, ga_f, gb_f, workspace, workspace_bytes,
                                                   stream);

@@ -6,7 +6,10 @@
 
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
+#include <cstdlib>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "hyperloss/hyperloss.h"
@@ -57,9 +60,44 @@ static std::vector<double> round_to(const std::vector<double>& v, std::vector<Ti
   return held;
 }
 
+// A matrix stored with a row pitch of cols + pad, or transposed (column-major) when `transposed`.
+struct Layout {
+  int64_t pad = 0;
+  bool transposed = false;
+};
+
+template <typename T>
+static std::vector<T> lay_out(const std::vector<T>& dense, int64_t rows, int64_t cols, Layout layout,
+                              hl_matrix& view) {
+  const int64_t pitch = cols + layout.pad;
+  std::vector<T> stored(std::max<int64_t>(rows * pitch, 1));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c)
+      stored[layout.transposed ? c * rows + r : r * pitch + c] = dense[r * cols + c];
+  view.rows = rows;
+  view.cols = cols;
+  view.row_stride = layout.transposed ? 1 : pitch;
+  view.col_stride = layout.transposed ? rows : 1;
+  return stored;
+}
+
+template <typename Tc>
+static void compare_grad(const Tc* dev, const std::vector<double>& ref, double tol, const char* name,
+                         const char* what) {
+  const std::vector<Tc> g = to_host(dev, ref.size());
+  double scale = 1e-3, err = 0;
+  for (double r : ref) scale = std::fmax(scale, std::fabs(r));
+  for (size_t k = 0; k < ref.size(); ++k) err = std::fmax(err, std::fabs(double(g[k]) - ref[k]));
+  if (!(err <= 10 * tol * scale)) {
+    std::printf("FAIL %s %s: max error %.3g (scale %.3g)\n", name, what, err, scale);
+    ++failures;
+  }
+}
+
+// Every combination of wanted gradients (none, A, B, both) against the float64 CPU kernel on the same values.
 template <typename Tin, typename Tc>
 static void check_uniform(hl_dtype dtype, hl_precision precision, int64_t na, int64_t nb, int64_t d, double t,
-                          bool intra, double tol, const char* name) {
+                          bool intra, double tol, const char* name, Layout layout = {}) {
   std::mt19937 rng(static_cast<unsigned>(na * 7 + nb * 3 + d));
   std::normal_distribution<double> normal;
   std::vector<double> a(na * d), b(nb * d);
@@ -68,26 +106,29 @@ static void check_uniform(hl_dtype dtype, hl_precision precision, int64_t na, in
   std::vector<Tin> a_in, b_in;
   const std::vector<double> a_held = round_to(a, a_in), b_held = round_to(b, b_in);
 
-  // CPU reference in float64 on the values the GPU sees.
   double want = 0;
   std::vector<double> ga_ref(na * d), gb_ref(nb * d);
   hl_uniform_lse_cpu(HL_FLOAT64, hl_matrix{a_held.data(), na, d, d, 1},
                      hl_matrix{nb ? b_held.data() : nullptr, nb, d, d, 1}, t, intra, 0, &want, ga_ref.data(),
                      nb ? gb_ref.data() : nullptr);
 
-  for (bool grad : {false, true}) {
-    Tin* a_dev = to_device(a_in);
-    Tin* b_dev = nb ? to_device(b_in) : nullptr;
+  hl_matrix av{}, bv{};
+  Tin* a_dev = to_device(lay_out(a_in, na, d, layout, av));
+  Tin* b_dev = nb ? to_device(lay_out(b_in, nb, d, layout, bv)) : nullptr;
+  av.data = a_dev;
+  bv = nb ? hl_matrix{b_dev, bv.rows, bv.cols, bv.row_stride, bv.col_stride} : hl_matrix{nullptr, 0, d, 0, 0};
+  for (int wanted = 0; wanted < 4; ++wanted) {
+    const bool grad_a = wanted & 1, grad_b = (wanted & 2) && nb;
+    if ((wanted & 2) && !nb) continue;
     Tc *lse_dev = nullptr, *ga_dev = nullptr, *gb_dev = nullptr;
     CUDA_OK(cudaMalloc(&lse_dev, sizeof(Tc)));
-    if (grad) CUDA_OK(cudaMalloc(&ga_dev, sizeof(Tc) * na * d));
-    if (grad && nb) CUDA_OK(cudaMalloc(&gb_dev, sizeof(Tc) * nb * d));
-    const size_t bytes = hl_uniform_workspace_bytes_cuda(dtype, na, nb, d, grad, grad && nb);
+    if (grad_a) CUDA_OK(cudaMalloc(&ga_dev, sizeof(Tc) * na * d));
+    if (grad_b) CUDA_OK(cudaMalloc(&gb_dev, sizeof(Tc) * nb * d));
+    const size_t bytes = hl_uniform_workspace_bytes_cuda(dtype, na, nb, d, grad_a, grad_b);
     void* ws = nullptr;
     CUDA_OK(cudaMalloc(&ws, bytes));
-    const hl_status st = hl_uniform_lse_cuda(dtype, precision, hl_matrix{a_dev, na, d, d, 1},
-                                             hl_matrix{b_dev, nb, d, d, 1}, t, intra, lse_dev, ga_dev, gb_dev, ws,
-                                             bytes, nullptr);
+    const hl_status st =
+        hl_uniform_lse_cuda(dtype, precision, av, bv, t, intra, lse_dev, ga_dev, gb_dev, ws, bytes, nullptr);
     CUDA_OK(cudaDeviceSynchronize());
     if (st != HL_OK) {
       std::printf("FAIL %s: %s\n", name, hl_status_string(st));
@@ -95,32 +136,20 @@ static void check_uniform(hl_dtype dtype, hl_precision precision, int64_t na, in
     } else {
       const double got = to_host(lse_dev, 1)[0];
       if (!(std::fabs(got - want) <= tol * (1 + std::fabs(want)))) {
-        std::printf("FAIL %s grad=%d na=%lld nb=%lld d=%lld: lse %.9g want %.9g\n", name, grad, (long long)na,
-                    (long long)nb, (long long)d, got, want);
+        std::printf("FAIL %s grads=%d na=%lld nb=%lld d=%lld t=%g: lse %.9g want %.9g\n", name, wanted,
+                    (long long)na, (long long)nb, (long long)d, t, got, want);
         ++failures;
       }
-      if (grad) {
-        auto compare = [&](const Tc* dev, const std::vector<double>& ref, const char* what) {
-          const std::vector<Tc> g = to_host(dev, ref.size());
-          double scale = 1e-3, err = 0;
-          for (double r : ref) scale = std::fmax(scale, std::fabs(r));
-          for (size_t k = 0; k < ref.size(); ++k) err = std::fmax(err, std::fabs(double(g[k]) - ref[k]));
-          if (!(err <= 10 * tol * scale)) {
-            std::printf("FAIL %s %s: max error %.3g (scale %.3g)\n", name, what, err, scale);
-            ++failures;
-          }
-        };
-        compare(ga_dev, ga_ref, "grad_a");
-        if (nb) compare(gb_dev, gb_ref, "grad_b");
-      }
+      if (grad_a) compare_grad(ga_dev, ga_ref, tol, name, "grad_a");
+      if (grad_b) compare_grad(gb_dev, gb_ref, tol, name, "grad_b");
     }
-    cudaFree(a_dev);
-    cudaFree(b_dev);
     cudaFree(lse_dev);
     cudaFree(ga_dev);
     cudaFree(gb_dev);
     cudaFree(ws);
   }
+  cudaFree(a_dev);
+  cudaFree(b_dev);
 }
 
 template <typename Tin, typename Tc>
@@ -130,8 +159,79 @@ static void check_all(hl_dtype dtype, hl_precision precision, double tol, const 
   check_uniform<Tin, Tc>(dtype, precision, 200, 0, 128, 2.0, true, tol, name);
   check_uniform<Tin, Tc>(dtype, precision, 97, 45, 70, 2.0, true, tol, name);
   check_uniform<Tin, Tc>(dtype, precision, 97, 45, 70, 2.0, false, tol, name);
-  check_uniform<Tin, Tc>(dtype, precision, 65, 0, 5, 50.0, true, tol, name);  // every exp(s) underflows in float
+  // Every exp(s) underflows in float: the closest pairs are about 1 apart, so the largest s is about -150.
+  check_uniform<Tin, Tc>(dtype, precision, 65, 0, 64, 150.0, true, tol, name);
+  check_uniform<Tin, Tc>(dtype, precision, 97, 45, 64, 150.0, true, tol, name);
   check_uniform<Tin, Tc>(dtype, precision, 40, 0, 300, 2.0, true, tol, name);
+  check_uniform<Tin, Tc>(dtype, precision, 70, 20, 33, 2.0, true, tol, name, Layout{3, false});  // padded rows
+  check_uniform<Tin, Tc>(dtype, precision, 70, 20, 33, 2.0, true, tol, name, Layout{0, true});   // column-major
+}
+
+// A NaN in the queue or an Inf in x makes the loss and every gradient element NaN.
+static void check_nonfinite() {
+  for (int where = 0; where < 2; ++where) {
+    std::vector<float> a(40 * 8, 0.25f), b(10 * 8, -0.5f);
+    for (size_t k = 0; k < a.size(); ++k) a[k] = std::sin(0.37f * k);
+    (where ? a[17] : b[3]) = where ? INFINITY : NAN;
+    float *a_dev = to_device(a), *b_dev = to_device(b), *lse = nullptr, *ga = nullptr, *gb = nullptr;
+    CUDA_OK(cudaMalloc(&lse, sizeof(float)));
+    CUDA_OK(cudaMalloc(&ga, sizeof(float) * a.size()));
+    CUDA_OK(cudaMalloc(&gb, sizeof(float) * b.size()));
+    const size_t bytes = hl_uniform_workspace_bytes_cuda(HL_FLOAT32, 40, 10, 8, 1, 1);
+    void* ws = nullptr;
+    CUDA_OK(cudaMalloc(&ws, bytes));
+    hl_uniform_lse_cuda(HL_FLOAT32, HL_PRECISION_IEEE, hl_matrix{a_dev, 40, 8, 8, 1}, hl_matrix{b_dev, 10, 8, 8, 1},
+                        2.0, 1, lse, ga, gb, ws, bytes, nullptr);
+    CUDA_OK(cudaDeviceSynchronize());
+    bool all_nan = std::isnan(to_host(lse, 1)[0]);
+    for (float g : to_host(ga, a.size())) all_nan = all_nan && std::isnan(g);
+    for (float g : to_host(gb, b.size())) all_nan = all_nan && std::isnan(g);
+    if (!all_nan) {
+      std::printf("FAIL non-finite input (%s) did not give NaN everywhere\n", where ? "Inf in x" : "NaN in queue");
+      ++failures;
+    }
+    cudaFree(a_dev);
+    cudaFree(b_dev);
+    cudaFree(lse);
+    cudaFree(ga);
+    cudaFree(gb);
+    cudaFree(ws);
+  }
+}
+
+static void check_align(double alpha) {
+  const int64_t n = 300, d = 70;
+  std::vector<double> x(n * d), y(n * d);
+  std::mt19937 rng(11);
+  std::normal_distribution<double> normal;
+  for (auto& v : x) v = normal(rng);
+  for (auto& v : y) v = normal(rng);
+  for (int64_t c = 0; c < d; ++c) y[5 * d + c] = x[5 * d + c];  // one row with x_i == y_i
+  double want = 0;
+  std::vector<double> g_ref(n * d);
+  hl_align_cpu(HL_FLOAT64, hl_matrix{x.data(), n, d, d, 1}, hl_matrix{y.data(), n, d, d, 1}, alpha, 0, &want,
+               g_ref.data());
+  std::vector<float> xf(x.begin(), x.end()), yf(y.begin(), y.end());
+  float *x_dev = to_device(xf), *y_dev = to_device(yf), *loss = nullptr, *grad = nullptr;
+  CUDA_OK(cudaMalloc(&loss, sizeof(float)));
+  CUDA_OK(cudaMalloc(&grad, sizeof(float) * n * d));
+  const size_t bytes = hl_align_workspace_bytes_cuda(HL_FLOAT32, n);
+  void* ws = nullptr;
+  CUDA_OK(cudaMalloc(&ws, bytes));
+  const hl_status st = hl_align_cuda(HL_FLOAT32, hl_matrix{x_dev, n, d, d, 1}, hl_matrix{y_dev, n, d, d, 1}, alpha,
+                                     loss, grad, ws, bytes, nullptr);
+  CUDA_OK(cudaDeviceSynchronize());
+  const double got = to_host(loss, 1)[0];
+  if (st != HL_OK || !(std::fabs(got - want) <= 1e-5 * (1 + std::fabs(want)))) {
+    std::printf("FAIL align alpha=%g: %.9g want %.9g (%s)\n", alpha, got, want, hl_status_string(st));
+    ++failures;
+  }
+  compare_grad(grad, g_ref, 1e-5, "align", "grad_x");
+  cudaFree(x_dev);
+  cudaFree(y_dev);
+  cudaFree(loss);
+  cudaFree(grad);
+  cudaFree(ws);
 }
 
 int main() {
@@ -146,6 +246,8 @@ int main() {
   check_all<float, float>(HL_FLOAT32, HL_PRECISION_BF16, 2e-2, "float32 bf16");
   check_all<__half, float>(HL_FLOAT16, HL_PRECISION_IEEE, 2e-5, "float16");
   check_all<__nv_bfloat16, float>(HL_BFLOAT16, HL_PRECISION_IEEE, 2e-5, "bfloat16");
+  check_nonfinite();
+  for (double alpha : {2.0, 1.0, 0.5}) check_align(alpha);
   std::printf("%s: %d failures\n", failures ? "FAILED" : "OK", failures);
   return failures ? 1 : 0;
 }
