@@ -1,4 +1,8 @@
-"""The "triton" backend: fused Triton kernels (GPU; CPU under TRITON_INTERPRET=1)."""
+"""The "triton" backend: fused Triton kernels (GPU; CPU under TRITON_INTERPRET=1).
+
+``uniform.py`` and ``align.py`` each hold one op: kernel, launcher, and its torch.library registration
+(``hyperloss::triton_uniform_lse``, ``hyperloss::triton_align``) so that torch.compile traces through them.
+"""
 
 from __future__ import annotations
 
@@ -13,18 +17,26 @@ except ImportError as error:
 
 
 def available() -> tuple[bool, str]:
+    """(True, "") when Triton imports and there is a CUDA device or TRITON_INTERPRET=1; else (False, why)."""
     import torch
 
     if _IMPORT_ERROR is not None:
         return False, _IMPORT_ERROR
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         return False, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on the CPU, slowly)"
-    return False, "the Triton kernels are not implemented yet"
+    return True, ""
 
 
-def uniform_lse(*args, **kwargs):
-    raise NotImplementedError("the Triton uniformity kernel is not implemented yet")
+if _IMPORT_ERROR is None:
+    from .align import align
+    from .uniform import uniform_lse
+else:
+
+    def uniform_lse(*args, **kwargs):
+        raise RuntimeError(_IMPORT_ERROR)
+
+    def align(*args, **kwargs):
+        raise RuntimeError(_IMPORT_ERROR)
 
 
-def align(*args, **kwargs):
-    raise NotImplementedError("the Triton alignment kernel is not implemented yet")
+__all__ = ["align", "available", "uniform_lse"]

@@ -1,0 +1,422 @@
+"""The Triton backend against the float64 references: on a GPU, or on the CPU under TRITON_INTERPRET=1.
+
+CPU run (the interpreter is read when Python starts, so set it outside):  TRITON_INTERPRET=1 pytest tests/test_triton.py
+The interpreter runs float32, float16 and float64; bfloat16 operands, tf32 products, autotuning and torch.compile
+need a GPU (tests marked ``gpu``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import math
+import os
+
+import pytest
+import torch
+
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed (pip install triton)", allow_module_level=True)
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+CUDA = torch.cuda.is_available()
+if not (CUDA or INTERPRET):
+    pytest.skip(
+        "no CUDA device and TRITON_INTERPRET is not 1: run `TRITON_INTERPRET=1 pytest tests/test_triton.py` to test "
+        "the Triton kernels on the CPU",
+        allow_module_level=True,
+    )
+
+import triton  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import hyperloss  # noqa: E402
+import hyperloss.triton as hl_triton  # noqa: E402
+from hyperloss import reference  # noqa: E402
+from hyperloss._common import log_num_pairs  # noqa: E402
+from hyperloss.triton import uniform as triton_uniform  # noqa: E402
+from hyperloss.triton.uniform import resolve_precision  # noqa: E402
+from tests.helpers import assert_close_scaled, features, uniform_reference  # noqa: E402
+
+# The interpreter runs kernels on CPU tensors; a GPU run uses CUDA tensors.
+DEVICE = "cpu" if INTERPRET else "cuda"
+gpu = pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device and TRITON_INTERPRET unset")
+
+# Unit roundoff of the dot-product operands. A score -t ||u - v||^2 computed through u.v carries an absolute error
+# of about t * max ||.||^2 * this (cancellation in n_u + n_v - 2 u.v).
+OPERAND_EPS = {
+    "float64": 2.0**-53,
+    "float32": 2.0**-24,
+    "float16": 2.0**-11,
+    "tf32": 2.0**-11,
+    "bfloat16": 2.0**-8,
+}
+# Per kind: value error in units of that score error, relative value error, and gradient error relative to its
+# largest entry at t = 2 and unit norms. float32/float64 take conftest's worst-case 64 units; the rounded-operand
+# kinds were sized on a torch emulation of their rounding (N = 256..512, D = 5..128) with a 2-5x margin.
+TOLERANCE = {
+    "float64": (64, 1e-12, 1e-9),
+    "float32": (64, 1e-5, 1e-4),
+    "float16": (4, 1e-5, 1e-2),
+    "tf32": (16, 1e-5, 2e-2),
+    "bfloat16": (4, 1e-5, 3e-2),
+}
+
+
+def _tolerances(kind: str, t: float, max_sq_norm: float, want: float) -> tuple[float, float]:
+    """(absolute value error, gradient error relative to its largest entry) allowed for ``kind`` at ``t``."""
+    units, value_rel, grad_rel = TOLERANCE[kind]
+    scale = t * max(max_sq_norm, 1.0)
+    score_error = units * OPERAND_EPS[kind] * scale
+    value = score_error + value_rel * (1 + abs(want))
+    if kind in ("float64", "float32"):
+        return value, grad_rel + 8 * score_error  # as conftest: the weights err by the score error
+    return value, grad_rel * max(1.0, scale / 2)  # rounded operands: errors grow with t * norm^2
+
+
+def _kind(dtype: torch.dtype, precision: str | None) -> str:
+    if dtype == torch.float32 and precision in ("tf32", "bf16"):
+        return {"tf32": "tf32", "bf16": "bfloat16"}[precision]
+    return str(dtype).removeprefix("torch.")
+
+
+def _feats(n, d, seed, dtype=torch.float32, **kw):
+    return features(n, d, seed=seed, dtype=dtype, **kw).to(DEVICE)
+
+
+def check_uniform(x, t, queue=None, intra_batch=True, queue_grad=True, precision=None):
+    """Value and gradients of the Triton loss (public API; ``precision`` through the primitive) vs float64."""
+    kind = _kind(x.dtype, precision)
+    x = x.detach().requires_grad_()
+    if queue is not None:
+        queue = queue.detach().requires_grad_(queue_grad)
+    if precision is None:
+        got = hyperloss.uniform_loss(x, t, queue=queue, intra_batch=intra_batch, backend="triton")
+        inputs = [x] + ([queue] if queue is not None and queue_grad else [])
+        grads = torch.autograd.grad(got, inputs)
+    else:
+        lse, gx, gq = hl_triton.uniform.uniform_lse(x, queue, t, intra_batch, True, queue_grad, precision=precision)
+        got = lse - log_num_pairs(x.shape[0], 0 if queue is None else queue.shape[0], intra_batch)
+        grads = [gx] + ([gq] if queue is not None and queue_grad else [])
+    want, want_grads = uniform_reference(x, t, queue, intra_batch)
+    got = got.detach()
+    assert got.dtype == (torch.float64 if x.dtype == torch.float64 else torch.float32)
+    assert got.shape == ()
+    tensors = [x] if queue is None else [x, queue]
+    max_sq_norm = max(float(v.detach().double().pow(2).sum(1).max()) for v in tensors)
+    value_tol, grad_tol = _tolerances(kind, t, max_sq_norm, float(want))
+    err = abs(float(got) - float(want))
+    assert err <= value_tol, f"value {float(got)} vs {float(want)} ({kind})"
+    for name, g, w in zip(("x", "queue"), grads, want_grads, strict=False):
+        assert g.shape == w.shape
+        assert_close_scaled(g, w, grad_tol, f"d loss / d {name} ({kind})")
+    return float(got)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Runs on the interpreter and on a GPU
+
+
+def test_available():
+    assert hl_triton.available() == (True, "")
+    assert "triton" in [b.name for b in hyperloss.backends() if b.available]
+
+
+@pytest.mark.parametrize(
+    ("n", "d"),
+    # Around the interpreter's 16-row blocks and 16-column D chunks; d > 32 takes the chunked-D path there.
+    [(37, 5), (70, 33), (2, 3), (16, 16), (17, 15), (33, 32), (31, 48)],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_intra_batch(n, d, dtype):
+    check_uniform(_feats(n, d, seed=n * d, dtype=dtype), 2.0)
+
+
+def test_d_equal_1():
+    # Not normalized: normalized 1-D rows are +-1, where the gradient is a tiny difference of large sums.
+    check_uniform(_feats(30, 1, seed=1, normalize=False), 2.0)
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "d", "intra_batch", "queue_grad"),
+    [
+        (37, 19, 5, True, True),
+        (37, 19, 5, True, False),
+        (30, 21, 33, False, True),
+        (23, 40, 7, False, False),
+        (1, 9, 4, False, True),
+    ],
+)
+def test_with_queue(n, k, d, intra_batch, queue_grad):
+    x, queue = _feats(n, d, seed=n), _feats(k, d, seed=k + 1)
+    check_uniform(x, 2.0, queue, intra_batch=intra_batch, queue_grad=queue_grad)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(
+    n=st.integers(1, 50),
+    k=st.integers(0, 30),
+    d=st.integers(1, 40),
+    t=st.floats(0.1, 20.0),
+    scale=st.sampled_from([0.3, 1.0, 3.0]),
+    intra_batch=st.booleans(),
+    queue_grad=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_random_shapes(n, k, d, t, scale, intra_batch, queue_grad, seed):
+    if k == 0:  # no queue: the i<j pairs only
+        n, intra_batch = max(n, 2), True
+    # Normalized 1-D rows are +-1: duplicates whose gradient is a tiny difference of large sums (test_d_equal_1).
+    x = _feats(n, d, seed=seed, scale=scale, normalize=d > 1)
+    queue = _feats(k, d, seed=seed + 1, scale=scale, normalize=d > 1) if k else None
+    check_uniform(x, t, queue, intra_batch=intra_batch and n >= 2, queue_grad=queue_grad)
+
+
+def test_with_queue_float64():
+    check_uniform(_feats(25, 9, seed=2, dtype=torch.float64), 1.5, _feats(13, 9, seed=3, dtype=torch.float64))
+
+
+def test_float16_inputs():
+    x = _feats(40, 24, seed=4, dtype=torch.float16)
+    check_uniform(x, 2.0, _feats(12, 24, seed=5, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_underflow_gives_the_exact_log_mean_exp(dtype):
+    # Rows of norm 2 in 64 dimensions: every squared distance is far above 2, so at t = 50 every exp(-t d)
+    # underflows (to 0 in float32, where the paper's code returns -inf).
+    x = _feats(24, 64, seed=6, dtype=dtype, scale=2.0)
+    queue = _feats(10, 64, seed=7, dtype=dtype, scale=2.0)
+    if dtype == torch.float32:
+        assert reference.paper_uniform_loss(x.cpu(), 50.0) == -math.inf
+    value = check_uniform(x, 50.0)
+    assert value == pytest.approx(float(reference.dense_uniform_loss(x.double().cpu(), 50.0)), rel=1e-6)
+    check_uniform(x, 50.0, queue)
+
+
+def test_loss_only_equals_loss_with_gradient():
+    x, queue = _feats(45, 12, seed=8), _feats(20, 12, seed=9)
+    for q, intra in ((None, True), (queue, True), (queue, False)):
+        plain, gx, gq = hl_triton.uniform_lse(x, q, 2.0, intra, False, False)
+        assert gx is None and gq is None
+        full, gx, gq = hl_triton.uniform_lse(x, q, 2.0, intra, True, q is not None)
+        assert gx.shape == x.shape and (q is None or gq.shape == q.shape)
+        assert float(plain) == pytest.approx(float(full), rel=1e-6)
+    with torch.no_grad():
+        plain = hyperloss.uniform_loss(x, 2.0, queue=queue, backend="triton")
+    with_grad = hyperloss.uniform_loss(x.clone().requires_grad_(), 2.0, queue=queue, backend="triton")
+    assert float(plain) == pytest.approx(float(with_grad.detach()), rel=1e-6)
+
+
+def test_non_contiguous_inputs():
+    wide = _feats(60, 40, seed=10)
+    x = wide[::2, ::3]  # strided in both dimensions
+    assert not x.is_contiguous()
+    contiguous = check_uniform(x, 2.0)
+    assert contiguous == pytest.approx(float(hyperloss.uniform_loss(x.contiguous(), backend="triton")), rel=1e-6)
+    transposed = _feats(14, 14, seed=11).T  # column-major
+    assert not transposed.is_contiguous()
+    check_uniform(x, 2.0, transposed, intra_batch=True)
+    check_uniform(transposed, 2.0, x[:9], intra_batch=False)
+
+
+def test_duplicate_rows_give_finite_gradients():
+    base = _feats(10, 6, seed=12)
+    x = torch.cat([base, base[:4], base[:1]])
+    check_uniform(x, 2.0)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy under the interpreter: inf - inf
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_input_gives_nan(bad):
+    x = _feats(20, 4, seed=13)
+    x[3, 1] = bad
+    x.requires_grad_()
+    loss = hyperloss.uniform_loss(x, backend="triton")
+    assert torch.isnan(loss)
+    (grad,) = torch.autograd.grad(loss, x)
+    assert torch.isnan(grad).all()
+    queue = _feats(5, 4, seed=14)
+    queue[0, 0] = bad
+    lse, gx, gq = hl_triton.uniform_lse(_feats(6, 4, seed=1), queue, 2.0, True, True, True)
+    assert torch.isnan(lse) and torch.isnan(gx).all() and torch.isnan(gq).all()
+
+
+def test_precision_follows_torch_and_can_be_overridden():
+    saved = torch.get_float32_matmul_precision()
+    try:
+        for torch_name, ours in (("highest", "ieee"), ("high", "tf32"), ("medium", "bf16")):
+            torch.set_float32_matmul_precision(torch_name)
+            assert resolve_precision(torch.float32, None) == ours
+            assert resolve_precision(torch.float32, "ieee") == "ieee"
+            assert resolve_precision(torch.float16, None) == "native"
+            assert resolve_precision(torch.float64, "bf16") == "native"
+    finally:
+        torch.set_float32_matmul_precision(saved)
+    assert resolve_precision(torch.float32, "medium") == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision(torch.float32, "fp8")
+
+
+def _with_blocks(monkeypatch, config) -> None:
+    """Makes the uniformity launcher use ``config`` alone (the kernel math must not depend on the block shape)."""
+    kernel = triton.autotune(configs=[config], key=[])(triton_uniform._uniform_rows_kernel)
+    monkeypatch.setattr(triton_uniform, "_rows_kernel", kernel)
+
+
+@pytest.mark.skipif(not INTERPRET, reason="block shapes for the interpreter; test_gpu_every_config covers the GPU")
+@pytest.mark.parametrize(("block_m", "block_n"), [(16, 32), (32, 16)])
+def test_other_block_shapes(monkeypatch, block_m, block_n):
+    _with_blocks(monkeypatch, triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}))
+    x, queue = _feats(53, 7, seed=block_m), _feats(21, 7, seed=block_n)
+    check_uniform(x, 2.0, queue)
+    test_loss_only_equals_loss_with_gradient()
+
+
+ALIGN_SHAPES = [(37, 5), (20, 33), (9, 1)]  # d = 33 takes the two-pass path under the interpreter (> 32)
+
+
+@pytest.mark.parametrize(("n", "d"), ALIGN_SHAPES)
+@pytest.mark.parametrize("alpha", [2.0, 1.0, 3.3, 0.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_align(n, d, alpha, dtype):
+    x, y = _feats(n, d, seed=n, dtype=dtype), _feats(n, d, seed=n + 1, dtype=dtype)
+    y[:2] = x[:2]  # equal rows: zero distance, zero gradient for every alpha
+    loss, gx = hl_triton.align(x, y, alpha, True)
+    want = reference.dense_align_loss(x.double().cpu(), y.double().cpu(), alpha)
+    _, want_gx = reference.align(x.double().cpu(), y.double().cpu(), alpha, True)
+    rel = 1e-12 if dtype == torch.float64 else 1e-5
+    assert loss.dtype == dtype and loss.shape == ()
+    assert float(loss) == pytest.approx(float(want), rel=rel)
+    assert_close_scaled(gx.cpu(), want_gx, rel, "d align / dx")
+    assert torch.equal(gx[:2], torch.zeros_like(gx[:2]))
+    plain, none = hl_triton.align(x, y, alpha, False)
+    assert none is None and float(plain) == pytest.approx(float(loss), rel=1e-7)
+
+
+def test_align_public_api_non_contiguous_and_nan():
+    x = _feats(30, 40, seed=20)[:, ::2].requires_grad_()
+    y = _feats(30, 20, seed=21).T.contiguous().T.requires_grad_()  # column-major
+    assert not x.is_contiguous() and not y.is_contiguous()
+    loss = hyperloss.align_loss(x, y, 1.5, backend="triton")
+    gx, gy = torch.autograd.grad(loss, (x, y))
+    x64, y64 = x.detach().double().requires_grad_(), y.detach().double().requires_grad_()
+    want = reference.dense_align_loss(x64, y64, 1.5)
+    want_gx, want_gy = torch.autograd.grad(want, (x64, y64))
+    assert float(loss.detach()) == pytest.approx(float(want.detach()), rel=1e-5)
+    assert_close_scaled(gx, want_gx, 1e-5, "d align / dx")
+    assert_close_scaled(gy, want_gy, 1e-5, "d align / dy")
+    bad = x.detach().clone()
+    bad[1, 1] = float("nan")
+    assert torch.isnan(hl_triton.align(bad, y.detach(), 1.5, False)[0])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU only
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    ("dtype", "precision"),
+    [
+        (torch.float32, "ieee"),
+        (torch.float32, "tf32"),
+        (torch.float32, "bf16"),
+        (torch.float16, None),
+        (torch.bfloat16, None),
+        (torch.float64, None),
+    ],
+)
+@pytest.mark.parametrize("d", [128, 300])  # 300 > 256: the accumulator lives in memory, D is swept in chunks
+def test_gpu_dtypes_and_precisions(dtype, precision, d):
+    x, queue = _feats(1000, d, seed=d, dtype=dtype), _feats(257, d, seed=d + 1, dtype=dtype)
+    check_uniform(x, 2.0, precision=precision)
+    check_uniform(x, 2.0, queue, precision=precision)
+    check_uniform(x[:301], 2.0, queue, intra_batch=False, precision=precision)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", range(len(triton_uniform._CONFIGS)))
+def test_gpu_every_config(monkeypatch, config):
+    _with_blocks(monkeypatch, triton_uniform._CONFIGS[config])
+    x, queue = _feats(333, 128, seed=config, dtype=torch.bfloat16), _feats(71, 128, seed=9, dtype=torch.bfloat16)
+    check_uniform(x, 2.0, queue)
+    plain, _, _ = hl_triton.uniform_lse(x, queue, 2.0, True, False, False)
+    full, _, _ = hl_triton.uniform_lse(x, queue, 2.0, True, True, True)
+    assert float(plain) == pytest.approx(float(full), rel=1e-5)
+
+
+@gpu
+@pytest.mark.gpu
+def test_gpu_precision_follows_torch():
+    x = _feats(512, 64, seed=30)
+    saved = torch.get_float32_matmul_precision()
+    try:
+        for name, ours in (("highest", "ieee"), ("high", "tf32"), ("medium", "bf16")):
+            torch.set_float32_matmul_precision(name)
+            got = hyperloss.uniform_loss(x, backend="triton")
+            lse, _, _ = hl_triton.uniform_lse(x, None, 2.0, True, False, False, precision=ours)
+            assert float(got) == pytest.approx(float(lse) - log_num_pairs(512, 0, True), abs=1e-6), name
+    finally:
+        torch.set_float32_matmul_precision(saved)
+
+
+@gpu
+@pytest.mark.gpu
+def test_gpu_large_d_and_underflow():
+    check_uniform(_feats(300, 4096, seed=31), 2.0, _feats(70, 4096, seed=32))
+    check_uniform(_feats(700, 128, seed=33, dtype=torch.bfloat16), 50.0)
+    n, d = 1 << 17, 16  # many row blocks, and a triangular sweep over 2^16 column blocks
+    x = _feats(n, d, seed=34, dtype=torch.bfloat16)
+    lse, _, _ = hl_triton.uniform_lse(x, None, 2.0, True, False, False)
+    want, _, _ = reference.uniform_lse(x, None, 2.0, True, False, False)
+    assert float(lse) == pytest.approx(float(want), abs=1e-2)
+
+
+@gpu
+@pytest.mark.gpu
+def test_gpu_align_dtypes():
+    # d = 4099 keeps rows in registers (one read of x and y); d = 9000 sweeps D twice.
+    for dtype, (n, d) in itertools.product(
+        (torch.float16, torch.bfloat16, torch.float32, torch.float64), ((4099, 4099), (300, 9000))
+    ):
+        x, y = _feats(n, d, seed=40, dtype=dtype), _feats(n, d, seed=41, dtype=dtype)
+        for alpha in (2.0, 1.3):
+            loss, gx = hl_triton.align(x, y, alpha, True)
+            want, want_gx = reference.align(x.double(), y.double(), alpha, True)
+            rel = 1e-12 if dtype == torch.float64 else 1e-5
+            assert float(loss) == pytest.approx(float(want), rel=rel)
+            assert_close_scaled(gx, want_gx, rel, f"align gradient {dtype}")
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.skipif(not hl_triton._runtime.AUTOTUNE, reason="HYPERLOSS_TRITON_AUTOTUNE=0")
+def test_gpu_autotuning_is_cached():
+    x = _feats(2048, 128, seed=50, dtype=torch.bfloat16).requires_grad_()
+    hyperloss.uniform_loss(x, backend="triton").backward()
+    tuned = dict(triton_uniform._rows_kernel.cache)
+    assert tuned, "the first call tunes and caches a config per key"
+    hyperloss.uniform_loss(x, backend="triton").backward()
+    assert dict(triton_uniform._rows_kernel.cache) == tuned
+
+
+@gpu
+@pytest.mark.gpu
+def test_gpu_torch_compile_fullgraph():
+    def step(x, y, queue):
+        return hyperloss.align_loss(x, y, backend="triton") + hyperloss.uniform_loss(x, queue=queue, backend="triton")
+
+    compiled = torch.compile(step, fullgraph=True)
+    x = _feats(512, 128, seed=60).requires_grad_()
+    y = _feats(512, 128, seed=61)
+    queue = _feats(256, 128, seed=62).requires_grad_()
+    got = compiled(x, y, queue)
+    got_grads = torch.autograd.grad(got, (x, queue))
+    want = step(x, y, queue)
+    want_grads = torch.autograd.grad(want, (x, queue))
+    assert float(got) == pytest.approx(float(want), rel=1e-6)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        assert_close_scaled(g, w, 1e-5, "compiled gradient")
