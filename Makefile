@@ -23,8 +23,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check hyperloss tests bench
 	$(VENV)/bin/ruff format --check hyperloss tests bench
 
+# The Triton kernels run on the CPU only under TRITON_INTERPRET=1, which must be set before Python starts.
 pytest: build
 	$(PY) -m pytest -q tests bench
+	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/test_triton.py
 
 ctest:
 	cmake -S . -B build-cmake -G Ninja -DCMAKE_BUILD_TYPE=Release > /dev/null

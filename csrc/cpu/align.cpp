@@ -10,6 +10,25 @@
 namespace hyperloss::cpu {
 namespace {
 
+// One row: its loss term, and its gradient when `grad` is non-null. Step is the column stride (1 vectorizes).
+template <typename T>
+inline T align_row(const T* __restrict__ xr, const T* __restrict__ yr, int64_t xs, int64_t ys, int64_t cols,
+                   bool square, T half_alpha, T scale, T* __restrict__ grad) {
+  T d2 = 0;
+#pragma omp simd reduction(+ : d2)
+  for (int64_t c = 0; c < cols; ++c) {
+    const T diff = xr[c * xs] - yr[c * ys];
+    d2 += diff * diff;
+  }
+  if (grad != nullptr) {
+    // alpha = 2 needs no power; elsewhere a zero distance has a zero (sub)gradient, never 0 * inf.
+    const T coef = square ? scale : (d2 > T(0) ? scale * std::pow(d2, half_alpha - T(1)) : T(0));
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) grad[c] = coef * (xr[c * xs] - yr[c * ys]);
+  }
+  return square ? d2 : std::pow(d2, half_alpha);
+}
+
 template <typename T>
 hl_status align(const hl_matrix& x, const hl_matrix& y, double alpha, int num_threads, double* loss_out,
                 T* grad_x) {
@@ -17,23 +36,16 @@ hl_status align(const hl_matrix& x, const hl_matrix& y, double alpha, int num_th
   const T* ys = static_cast<const T*>(y.data);
   const int64_t rows = x.rows, cols = x.cols;
   const bool square = alpha == 2.0;
+  const bool unit_stride = x.col_stride == 1 && y.col_stride == 1;
   const T half_alpha = static_cast<T>(alpha / 2), scale = static_cast<T>(alpha / static_cast<double>(rows));
   double total = 0;
 #pragma omp parallel for reduction(+ : total) num_threads(num_threads > 0 ? num_threads : omp_get_max_threads())
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = xs + r * x.row_stride;
     const T* yr = ys + r * y.row_stride;
-    T d2 = 0;
-    for (int64_t c = 0; c < cols; ++c) {
-      const T diff = xr[c * x.col_stride] - yr[c * y.col_stride];
-      d2 += diff * diff;
-    }
-    total += square ? d2 : std::pow(d2, half_alpha);
-    if (grad_x == nullptr) continue;
-    // alpha = 2 needs no power; elsewhere a zero distance has a zero (sub)gradient, never 0 * inf.
-    const T coef = square ? scale : (d2 > T(0) ? scale * std::pow(d2, half_alpha - T(1)) : T(0));
-    T* g = grad_x + r * cols;
-    for (int64_t c = 0; c < cols; ++c) g[c] = coef * (xr[c * x.col_stride] - yr[c * y.col_stride]);
+    T* g = grad_x ? grad_x + r * cols : nullptr;
+    total += unit_stride ? align_row<T>(xr, yr, 1, 1, cols, square, half_alpha, scale, g)
+                         : align_row<T>(xr, yr, x.col_stride, y.col_stride, cols, square, half_alpha, scale, g);
   }
   *loss_out = total / static_cast<double>(rows);
   return HL_OK;

@@ -137,12 +137,16 @@ hl_status uniform_lse(const hl_matrix& a_in, const hl_matrix& b_in, double t, bo
     }
   }
 
+  // Tile scratch for every thread, allocated here once: buffers allocated inside the threads would land in
+  // per-thread malloc arenas that keep growing the process over repeated calls.
+  const int64_t scratch_per_thread = kTile * kTile + padded_cols * kTile;
+  std::vector<T> scratch(threads * scratch_per_thread);
   const T neg_inf = -std::numeric_limits<T>::infinity();
 #pragma omp parallel num_threads(threads)
   {
     ThreadSums<T>& mine = sums[omp_get_thread_num()];
-    std::vector<T> tile(kTile * kTile), side_tile(padded_cols * kTile);
-    T* e = tile.data();
+    T* e = scratch.data() + omp_get_thread_num() * scratch_per_thread;  // kTile x kTile scores, then weights
+    T* side_tile = e + kTile * kTile;                                    // padded_cols x kTile
 #pragma omp for schedule(dynamic, 1)
     for (size_t k = 0; k < tiles.size(); ++k) {
       const PairTile& p = tiles[k];
@@ -153,8 +157,7 @@ hl_status uniform_lse(const hl_matrix& a_in, const hl_matrix& b_in, double t, bo
         const T* yj = side.row(p.j0 + j);
         for (int64_t c = 0; c < padded_cols; ++c) side_tile[c * kTile + j] = yj[c];
       }
-      tile_matmul<T, false>(kTile, kTile, padded_cols, a.row(p.i0), padded_cols, 1, side_tile.data(), kTile, e,
-                            kTile);
+      tile_matmul<T, false>(kTile, kTile, padded_cols, a.row(p.i0), padded_cols, 1, side_tile, kTile, e, kTile);
       // Scores, masked where the pair does not exist (padding, j <= i on the diagonal).
       T tile_max = neg_inf;
       const int64_t valid_i = std::min(kTile, a.rows - p.i0), valid_j = std::min(kTile, side.rows - p.j0);

@@ -1,0 +1,7 @@
+"""Alignment loss: every implementation at each size, forward and forward + backward (see conftest.py)."""
+
+OP = "align"
+
+
+def test_align(bench_case, impl: str, mode: str, n: int) -> None:
+    bench_case(OP, impl, mode, n)
