@@ -62,6 +62,9 @@ def train(rank: int, args: argparse.Namespace, init_file: str) -> None:
                     f"  uniform {hyperloss.uniform_loss(ea).item():+.4f}",
                     flush=True,
                 )
+    # Free DDP (and its reducer) before the process group. Otherwise the reducer's teardown destroys the Gloo
+    # group while holding the GIL, which can deadlock against Gloo's worker threads (pytorch/pytorch#56297).
+    del model, optimizer
     dist.destroy_process_group()
 
 
