@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # One-call GPU check for a CUDA machine with no network (run from anywhere; it works in the repository root):
-#   1. the Triton tests on the GPU (every dtype and precision against float64, torch.compile, autotuning);
+#   0. builds hyperloss._C in place with its CUDA kernels, and the C library with CMake, running its ctest
+#      (the CUDA kernels against the CPU ones through the C API);
+#   1. the Triton and CUDA-backend tests on the GPU (every dtype and precision against float64, torch.compile,
+#      autotuning);
 #   2. compute-sanitizer memcheck on a small uniformity + alignment case, where compute-sanitizer is installed;
 #   3. the benchmark (python -m hyperloss.bench), where that module exists;
 #   4. the other tests (tests/ and bench/, CPU-side: CI runs them too) with the time left;
@@ -71,6 +74,21 @@ print(f"{name} | torch {torch.__version__} | triton {tv}")
 EOF
 )
 echo "=== environment: $ENV_LINE"
+
+# --- 0. builds ----------------------------------------------------------------------------------------------
+# The extension with its CUDA kernels, in place (torch's own build helpers; no network needed).
+run_step "build hyperloss._C" "$(($(left) * 30 / 100))" "$LOG_DIR/build.log" \
+    env MAX_JOBS="${MAX_JOBS:-16}" "$PY" setup.py build_ext --inplace
+ROWS+=("build hyperloss._C|$STEP_STATUS|$STEP_SECONDS|$("$PY" -c "import hyperloss; print([b.name for b in hyperloss.backends() if b.available])" 2>&1 | tail -1)")
+if command -v cmake >/dev/null 2>&1; then
+    run_step "CMake build + ctest" "$(($(left) * 25 / 100))" "$LOG_DIR/ctest.log" bash -c \
+        "cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build build-gpu -j ${MAX_JOBS:-16} \
+         && cd build-gpu && ctest --output-on-failure"
+    ROWS+=("ctest (C API, CUDA vs CPU)|$STEP_STATUS|$STEP_SECONDS|$(grep -E "tests passed|tests failed" "$LOG_DIR/ctest.log" | tail -1)")
+else
+    ROWS+=("ctest (C API, CUDA vs CPU)|SKIP|0|cmake not installed")
+fi
+
 # The C++ extension is built per machine; without it the CPU-backend tests that require it skip.
 if ! "$PY" -c "import hyperloss._C" >/dev/null 2>&1; then
     export HYPERLOSS_NO_EXTENSION=1
@@ -86,9 +104,9 @@ summary_of() {  # the last pytest summary line of a log ("N passed, M skipped in
 # --- 1. tests -----------------------------------------------------------------------------------------------
 # Correctness with one block config per kernel variant (tuning every variant of every dtype would compile six
 # configs each: minutes); test_gpu_every_config checks each config, and the second run the tuning itself.
-run_step "pytest tests/test_triton.py (GPU)" "$(($(left) * 50 / 100))" "$LOG_DIR/pytest-triton.log" \
-    env HYPERLOSS_TRITON_AUTOTUNE=0 "$PY" -m pytest -q -rs tests/test_triton.py
-ROWS+=("pytest test_triton.py|$STEP_STATUS|$STEP_SECONDS|$(summary_of "$LOG_DIR/pytest-triton.log")")
+run_step "pytest Triton + CUDA backends (GPU)" "$(($(left) * 50 / 100))" "$LOG_DIR/pytest-triton.log" \
+    env HYPERLOSS_TRITON_AUTOTUNE=0 "$PY" -m pytest -q -rs tests/test_triton.py tests/test_cuda_backend.py
+ROWS+=("pytest triton+cuda (GPU)|$STEP_STATUS|$STEP_SECONDS|$(summary_of "$LOG_DIR/pytest-triton.log")")
 run_step "pytest autotuning" "$(($(left) * 20 / 100))" "$LOG_DIR/pytest-autotune.log" \
     "$PY" -m pytest -q tests/test_triton.py -k autotuning
 ROWS+=("pytest autotuning|$STEP_STATUS|$STEP_SECONDS|$(summary_of "$LOG_DIR/pytest-autotune.log")")
@@ -102,6 +120,7 @@ else
 # Small Triton uniformity and alignment calls, every kernel variant, for compute-sanitizer memcheck.
 import torch
 
+import hyperloss.native
 from hyperloss import triton as T
 
 torch.manual_seed(0)
@@ -114,6 +133,10 @@ for dtype in (torch.float32, torch.bfloat16):
         T.uniform_lse(x[::2], q.T.contiguous().T, 2.0, False, True, True)
         T.align(x, x.flip(0), 1.5, True)
         T.align(x, x.flip(0), 2.0, False)
+        if hyperloss.native.available_cuda()[0]:  # the CUDA C++ kernels, where the extension has them
+            hyperloss.native.uniform_lse(x, q, 2.0, True, True, True)
+            hyperloss.native.uniform_lse(x[::2], None, 2.0, True, False, False)
+            hyperloss.native.align(x, x.flip(0), 1.5, True)
 torch.cuda.synchronize()
 print("sanitizer case done")
 EOF
@@ -128,7 +151,7 @@ fi
 if "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('hyperloss.bench') is None)" 2>/dev/null; then
     if [[ -z "${HYPERLOSS_BENCH_ARGS+set}" ]]; then
         # The acceptance sizes (uniformity N = 65536 / 262144, alignment N = 2^20) against the paper's code.
-        HYPERLOSS_BENCH_ARGS="--impls paper triton --n 65536 262144 1048576 --budget 1 --timeout 60"
+        HYPERLOSS_BENCH_ARGS="--impls paper triton cuda --n 65536 262144 1048576 --budget 1 --timeout 60"
     fi
     # shellcheck disable=SC2086  # the arguments are meant to split
     run_step "benchmark" "$(($(left) * 70 / 100))" "$LOG_DIR/bench.log" \
@@ -139,9 +162,8 @@ else
 fi
 
 # --- 4. the other tests (CPU-side, also run by CI), with the time left ------------------------------------------
-# Two runs: tests/ and bench/ each have a conftest.py imported as "conftest", so one process would mix them up.
 run_step "pytest tests (the rest)" "$(($(left) * 70 / 100))" "$LOG_DIR/pytest-rest.log" \
-    "$PY" -m pytest -q tests --ignore=tests/test_triton.py
+    "$PY" -m pytest -q tests --ignore=tests/test_triton.py --ignore=tests/test_cuda_backend.py
 ROWS+=("pytest other tests|$STEP_STATUS|$STEP_SECONDS|$(summary_of "$LOG_DIR/pytest-rest.log"); $EXT_NOTE")
 run_step "pytest bench" "$(($(left) - 5))" "$LOG_DIR/pytest-bench.log" "$PY" -m pytest -q bench
 ROWS+=("pytest bench|$STEP_STATUS|$STEP_SECONDS|$(summary_of "$LOG_DIR/pytest-bench.log")")
