@@ -41,6 +41,40 @@ def check_positive(name: str, value: object) -> float:
     return value
 
 
+def check_uniform_args(
+    x: object, t: object, queue: object, intra_batch: object, *, x_name: str = "x", min_rows: int | None = None
+) -> float:
+    """Checks the arguments of a uniformity loss; returns t as a float. ``min_rows`` defaults to what leaves at
+    least one pair on its own (2 rows without a queue, 1 with one)."""
+    if not isinstance(intra_batch, bool):
+        raise TypeError(f"intra_batch must be a bool, got {type(intra_batch).__name__}")
+    if queue is None and not intra_batch:
+        raise ValueError("intra_batch=False leaves no pairs without a queue")
+    if min_rows is None:
+        min_rows = 2 if queue is None else 1
+    check_features(x_name, x, min_rows=min_rows)
+    if queue is not None:
+        check_features("queue", queue)
+        check_same_kind("queue", queue, x)
+        if queue.shape[1] != x.shape[1]:
+            raise ValueError(f"queue has {queue.shape[1]} features per row but {x_name} has {x.shape[1]}")
+    return check_positive("t", t)
+
+
+def check_align_args(
+    x: object, y: object, alpha: object, *, names: tuple[str, str] = ("x", "y"), min_rows: int = 1
+) -> float:
+    """Checks the arguments of an alignment loss; returns alpha as a float."""
+    check_features(names[0], x, min_rows=min_rows)
+    check_features(names[1], y, min_rows=min_rows)
+    check_same_kind(names[1], y, x)
+    if x.shape != y.shape:
+        raise ValueError(
+            f"{names[0]} and {names[1]} must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    return check_positive("alpha", alpha)
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 is computed in float64; every other float dtype in float32 (also the result's dtype)."""
     return torch.float64 if dtype == torch.float64 else torch.float32

@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from . import _dispatch
 from ._common import log_num_pairs, num_pairs
-from ._validation import check_features, check_positive, check_same_kind, compute_dtype
+from ._validation import check_align_args, check_uniform_args, compute_dtype
 
 __all__ = ["align_loss", "balanced_row_ranges", "uniform_loss"]
 
@@ -205,17 +205,7 @@ def uniform_loss(
     Returns:
         The same 0-dim loss on every rank. Collective: every rank of the group must call it.
     """
-    if not isinstance(intra_batch, bool):
-        raise TypeError(f"intra_batch must be a bool, got {type(intra_batch).__name__}")
-    if queue is None and not intra_batch:
-        raise ValueError("intra_batch=False leaves no pairs without a queue")
-    check_features("x_local", x_local, min_rows=0)
-    if queue is not None:
-        check_features("queue", queue)
-        check_same_kind("queue", queue, x_local)
-        if queue.shape[1] != x_local.shape[1]:
-            raise ValueError(f"queue has {queue.shape[1]} features per row but x_local has {x_local.shape[1]}")
-    t = check_positive("t", t)
+    t = check_uniform_args(x_local, t, queue, intra_batch, x_name="x_local", min_rows=0)
     name = _dispatch.resolve(backend, x_local.device)
     return _DistributedUniform.apply(x_local, queue, t, intra_batch, name, group)
 
@@ -229,13 +219,6 @@ def align_loss(
     backend: str = "auto",
 ) -> torch.Tensor:
     """Alignment loss of the global batch: the mean over every rank's rows. Collective; same value on every rank."""
-    check_features("x_local", x_local, min_rows=0)
-    check_features("y_local", y_local, min_rows=0)
-    check_same_kind("y_local", y_local, x_local)
-    if x_local.shape != y_local.shape:
-        raise ValueError(
-            f"x_local and y_local must have the same shape, got {tuple(x_local.shape)}, {tuple(y_local.shape)}"
-        )
-    alpha = check_positive("alpha", alpha)
+    alpha = check_align_args(x_local, y_local, alpha, names=("x_local", "y_local"), min_rows=0)
     name = _dispatch.resolve(backend, x_local.device)
     return _DistributedAlign.apply(x_local, y_local, alpha, name, group)

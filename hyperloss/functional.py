@@ -10,7 +10,7 @@ import torch
 
 from . import _dispatch
 from ._common import log_num_pairs
-from ._validation import check_features, check_positive, check_same_kind
+from ._validation import check_align_args, check_uniform_args
 
 _SECOND_DERIVATIVE = (
     "hyperloss computes analytic first derivatives only; second derivatives (create_graph=True through "
@@ -72,12 +72,7 @@ def align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0, *, backend:
         A 0-dim tensor: float64 for float64 inputs, float32 otherwise. Equal rows get a zero gradient for every
         alpha (no square root is taken).
     """
-    check_features("x", x)
-    check_features("y", y)
-    check_same_kind("y", y, x)
-    if x.shape != y.shape:
-        raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-    alpha = check_positive("alpha", alpha)
+    alpha = check_align_args(x, y, alpha)
     name = _dispatch.resolve(backend, x.device)
     return _AlignLoss.apply(x, y, alpha, name)
 
@@ -105,16 +100,6 @@ def uniform_loss(
         ``torch.pdist(x).pow(2).mul(-t).exp().mean().log()`` where that is finite, and the exact finite
         log-mean-exp where the paper's code underflows to -inf. NaN if any input element is NaN or infinite.
     """
-    if not isinstance(intra_batch, bool):
-        raise TypeError(f"intra_batch must be a bool, got {type(intra_batch).__name__}")
-    if queue is None and not intra_batch:
-        raise ValueError("intra_batch=False leaves no pairs without a queue")
-    check_features("x", x, min_rows=2 if queue is None else 1)
-    if queue is not None:
-        check_features("queue", queue)
-        check_same_kind("queue", queue, x)
-        if queue.shape[1] != x.shape[1]:
-            raise ValueError(f"queue has {queue.shape[1]} features per row but x has {x.shape[1]}")
-    t = check_positive("t", t)
+    t = check_uniform_args(x, t, queue, intra_batch)
     name = _dispatch.resolve(backend, x.device)
     return _UniformLoss.apply(x, queue, t, intra_batch, name)
