@@ -28,10 +28,16 @@ pytest: build
 	$(PY) -m pytest -q tests bench
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/test_triton.py
 
+# The C library: build (CUDA kernels too where nvcc is found), C++ tests, then install it and build a separate
+# program against it with find_package(hyperloss).
 ctest:
 	cmake -S . -B build-cmake -G Ninja -DCMAKE_BUILD_TYPE=Release > /dev/null
 	cmake --build build-cmake
 	cd build-cmake && ctest --output-on-failure
+	cmake --install build-cmake --prefix build-cmake/prefix > /dev/null
+	cmake -S csrc/tests/consumer -B build-cmake/consumer -G Ninja -DCMAKE_PREFIX_PATH=$(CURDIR)/build-cmake/prefix > /dev/null
+	cmake --build build-cmake/consumer
+	LD_LIBRARY_PATH=$(CURDIR)/build-cmake/prefix/lib:$(CURDIR)/build-cmake/prefix/lib64 build-cmake/consumer/consumer
 
 test: build lint ctest pytest
 
