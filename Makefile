@@ -30,8 +30,9 @@ pytest: build
 
 # The C library: build (CUDA kernels too where nvcc is found), C++ tests, then install it and build a separate
 # program against it with find_package(hyperloss).
-ctest:
-	cmake -S . -B build-cmake -G Ninja -DCMAKE_BUILD_TYPE=Release > /dev/null
+ctest: $(STAMP)
+	cmake -S . -B build-cmake -G Ninja -DCMAKE_BUILD_TYPE=Release \
+	  -DHYPERLOSS_JAX_INCLUDE=$$($(PY) -c "import jax.ffi; print(jax.ffi.include_dir())" 2>/dev/null) > /dev/null
 	cmake --build build-cmake
 	cd build-cmake && ctest --output-on-failure
 	cmake --install build-cmake --prefix build-cmake/prefix > /dev/null

@@ -58,16 +58,32 @@ if os.environ.get("HYPERLOSS_NO_EXTENSION", "0") != "1":
     except ImportError:
         jax_include = None
     if jax_include:
-        # A plain shared library (no Python module): hyperloss/jax.py loads it with ctypes.
-        ext_modules.append(
-            Extension(
-                name="hyperloss._jax_ffi",
-                sources=[*CORE_SOURCES, "csrc/jax/ffi.cpp"],
-                include_dirs=[os.path.join(ROOT, "csrc", "include")],
-                extra_compile_args=[*flags, "-isystem", jax_include],
-                extra_link_args=["-fopenmp"],
-                language="c++",
+        # A shared library with no Python module: hyperloss/jax.py loads it with ctypes. With CUDA it also holds
+        # the CUDA kernels and the GPU handlers.
+        jax_sources = [*CORE_SOURCES, "csrc/jax/ffi.cpp"]
+        if with_cuda:
+            ext_modules.append(
+                CUDAExtension(
+                    name="hyperloss._jax_ffi",
+                    sources=[*jax_sources, "csrc/cuda/uniform.cu", "csrc/cuda/align.cu"],
+                    include_dirs=[os.path.join(ROOT, "csrc", "include")],
+                    extra_compile_args={
+                        "cxx": [*flags, "-DHYPERLOSS_WITH_CUDA", "-isystem", jax_include],
+                        "nvcc": ["-O3", "-DHYPERLOSS_WITH_CUDA"],
+                    },
+                    extra_link_args=["-fopenmp"],
+                )
             )
-        )
+        else:
+            ext_modules.append(
+                Extension(
+                    name="hyperloss._jax_ffi",
+                    sources=jax_sources,
+                    include_dirs=[os.path.join(ROOT, "csrc", "include")],
+                    extra_compile_args=[*flags, "-isystem", jax_include],
+                    extra_link_args=["-fopenmp"],
+                    language="c++",
+                )
+            )
 
 setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -1,12 +1,13 @@
-"""JAX bindings: ``align_loss`` and ``uniform_loss`` for JAX arrays, through XLA's FFI, on the CPU.
+"""JAX bindings: ``align_loss`` and ``uniform_loss`` for JAX arrays, through XLA's FFI.
 
-The same C++ kernels as the torch "cpu" backend (csrc/cpu, via csrc/jax/ffi.cpp), called with
+The same kernels as the torch "cpu" and "cuda" backends (csrc/cpu, csrc/cuda, via csrc/jax/ffi.cpp), called with
 ``jax.ffi.ffi_call`` and differentiated with ``jax.custom_vjp``: the forward pass of a gradient computation gets
 the analytic gradient from the same kernel call, the backward pass only scales it. Works under ``jax.jit``.
 Semantics match ``hyperloss.align_loss`` / ``hyperloss.uniform_loss`` (float16/bfloat16 are computed in float32;
 float64 needs ``jax_enable_x64``).
 
-The FFI library ``hyperloss/_jax_ffi*.so`` is built by setup.py when jax is installed at build time.
+The FFI library ``hyperloss/_jax_ffi*.so`` is built by setup.py when jax is installed at build time; its CPU
+handlers always, its CUDA handlers where the build has CUDA (a CUDA build of torch and a toolkit).
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ def _register_targets() -> None:
             "`pip install --no-build-isolation -e .` (setup.py builds it only where jax is importable)"
         )
     library = ctypes.cdll.LoadLibrary(str(libraries[0]))
-    jax.ffi.register_ffi_target("hyperloss_uniform_lse", jax.ffi.pycapsule(library.HyperlossUniformLse), platform="cpu")
-    jax.ffi.register_ffi_target("hyperloss_align", jax.ffi.pycapsule(library.HyperlossAlign), platform="cpu")
+    for target, symbol in (("hyperloss_uniform_lse", "HyperlossUniformLse"), ("hyperloss_align", "HyperlossAlign")):
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+        on_gpu = getattr(library, symbol + "Cuda", None)  # only in a build with CUDA
+        if on_gpu is not None:
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(on_gpu), platform="CUDA")
 
 
 _register_targets()
@@ -57,7 +61,11 @@ def _check_features(name: str, x, min_rows: int = 1) -> None:
         raise ValueError(f"{name} needs at least one feature column (D >= 1), got shape {tuple(x.shape)}")
 
 
-def _uniform_call(x, queue, t: float, intra_batch: bool, with_grad: bool):
+# Products of float32 inputs on the GPU (hl_precision), by torch's names: exact, tf32, bf16.
+_PRECISION = {"highest": 0, "high": 1, "medium": 2}
+
+
+def _uniform_call(x, queue, t: float, intra_batch: bool, precision: int, with_grad: bool):
     n, d = x.shape
     shapes = (
         jax.ShapeDtypeStruct((), x.dtype),
@@ -65,21 +73,28 @@ def _uniform_call(x, queue, t: float, intra_batch: bool, with_grad: bool):
         jax.ShapeDtypeStruct(queue.shape if with_grad else (0,), x.dtype),
     )
     call = jax.ffi.ffi_call("hyperloss_uniform_lse", shapes, vmap_method="sequential")
-    return call(x, queue, t=np.float64(t), intra_batch=np.bool_(intra_batch), with_grad=np.bool_(with_grad))
+    return call(
+        x,
+        queue,
+        t=np.float64(t),
+        intra_batch=np.bool_(intra_batch),
+        with_grad=np.bool_(with_grad),
+        precision=np.int64(precision),
+    )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _uniform(x, queue, t: float, intra_batch: bool):
-    lse, _, _ = _uniform_call(x, queue, t, intra_batch, False)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _uniform(x, queue, t: float, intra_batch: bool, precision: int):
+    lse, _, _ = _uniform_call(x, queue, t, intra_batch, precision, False)
     return lse - log_num_pairs(x.shape[0], queue.shape[0], intra_batch)
 
 
-def _uniform_fwd(x, queue, t, intra_batch):
-    lse, gx, gq = _uniform_call(x, queue, t, intra_batch, True)
+def _uniform_fwd(x, queue, t, intra_batch, precision):
+    lse, gx, gq = _uniform_call(x, queue, t, intra_batch, precision, True)
     return lse - log_num_pairs(x.shape[0], queue.shape[0], intra_batch), (gx, gq)
 
 
-def _uniform_bwd(t, intra_batch, residuals, g):
+def _uniform_bwd(t, intra_batch, precision, residuals, g):
     gx, gq = residuals
     return g * gx, g * gq
 
@@ -110,7 +125,7 @@ def _align_bwd(alpha, gx, g):
 _align.defvjp(_align_fwd, _align_bwd)
 
 
-def uniform_loss(x, t: float = 2.0, *, queue=None, intra_batch: bool = True):
+def uniform_loss(x, t: float = 2.0, *, queue=None, intra_batch: bool = True, precision: str = "highest"):
     """Uniformity loss ``log mean_{pairs} exp(-t ||u - v||^2)`` of JAX arrays (see ``hyperloss.uniform_loss``).
 
     Args:
@@ -118,6 +133,7 @@ def uniform_loss(x, t: float = 2.0, *, queue=None, intra_batch: bool = True):
         t: temperature > 0 (a Python number: it is static under jit).
         queue: optional (K, D) array of x's dtype: adds every (x_i, queue_k) pair.
         intra_batch: include the i < j pairs of x.
+        precision: products of float32 inputs on a GPU: "highest" (exact), "high" (tf32), "medium" (bf16).
 
     Returns:
         A 0-dim array, float64 for float64 inputs and float32 otherwise.
@@ -137,7 +153,9 @@ def uniform_loss(x, t: float = 2.0, *, queue=None, intra_batch: bool = True):
         if queue.shape[1] != x.shape[1]:
             raise ValueError(f"queue has {queue.shape[1]} features per row but x has {x.shape[1]}")
     t = check_positive("t", t)
-    return _uniform(x.astype(dtype), queue.astype(dtype), t, intra_batch)
+    if precision not in _PRECISION:
+        raise ValueError(f"precision must be one of {sorted(_PRECISION)}, got {precision!r}")
+    return _uniform(x.astype(dtype), queue.astype(dtype), t, intra_batch, _PRECISION[precision])
 
 
 def align_loss(x, y, alpha: float = 2.0):

@@ -85,7 +85,7 @@ def test_half_precision_computes_in_float32():
     xj = jnp.asarray(x.numpy()).astype(jnp.bfloat16)
     value, grad = jax.value_and_grad(lambda a: hj.uniform_loss(a))(xj)
     assert value.dtype == jnp.float32 and grad.dtype == jnp.bfloat16
-    want = reference.dense_uniform_loss(torch.from_numpy(np.asarray(xj.astype(jnp.float64))))
+    want = reference.dense_uniform_loss(torch.from_numpy(np.array(xj.astype(jnp.float64))))
     assert abs(float(value) - want.item()) <= 1e-5 * (1 + abs(want.item()))
 
 
@@ -101,6 +101,8 @@ def test_bad_input():
         hj.uniform_loss(x, -1.0)
     with pytest.raises(ValueError, match="features per row"):
         hj.uniform_loss(x, queue=jnp.ones((2, 2), jnp.float32))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        hj.uniform_loss(x, precision="tf32")
     with pytest.raises(ValueError, match="same shape"):
         hj.align_loss(x, x[:2])
     with pytest.raises(ValueError, match="alpha must be finite and > 0"):

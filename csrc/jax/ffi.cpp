@@ -1,9 +1,16 @@
-// XLA FFI handlers (CPU) over the hyperloss C API, for hyperloss/jax.py (jax.ffi.ffi_call).
-//   hyperloss_uniform_lse(x, queue; t, intra_batch, with_grad) -> (lse, grad_x, grad_queue)
+// XLA FFI handlers over the hyperloss C API, for hyperloss/jax.py (jax.ffi.ffi_call); CPU always, CUDA where the
+// library is built with CUDA (HYPERLOSS_WITH_CUDA).
+//   hyperloss_uniform_lse(x, queue; t, intra_batch, with_grad, precision) -> (lse, grad_x, grad_queue)
 //   hyperloss_align(x, y; alpha, with_grad) -> (loss, grad_x)
 // Arrays arrive contiguous and in float32 or float64 (the Python side converts half types). A queue with zero
-// rows means no queue; without with_grad the gradient results have zero elements.
+// rows means no queue; without with_grad the gradient results have zero elements. `precision` (hl_precision)
+// sets the float32 products on the GPU; the CPU products are always exact.
 #include <cmath>
+#include <string>
+
+#ifdef HYPERLOSS_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
 
 #include "hyperloss/hyperloss.h"
 #include "xla/ffi/api/ffi.h"
@@ -33,7 +40,7 @@ void store_scalar(ffi::Result<ffi::AnyBuffer>& out, double value) {
 }
 
 ffi::Error uniform_lse(ffi::AnyBuffer x, ffi::AnyBuffer queue, double t, bool intra_batch, bool with_grad,
-                       ffi::Result<ffi::AnyBuffer> lse, ffi::Result<ffi::AnyBuffer> grad_x,
+                       int64_t /*precision*/, ffi::Result<ffi::AnyBuffer> lse, ffi::Result<ffi::AnyBuffer> grad_x,
                        ffi::Result<ffi::AnyBuffer> grad_queue) {
   if (!float_type(x.element_type()) || x.element_type() != queue.element_type() || x.dimensions().size() != 2)
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "hyperloss: x and queue must be 2-D float32/float64");
@@ -61,6 +68,45 @@ ffi::Error align(ffi::AnyBuffer x, ffi::AnyBuffer y, double alpha, bool with_gra
   return ffi::Error::Success();
 }
 
+#ifdef HYPERLOSS_WITH_CUDA
+// The same calls on the GPU: asynchronous on XLA's stream, the workspace from XLA's scratch allocator.
+void* scratch_for(ffi::ScratchAllocator& scratch, size_t bytes) {
+  const std::optional<void*> memory = scratch.Allocate(bytes, 256);
+  return memory.has_value() ? *memory : nullptr;
+}
+
+ffi::Error uniform_lse_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x,
+                            ffi::AnyBuffer queue, double t, bool intra_batch, bool with_grad, int64_t precision,
+                            ffi::Result<ffi::AnyBuffer> lse, ffi::Result<ffi::AnyBuffer> grad_x,
+                            ffi::Result<ffi::AnyBuffer> grad_queue) {
+  if (!float_type(x.element_type()) || x.element_type() != queue.element_type() || x.dimensions().size() != 2)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "hyperloss: x and queue must be 2-D float32/float64");
+  const hl_dtype dtype = x.element_type() == ffi::DataType::F64 ? HL_FLOAT64 : HL_FLOAT32;
+  const hl_matrix a = matrix_of(x), q = matrix_of(queue);
+  const bool grad_q = with_grad && q.data != nullptr;
+  const size_t bytes = hl_uniform_workspace_bytes_cuda(dtype, a.rows, q.rows, a.cols, with_grad, grad_q);
+  void* workspace = scratch_for(scratch, bytes);
+  if (workspace == nullptr) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "hyperloss: no scratch memory");
+  return check(hl_uniform_lse_cuda(dtype, static_cast<hl_precision>(precision), a, q, t, intra_batch,
+                                   lse->untyped_data(), with_grad ? grad_x->untyped_data() : nullptr,
+                                   grad_q ? grad_queue->untyped_data() : nullptr, workspace, bytes, stream));
+}
+
+ffi::Error align_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x, ffi::AnyBuffer y,
+                      double alpha, bool with_grad, ffi::Result<ffi::AnyBuffer> loss,
+                      ffi::Result<ffi::AnyBuffer> grad_x) {
+  if (!float_type(x.element_type()) || x.element_type() != y.element_type() || x.dimensions().size() != 2)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "hyperloss: x and y must be 2-D float32/float64");
+  const hl_dtype dtype = x.element_type() == ffi::DataType::F64 ? HL_FLOAT64 : HL_FLOAT32;
+  const hl_matrix xm = matrix_of(x);
+  const size_t bytes = hl_align_workspace_bytes_cuda(dtype, xm.rows);
+  void* workspace = scratch_for(scratch, bytes);
+  if (workspace == nullptr) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "hyperloss: no scratch memory");
+  return check(hl_align_cuda(dtype, xm, matrix_of(y), alpha, loss->untyped_data(),
+                             with_grad ? grad_x->untyped_data() : nullptr, workspace, bytes, stream));
+}
+#endif
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HyperlossUniformLse, uniform_lse,
@@ -70,6 +116,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HyperlossUniformLse, uniform_lse,
                                   .Attr<double>("t")
                                   .Attr<bool>("intra_batch")
                                   .Attr<bool>("with_grad")
+                                  .Attr<int64_t>("precision")
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>());
@@ -82,3 +129,30 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HyperlossAlign, align,
                                   .Attr<bool>("with_grad")
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>());
+
+#ifdef HYPERLOSS_WITH_CUDA
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HyperlossUniformLseCuda, uniform_lse_cuda,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Attr<double>("t")
+                                  .Attr<bool>("intra_batch")
+                                  .Attr<bool>("with_grad")
+                                  .Attr<int64_t>("precision")
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HyperlossAlignCuda, align_cuda,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Attr<double>("alpha")
+                                  .Attr<bool>("with_grad")
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());
+#endif
