@@ -7,6 +7,7 @@
 // sets the float32 products on the GPU; the CPU products are always exact.
 #include <cmath>
 #include <string>
+#include <utility>
 
 #ifdef HYPERLOSS_WITH_CUDA
 #include <cuda_runtime.h>
@@ -32,6 +33,15 @@ hl_matrix matrix_of(const ffi::AnyBuffer& b) {
   return {rows ? b.untyped_data() : nullptr, rows, cols, cols, 1};
 }
 
+// The hl_dtype of two 2-D arrays of one float32/float64 dtype, or an error naming them.
+ffi::Error pair_dtype(const ffi::AnyBuffer& x, const ffi::AnyBuffer& other, const char* names, hl_dtype& dtype) {
+  if (!float_type(x.element_type()) || x.element_type() != other.element_type() || x.dimensions().size() != 2)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      std::string("hyperloss: ") + names + " must be 2-D float32/float64 arrays of one dtype");
+  dtype = x.element_type() == ffi::DataType::F64 ? HL_FLOAT64 : HL_FLOAT32;
+  return ffi::Error::Success();
+}
+
 void store_scalar(ffi::Result<ffi::AnyBuffer>& out, double value) {
   if (out->element_type() == ffi::DataType::F64)
     *static_cast<double*>(out->untyped_data()) = value;
@@ -42,9 +52,8 @@ void store_scalar(ffi::Result<ffi::AnyBuffer>& out, double value) {
 ffi::Error uniform_lse(ffi::AnyBuffer x, ffi::AnyBuffer queue, double t, bool intra_batch, bool with_grad,
                        int64_t /*precision*/, ffi::Result<ffi::AnyBuffer> lse, ffi::Result<ffi::AnyBuffer> grad_x,
                        ffi::Result<ffi::AnyBuffer> grad_queue) {
-  if (!float_type(x.element_type()) || x.element_type() != queue.element_type() || x.dimensions().size() != 2)
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "hyperloss: x and queue must be 2-D float32/float64");
-  const hl_dtype dtype = x.element_type() == ffi::DataType::F64 ? HL_FLOAT64 : HL_FLOAT32;
+  hl_dtype dtype;
+  if (ffi::Error error = pair_dtype(x, queue, "x and queue", dtype); error.failure()) return error;
   const hl_matrix q = matrix_of(queue);
   double value = 0;
   ffi::Error error = check(hl_uniform_lse_cpu(dtype, matrix_of(x), q, t, intra_batch, 0, &value,
@@ -57,9 +66,8 @@ ffi::Error uniform_lse(ffi::AnyBuffer x, ffi::AnyBuffer queue, double t, bool in
 
 ffi::Error align(ffi::AnyBuffer x, ffi::AnyBuffer y, double alpha, bool with_grad, ffi::Result<ffi::AnyBuffer> loss,
                  ffi::Result<ffi::AnyBuffer> grad_x) {
-  if (!float_type(x.element_type()) || x.element_type() != y.element_type() || x.dimensions().size() != 2)
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "hyperloss: x and y must be 2-D float32/float64");
-  const hl_dtype dtype = x.element_type() == ffi::DataType::F64 ? HL_FLOAT64 : HL_FLOAT32;
+  hl_dtype dtype;
+  if (ffi::Error error = pair_dtype(x, y, "x and y", dtype); error.failure()) return error;
   double value = 0;
   ffi::Error error = check(hl_align_cpu(dtype, matrix_of(x), matrix_of(y), alpha, 0, &value,
                                         with_grad ? grad_x->untyped_data() : nullptr));
@@ -79,9 +87,8 @@ ffi::Error uniform_lse_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, 
                             ffi::AnyBuffer queue, double t, bool intra_batch, bool with_grad, int64_t precision,
                             ffi::Result<ffi::AnyBuffer> lse, ffi::Result<ffi::AnyBuffer> grad_x,
                             ffi::Result<ffi::AnyBuffer> grad_queue) {
-  if (!float_type(x.element_type()) || x.element_type() != queue.element_type() || x.dimensions().size() != 2)
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "hyperloss: x and queue must be 2-D float32/float64");
-  const hl_dtype dtype = x.element_type() == ffi::DataType::F64 ? HL_FLOAT64 : HL_FLOAT32;
+  hl_dtype dtype;
+  if (ffi::Error error = pair_dtype(x, queue, "x and queue", dtype); error.failure()) return error;
   const hl_matrix a = matrix_of(x), q = matrix_of(queue);
   const bool grad_q = with_grad && q.data != nullptr;
   const size_t bytes = hl_uniform_workspace_bytes_cuda(dtype, a.rows, q.rows, a.cols, with_grad, grad_q);
@@ -95,9 +102,8 @@ ffi::Error uniform_lse_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, 
 ffi::Error align_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x, ffi::AnyBuffer y,
                       double alpha, bool with_grad, ffi::Result<ffi::AnyBuffer> loss,
                       ffi::Result<ffi::AnyBuffer> grad_x) {
-  if (!float_type(x.element_type()) || x.element_type() != y.element_type() || x.dimensions().size() != 2)
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "hyperloss: x and y must be 2-D float32/float64");
-  const hl_dtype dtype = x.element_type() == ffi::DataType::F64 ? HL_FLOAT64 : HL_FLOAT32;
+  hl_dtype dtype;
+  if (ffi::Error error = pair_dtype(x, y, "x and y", dtype); error.failure()) return error;
   const hl_matrix xm = matrix_of(x);
   const size_t bytes = hl_align_workspace_bytes_cuda(dtype, xm.rows);
   void* workspace = scratch_for(scratch, bytes);
@@ -109,50 +115,43 @@ ffi::Error align_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::A
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(HyperlossUniformLse, uniform_lse,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Attr<double>("t")
-                                  .Attr<bool>("intra_batch")
-                                  .Attr<bool>("with_grad")
-                                  .Attr<int64_t>("precision")
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>());
+// Arguments, attributes and results, shared by the CPU handlers and the CUDA ones (which first take XLA's stream
+// and scratch allocator).
+template <typename Binding>
+auto uniform_signature(Binding binding) {
+  return std::move(binding)
+      .template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Attr<double>("t")
+      .template Attr<bool>("intra_batch")
+      .template Attr<bool>("with_grad")
+      .template Attr<int64_t>("precision")
+      .template Ret<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>();
+}
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(HyperlossAlign, align,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Attr<double>("alpha")
-                                  .Attr<bool>("with_grad")
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>());
+template <typename Binding>
+auto align_signature(Binding binding) {
+  return std::move(binding)
+      .template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Attr<double>("alpha")
+      .template Attr<bool>("with_grad")
+      .template Ret<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HyperlossUniformLse, uniform_lse, uniform_signature(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HyperlossAlign, align, align_signature(ffi::Ffi::Bind()));
 
 #ifdef HYPERLOSS_WITH_CUDA
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HyperlossUniformLseCuda, uniform_lse_cuda,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Ctx<ffi::ScratchAllocator>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Attr<double>("t")
-                                  .Attr<bool>("intra_batch")
-                                  .Attr<bool>("with_grad")
-                                  .Attr<int64_t>("precision")
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>());
-
+                              uniform_signature(ffi::Ffi::Bind()
+                                                    .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                                    .Ctx<ffi::ScratchAllocator>()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HyperlossAlignCuda, align_cuda,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Ctx<ffi::ScratchAllocator>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Attr<double>("alpha")
-                                  .Attr<bool>("with_grad")
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>());
+                              align_signature(ffi::Ffi::Bind()
+                                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                                  .Ctx<ffi::ScratchAllocator>()));
 #endif
