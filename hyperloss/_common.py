@@ -1,10 +1,18 @@
-"""Small pieces of math shared by the backends and the autograd glue."""
+"""Small pieces of math and autograd glue shared by the backends, the losses and the distributed losses.
+
+Everything here works on symbolic sizes and values under ``torch.compile(dynamic=True)``: a new batch size, t or
+alpha never forces a recompile.
+"""
 
 from __future__ import annotations
 
-import math
-
 import torch
+
+_SECOND_DERIVATIVE = (
+    "hyperloss computes analytic first derivatives only; second derivatives (create_graph=True through "
+    "align_loss/uniform_loss) are not supported. Use hyperloss.reference.dense_uniform_loss / "
+    "dense_align_loss for higher-order gradients on small inputs."
+)
 
 
 def num_pairs(n: int, k: int, intra_batch: bool) -> int:
@@ -12,8 +20,33 @@ def num_pairs(n: int, k: int, intra_batch: bool) -> int:
     return (n * (n - 1) // 2 if intra_batch else 0) + n * k
 
 
-def log_num_pairs(n: int, k: int, intra_batch: bool) -> float:
-    return math.log(num_pairs(n, k, intra_batch))
+def log_num_pairs(n: int, k: int, intra_batch: bool, device: torch.device | str = "cpu") -> torch.Tensor:
+    """log |P| as a 0-dim float64 tensor (a tensor op, so that a symbolic n traces instead of specializing)."""
+    return torch.full((), num_pairs(n, k, intra_batch), dtype=torch.float64, device=device).log()
+
+
+def as_scalar_tensor(value: float | torch.Tensor) -> torch.Tensor:
+    """A Python number (or a one-element tensor) as the 0-dim float64 CPU tensor the backends take for t: kernels
+    read it at run time, so torch.compile traces one graph for every value."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(device="cpu", dtype=torch.float64).reshape(())
+    return torch.full((), value, dtype=torch.float64)
+
+
+def log_mean_from_lse(lse: torch.Tensor, n: int, k: int, intra_batch: bool, dtype: torch.dtype) -> torch.Tensor:
+    """The loss log mean_P exp(s) = lse - log |P|, subtracted in float64 before rounding to ``dtype`` (near 0 the
+    loss is far smaller than log |P|) and never above 0, the largest possible score."""
+    return (lse.to(torch.float64) - log_num_pairs(n, k, intra_batch, lse.device)).clamp_max(0.0).to(dtype)
+
+
+def scale_saved_grad(grad_output: torch.Tensor, grad: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """The backward pass of every loss here: the gradient was computed with the forward pass and is only scaled.
+    Raises under create_graph=True, where a graph-less saved gradient would silently give wrong second derivatives."""
+    if grad is None:
+        return None
+    if torch.is_grad_enabled():  # backward(create_graph=True)
+        raise RuntimeError(_SECOND_DERIVATIVE)
+    return (grad_output * grad).to(dtype)
 
 
 def poison_nonfinite(

@@ -1,19 +1,28 @@
-"""Input checks shared by every entry point: they run before any work and raise clear ValueError/TypeError."""
+"""Input checks shared by every entry point: they run before any work and raise clear ValueError/TypeError.
+
+They are written to trace under ``torch.compile(dynamic=True)``: values are compared (a guard that holds for every
+valid value), never converted with ``float()`` or ``math.isfinite`` (which would specialize or fail on a symbolic
+t or alpha).
+"""
 
 from __future__ import annotations
 
 import math
 import numbers
+import sys
 
 import torch
 
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_DTYPE_NAMES = "float16, bfloat16, float32, float64"
+
 
 def check_features(name: str, x: object, min_rows: int = 1) -> torch.Tensor:
-    """Checks that ``x`` is a 2-D floating-point tensor with at least ``min_rows`` rows and one column."""
+    """Checks that ``x`` is a 2-D tensor of a supported float dtype with at least ``min_rows`` rows and one column."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must have a floating-point dtype (float16, bfloat16, float32, float64), got {x.dtype}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name} must be a floating-point tensor ({_DTYPE_NAMES}), got {x.dtype}")
     if x.dim() != 2:
         raise ValueError(f"{name} must be 2-D (N, D), got shape {tuple(x.shape)}")
     if x.shape[0] < min_rows:
@@ -32,22 +41,28 @@ def check_same_kind(name: str, other: torch.Tensor, x: torch.Tensor) -> None:
 
 
 def check_positive(name: str, value: object) -> float:
-    """Checks that ``value`` is a finite real number > 0 and returns it as a float."""
+    """Checks that ``value`` is a real number, finite as a float64 and > 0; returns it (a Python int stays one)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
+    if isinstance(value, int) and value > sys.float_info.max:  # an exact int may be beyond any float
+        raise ValueError(f"{name} must be finite and > 0, got an integer of {len(str(value))} digits (above 1.8e308)")
+    if not (value > 0 and value < math.inf):  # also false for NaN
         raise ValueError(f"{name} must be finite and > 0, got {value}")
+    return value
+
+
+def check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return value
 
 
 def check_uniform_args(
     x: object, t: object, queue: object, intra_batch: object, *, x_name: str = "x", min_rows: int | None = None
 ) -> float:
-    """Checks the arguments of a uniformity loss; returns t as a float. ``min_rows`` defaults to what leaves at
-    least one pair on its own (2 rows without a queue, 1 with one)."""
-    if not isinstance(intra_batch, bool):
-        raise TypeError(f"intra_batch must be a bool, got {type(intra_batch).__name__}")
+    """Checks the arguments of a uniformity loss; returns t. ``min_rows`` defaults to what leaves at least one pair
+    on its own (2 rows without a queue, 1 with one)."""
+    check_bool("intra_batch", intra_batch)
     if queue is None and not intra_batch:
         raise ValueError("intra_batch=False leaves no pairs without a queue")
     if min_rows is None:
@@ -64,7 +79,7 @@ def check_uniform_args(
 def check_align_args(
     x: object, y: object, alpha: object, *, names: tuple[str, str] = ("x", "y"), min_rows: int = 1
 ) -> float:
-    """Checks the arguments of an alignment loss; returns alpha as a float."""
+    """Checks the arguments of an alignment loss; returns alpha."""
     check_features(names[0], x, min_rows=min_rows)
     check_features(names[1], y, min_rows=min_rows)
     check_same_kind(names[1], y, x)
@@ -73,6 +88,15 @@ def check_align_args(
             f"{names[0]} and {names[1]} must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}"
         )
     return check_positive("alpha", alpha)
+
+
+def check_weight(name: str, value: object) -> float:
+    """A loss weight: any finite real number (0 switches a term off; negative weights are allowed)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not (-sys.float_info.max <= value <= sys.float_info.max):  # also false for NaN
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

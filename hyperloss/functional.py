@@ -9,22 +9,8 @@ from __future__ import annotations
 import torch
 
 from . import _dispatch
-from ._common import log_num_pairs
-from ._validation import check_align_args, check_uniform_args
-
-_SECOND_DERIVATIVE = (
-    "hyperloss computes analytic first derivatives only; second derivatives (create_graph=True through "
-    "align_loss/uniform_loss) are not supported. Use hyperloss.reference.dense_uniform_loss / "
-    "dense_align_loss for higher-order gradients on small inputs."
-)
-
-
-def _scale(grad_output: torch.Tensor, grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
-    if grad is None:
-        return None
-    if torch.is_grad_enabled():  # backward(create_graph=True): the saved gradient has no graph of its own
-        raise RuntimeError(_SECOND_DERIVATIVE)
-    return (grad_output * grad).to(like.dtype)
+from ._common import as_scalar_tensor, log_mean_from_lse, scale_saved_grad
+from ._validation import check_align_args, check_uniform_args, compute_dtype
 
 
 class _UniformLoss(torch.autograd.Function):
@@ -33,14 +19,16 @@ class _UniformLoss(torch.autograd.Function):
         grad_x = ctx.needs_input_grad[0]
         grad_queue = queue is not None and ctx.needs_input_grad[1]
         lse, gx, gq = _dispatch.LOADED[backend].uniform_lse(x, queue, t, intra_batch, grad_x, grad_queue)
-        ctx.save_for_backward(x, queue, gx, gq)
+        ctx.save_for_backward(gx, gq)
+        ctx.dtypes = (x.dtype, None if queue is None else queue.dtype)
         k = 0 if queue is None else queue.shape[0]
-        return lse - log_num_pairs(x.shape[0], k, intra_batch)
+        return log_mean_from_lse(lse, x.shape[0], k, intra_batch, compute_dtype(x.dtype))
 
     @staticmethod
     def backward(ctx, grad_output):
-        x, queue, gx, gq = ctx.saved_tensors
-        return _scale(grad_output, gx, x), _scale(grad_output, gq, queue), None, None, None
+        gx, gq = ctx.saved_tensors
+        x_dtype, q_dtype = ctx.dtypes
+        return scale_saved_grad(grad_output, gx, x_dtype), scale_saved_grad(grad_output, gq, q_dtype), None, None, None
 
 
 class _AlignLoss(torch.autograd.Function):
@@ -48,13 +36,14 @@ class _AlignLoss(torch.autograd.Function):
     def forward(ctx, x, y, alpha, backend):
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         loss, gx = _dispatch.LOADED[backend].align(x, y, alpha, need_grad)
-        ctx.save_for_backward(x, gx)
+        ctx.save_for_backward(gx)
+        ctx.dtype = x.dtype
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):
-        x, gx = ctx.saved_tensors
-        grad_x = _scale(grad_output, gx, x)  # y has x's dtype; its gradient is the opposite
+        (gx,) = ctx.saved_tensors
+        grad_x = scale_saved_grad(grad_output, gx, ctx.dtype)  # y has x's dtype; its gradient is the opposite
         return (grad_x if ctx.needs_input_grad[0] else None), (-grad_x if ctx.needs_input_grad[1] else None), None, None
 
 
@@ -62,8 +51,8 @@ def align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0, *, backend:
     """Alignment loss of Wang & Isola (2020): ``mean_i ||x_i - y_i||_2 ** alpha``.
 
     Args:
-        x, y: positive-pair features, shape (N, D), same dtype and device; any float dtype (float16 and bfloat16
-            are computed in float32). Rows are usually L2-normalized.
+        x, y: positive-pair features, shape (N, D), same dtype and device; float16, bfloat16, float32 or float64
+            (float16 and bfloat16 are computed in float32). Rows are usually L2-normalized.
         alpha: exponent > 0 (the paper uses 2).
         backend: "auto" (the best kernel for the device; the environment variable HYPERLOSS_BACKEND overrides it),
             or one of ``hyperloss.backends()``.
@@ -74,7 +63,7 @@ def align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0, *, backend:
     """
     alpha = check_align_args(x, y, alpha)
     name = _dispatch.resolve(backend, x.device)
-    return _AlignLoss.apply(x, y, alpha, name)
+    return _AlignLoss.apply(x, y, as_scalar_tensor(alpha), name)
 
 
 def uniform_loss(
@@ -88,8 +77,9 @@ def uniform_loss(
     """Uniformity loss of Wang & Isola (2020): ``log mean_{pairs} exp(-t ||u - v||_2^2)``, without an N x N matrix.
 
     Args:
-        x: features, shape (N, D); any float dtype (float16 and bfloat16 are computed in float32).
-        t: temperature > 0 (the paper uses 2).
+        x: features, shape (N, D); float16, bfloat16, float32 or float64 (float16 and bfloat16 are computed in
+            float32).
+        t: temperature > 0 (the paper uses 2); any value finite as a float64.
         queue: optional (K, D) features, e.g. a MoCo memory bank, same dtype and device as x; it may or may not
             require grad. With a queue the pairs are every (x_i, queue_k).
         intra_batch: include the pairs x_i, x_j with i < j (always true without a queue).
@@ -98,8 +88,9 @@ def uniform_loss(
     Returns:
         A 0-dim tensor (float64 for float64 inputs, float32 otherwise). Equal to the paper's
         ``torch.pdist(x).pow(2).mul(-t).exp().mean().log()`` where that is finite, and the exact finite
-        log-mean-exp where the paper's code underflows to -inf. NaN if any input element is NaN or infinite.
+        log-mean-exp where the paper's code underflows to -inf. Invariant to translating every row (and the queue)
+        by one vector. NaN if any input element is NaN or infinite.
     """
     t = check_uniform_args(x, t, queue, intra_batch)
     name = _dispatch.resolve(backend, x.device)
-    return _UniformLoss.apply(x, queue, t, intra_batch, name)
+    return _UniformLoss.apply(x, queue, as_scalar_tensor(t), intra_batch, name)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ._validation import compute_dtype
+
 try:
     from . import _C  # noqa: F401  (registers torch.ops.hyperloss.*)
 
@@ -45,27 +47,28 @@ if LOAD_ERROR is None:
 
     @torch.library.register_fake("hyperloss::uniform_lse")
     def _uniform_lse_fake(x, queue, t, intra_batch, grad_x, grad_queue, precision=0):
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        dtype = compute_dtype(x.dtype)
         gx = x.new_empty(x.shape if grad_x else (0,), dtype=dtype)
         gq = x.new_empty(queue.shape if grad_queue and queue is not None else (0,), dtype=dtype)
-        return x.new_empty((), dtype=dtype), gx, gq
+        return x.new_empty((), dtype=torch.float64), gx, gq
 
     @torch.library.register_fake("hyperloss::align")
     def _align_fake(x, y, alpha, grad_x):
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        dtype = compute_dtype(x.dtype)
         return x.new_empty((), dtype=dtype), x.new_empty(x.shape if grad_x else (0,), dtype=dtype)
 
 
 def uniform_lse(
     x: torch.Tensor,
     queue: torch.Tensor | None,
-    t: float,
+    t: torch.Tensor,
     intra_batch: bool,
     grad_x: bool,
     grad_queue: bool,
     precision: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """See ``hyperloss.reference.uniform_lse``: same contract, native one-pass kernels.
+    """See ``hyperloss.reference.uniform_lse``: same contract (t a 0-dim float64 tensor, lse in float64), native
+    one-pass kernels.
 
     ``precision`` ("highest", "high", "medium") picks the products of float32 inputs on CUDA; None follows
     ``torch.get_float32_matmul_precision()``. The CPU kernels always compute exact float32 products.
@@ -77,7 +80,9 @@ def uniform_lse(
     return lse, (gx if grad_x else None), (gq if grad_queue and queue is not None else None)
 
 
-def align(x: torch.Tensor, y: torch.Tensor, alpha: float, grad_x: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def align(
+    x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, grad_x: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """See ``hyperloss.reference.align``: same contract, native kernels."""
     loss, gx = torch.ops.hyperloss.align(x, y, alpha, grad_x)
     return loss, (gx if grad_x else None)

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ._common import log_num_pairs, poison_nonfinite
@@ -49,15 +51,21 @@ def dense_align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = 2) -> torc
     return (x - y).pow(2).sum(dim=1).pow(alpha / 2).mean()
 
 
-def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """||a_i - b_j||^2 through the Gram matrix, clamped at 0."""
-    return (a.pow(2).sum(1)[:, None] + b.pow(2).sum(1)[None, :] - 2 * a @ b.T).clamp_min(0)
+def direct_sq_dists(a: torch.Tensor, b: torch.Tensor, rows_per_block: int = 64) -> torch.Tensor:
+    """||a_i - b_j||^2 by direct differences (never through the Gram matrix, which cancels when the rows share a
+    large common component), in row blocks so that no N x N x D tensor exists at once; differentiable."""
+    blocks = [
+        (a[start : start + rows_per_block, None, :] - b[None, :, :]).pow(2).sum(-1)
+        for start in range(0, a.shape[0], rows_per_block)
+    ]
+    return torch.cat(blocks) if blocks else a.new_zeros((0, b.shape[0]))
 
 
 def dense_uniform_loss(
     x: torch.Tensor, t: float = 2, *, queue: torch.Tensor | None = None, intra_batch: bool = True
 ) -> torch.Tensor:
-    """log mean over the pair set of exp(-t ||.||^2), as a log-sum-exp: finite where the paper's code gives -inf.
+    """log mean over the pair set of exp(-t ||.||^2), as a log-sum-exp over distances taken by direct differences:
+    finite where the paper's code gives -inf, and exact for rows with a large common offset.
 
     Materializes the N x N (and N x K) scores: for small inputs and tests only.
     """
@@ -65,11 +73,12 @@ def dense_uniform_loss(
     if intra_batch:
         n = x.shape[0]
         upper = torch.triu_indices(n, n, offset=1, device=x.device)
-        scores.append(_sq_dists(x, x)[upper[0], upper[1]].mul(-t))
+        scores.append(direct_sq_dists(x, x)[upper[0], upper[1]].mul(-t))
     if queue is not None:
-        scores.append(_sq_dists(x, queue).flatten().mul(-t))
+        scores.append(direct_sq_dists(x, queue).flatten().mul(-t))
     k = 0 if queue is None else queue.shape[0]
-    return torch.logsumexp(torch.cat(scores), dim=0) - log_num_pairs(x.shape[0], k, intra_batch)
+    lse = torch.logsumexp(torch.cat(scores), dim=0)
+    return lse - log_num_pairs(x.shape[0], k, intra_batch, x.device).to(lse.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -85,83 +94,144 @@ def _row_blocks(n: int, columns: int):
         yield start, min(n, start + block)
 
 
-def _block_scores(x, norms, start, stop, queue, q_norms, t, intra_batch):
-    """Scores of rows [start, stop) against x[start:] (j > i kept, others -inf) and against the queue."""
+def centered_and_scaled(
+    x: torch.Tensor, queue: torch.Tensor | None, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """x' = (x - c) 2^-E and the queue likewise, in ``dtype``, with c the mean of all their rows and E an integer
+    (a 0-dim tensor) that brings the largest |x'| near 1.
+
+    Distances do not move under a translation, and a power of two scales them exactly; afterwards the Gram form
+    ||u||^2 + ||v||^2 - 2 u.v cancels only on the spread of the rows, not on their common offset, and no squared norm
+    overflows. Computed in float64 (after a first power-of-two scale, so that centering cannot overflow); detached:
+    the backends differentiate analytically.
+    """
+    rows = x.detach() if queue is None else torch.cat([x.detach(), queue.detach()])
+    wide = rows.to(torch.float64)
+    first = torch.frexp(wide.abs().amax()).exponent
+    wide = torch.ldexp(wide, -first)
+    wide = wide - wide.mean(0)
+    second = torch.frexp(wide.abs().amax()).exponent
+    scaled = torch.ldexp(wide, -second).to(dtype)
+    exponent = (first + second).to(torch.float64)
+    n = x.shape[0]
+    return scaled[:n], (None if queue is None else scaled[n:]), exponent
+
+
+def _excess_arg(sq_dists: torch.Tensor, t_scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores relative to the block's largest: (d_min, -t' (d - d_min)), with absent pairs at d = +inf (-inf).
+
+    The exponent is formed from d - d_min, never from t' d (which may be far outside the compute dtype); t' itself
+    may round to inf there, and the closest pairs still get exactly 0, absent pairs -inf.
+    """
+    d_min = sq_dists.amin()
+    excess = torch.where(torch.isinf(sq_dists), math.inf, sq_dists - d_min)  # never inf - inf
+    arg = torch.where(excess == 0, 0.0, -(t_scaled.to(sq_dists.dtype) * excess))
+    return d_min, torch.where(torch.isinf(excess), -math.inf, arg)
+
+
+def _sum_exp(arg: torch.Tensor) -> torch.Tensor:
+    """sum exp(arg) over the finite entries, in float64. Where most terms are near 1 (small t: the loss is near 0)
+    it is taken as count + sum expm1(arg), which keeps the digits a plain sum of rounded exps loses."""
+    present = torch.isfinite(arg)
+    count = present.sum(dtype=torch.float64)
+    plain = arg.exp().sum(dtype=torch.float64)
+    near_one = count + torch.where(present, arg.expm1(), 0.0).sum(dtype=torch.float64)
+    return torch.where(2 * plain < count, plain, near_one)
+
+
+def _block_sq_dists(x, norms, start, stop, queue, q_norms, intra_batch):
+    """Squared distances of rows [start, stop) to x[start:] (+inf where j <= i) and to the queue, Gram form."""
     xb, nb = x[start:stop], norms[start:stop]
     intra = cross = None
     if intra_batch:
-        intra = (nb[:, None] + norms[None, start:] - 2 * xb @ x[start:].T).clamp_min(0).mul(-t)
+        intra = (nb[:, None] + norms[None, start:] - 2 * xb @ x[start:].T).clamp_min(0)
         rows = torch.arange(stop - start, device=x.device)[:, None]
         cols = torch.arange(x.shape[0] - start, device=x.device)[None, :]
-        intra = intra.masked_fill(cols <= rows, float("-inf"))
+        intra = intra.masked_fill(cols <= rows, float("inf"))
     if queue is not None:
-        cross = (nb[:, None] + q_norms[None, :] - 2 * xb @ queue.T).clamp_min(0).mul(-t)
+        cross = (nb[:, None] + q_norms[None, :] - 2 * xb @ queue.T).clamp_min(0)
     return intra, cross
+
+
+def _shift(d_min: torch.Tensor, t_scaled: torch.Tensor) -> torch.Tensor:
+    """-t' d_min in float64 (0 at d_min = 0 even where t' is inf)."""
+    d_min = d_min.to(torch.float64)
+    return torch.where(d_min == 0, 0.0, -(t_scaled * d_min))
 
 
 def uniform_lse(
     x: torch.Tensor,
     queue: torch.Tensor | None,
-    t: float,
+    t: torch.Tensor,
     intra_batch: bool,
     grad_x: bool,
     grad_queue: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """lse = log sum over pairs exp(-t ||.||^2), and d lse / dx, d lse / d queue when asked for.
+    """lse = log sum over pairs exp(-t ||.||^2) (a 0-dim float64 tensor), and d lse / dx, d lse / d queue (in the
+    compute dtype) when asked for. ``t`` is a 0-dim float64 tensor.
 
-    Two sweeps over row blocks (log-sum-exp, then the weights exp(s - lse)); the gradient of pair (i, j) with
-    weight w is -2t w (x_i - x_j) on row i and the opposite on row j.
+    Two sweeps over row blocks of centered, scaled rows x' = (x - c) 2^-E (log-sum-exp, then the weights
+    exp(s - lse)); with t' = t 4^E the gradient of pair (i, j) with weight w is -2t' w (x'_i - x'_j) in x'
+    coordinates, 2^-E times that in x's.
     """
     dtype = compute_dtype(x.dtype)
-    x = x.to(dtype)
-    queue = None if queue is None else queue.to(dtype)
-    norms = x.pow(2).sum(1)
-    q_norms = None if queue is None else queue.pow(2).sum(1)
-    columns = (x.shape[0] if intra_batch else 0) + (0 if queue is None else queue.shape[0])
+    xs, qs, exponent = centered_and_scaled(x, queue, dtype)
+    exponent = exponent.to(x.device)
+    t = t.to(device=x.device, dtype=torch.float64)
+    t_scaled = torch.ldexp(t, 2 * exponent)
+    norms = xs.pow(2).sum(1)
+    q_norms = None if qs is None else qs.pow(2).sum(1)
+    columns = (x.shape[0] if intra_batch else 0) + (0 if qs is None else qs.shape[0])
 
-    block_lse = []
+    block_lse, block_max = [], []
     for start, stop in _row_blocks(x.shape[0], columns):
-        for s in _block_scores(x, norms, start, stop, queue, q_norms, t, intra_batch):
-            if s is not None and s.numel():
-                block_lse.append(torch.logsumexp(s.flatten(), dim=0))
+        for d in _block_sq_dists(xs, norms, start, stop, qs, q_norms, intra_batch):
+            if d is None or not d.numel():
+                continue
+            d_min, arg = _excess_arg(d, t_scaled)
+            block_max.append(torch.where(torch.isinf(d_min), -math.inf, _shift(d_min, t_scaled)))
+            block_lse.append(block_max[-1] + _sum_exp(arg).log())
     lse = torch.logsumexp(torch.stack(block_lse), dim=0)
+    k = 0 if qs is None else qs.shape[0]
+    # log mean exp(s) <= max s: clamp the rounding of the sums to that bound.
+    lse = torch.minimum(lse, torch.stack(block_max).amax() + log_num_pairs(x.shape[0], k, intra_batch, x.device))
 
-    gx = torch.zeros_like(x) if grad_x else None
-    gq = torch.zeros_like(queue) if grad_queue and queue is not None else None
+    gx = torch.zeros_like(xs) if grad_x else None
+    gq = torch.zeros_like(qs) if grad_queue and qs is not None else None
     if gx is not None or gq is not None:
+        coef = (-2 * torch.ldexp(t, exponent)).to(dtype)
         for start, stop in _row_blocks(x.shape[0], columns):
-            xb = x[start:stop]
-            intra, cross = _block_scores(x, norms, start, stop, queue, q_norms, t, intra_batch)
-            for s, other in ((intra, x[start:]), (cross, queue)):
-                if s is None:
+            xb = xs[start:stop]
+            intra, cross = _block_sq_dists(xs, norms, start, stop, qs, q_norms, intra_batch)
+            for d, other in ((intra, xs[start:]), (cross, qs)):
+                if d is None or not d.numel():
                     continue
-                w = torch.exp(s - lse).mul_(-2 * t)
+                d_min, arg = _excess_arg(d, t_scaled)
+                w = arg.exp_().mul_((_shift(d_min, t_scaled) - lse).exp().to(dtype) * coef)
                 if gx is not None:
                     gx[start:stop] += w.sum(1)[:, None] * xb - w @ other
-                if other is queue:
-                    other_grad = gq
-                else:
-                    other_grad = None if gx is None else gx[start:]
+                other_grad = gq if other is qs else (None if gx is None else gx[start:])
                 if other_grad is not None:
                     other_grad += w.sum(0)[:, None] * other - w.T @ xb
     lse, (gx, gq) = poison_nonfinite((x,) if queue is None else (x, queue), lse, (gx, gq))
     return lse, gx, gq
 
 
-def align(x: torch.Tensor, y: torch.Tensor, alpha: float, grad_x: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def align(
+    x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, grad_x: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Alignment loss mean_i d_i^(alpha/2), d_i = ||x_i - y_i||^2, and its gradient alpha/N d_i^(alpha/2-1)(x_i-y_i).
+    ``alpha`` is a 0-dim float64 tensor.
 
     A zero distance has a zero gradient for every alpha (no square root, no 0 * inf).
     """
     dtype = compute_dtype(x.dtype)
     diff = x.to(dtype) - y.to(dtype)
-    d2 = diff.pow(2).sum(1)
-    loss = d2.pow(alpha / 2).mean()
+    d2 = diff.pow(2).sum(1, dtype=torch.float64)  # rows may be very long
+    alpha = alpha.to(device=x.device, dtype=torch.float64)
+    loss = d2.pow(alpha / 2).mean().to(dtype)
     if not grad_x:
         return loss, None
-    if alpha == 2:
-        coef = torch.full_like(d2, 2.0 / x.shape[0])
-    else:
-        safe = torch.where(d2 > 0, d2, torch.ones_like(d2))
-        coef = torch.where(d2 > 0, safe.pow(alpha / 2 - 1), torch.zeros_like(d2)) * (alpha / x.shape[0])
+    safe = torch.where(d2 > 0, d2, 1.0)
+    coef = torch.where(d2 > 0, safe.pow(alpha / 2 - 1) * (alpha / x.shape[0]), 0.0).to(dtype)
     return loss, coef[:, None] * diff

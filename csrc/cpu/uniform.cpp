@@ -1,23 +1,33 @@
-// Uniformity log-sum-exp and gradient on the CPU, in one pass over the pair tiles and with no N x N buffer.
+// Uniformity log-sum-exp and gradient on the CPU: one pass over the pair tiles, no N x N buffer, deterministic.
 //
-// Math, for a pair (i, j) with Gram entry g_ij and squared norms n_i, n_j:
-//   s_ij = -t * max(n_i + n_j - 2 g_ij, 0),   e_ij = exp(s_ij - shift)
-//   lse  = shift + log sum e_ij
-//   d lse / d x_i = -2t / Z * (w_i x_i - sum_j e_ij x_j),  w_i = sum_j e_ij,  Z = sum e_ij
-// Each tile of pairs costs three small products (Gram, E X_J, E^T X_I): every pair's exp is computed once and
-// feeds both of its rows. Each thread keeps its own shift and row sums (no atomics); a thread rescales its sums
-// only when a tile maximum passes its shift by more than kRescaleMargin e-folds, so terms stay below
-// exp(kRescaleMargin) and the result is an exact log-sum-exp even where every exp(s) underflows.
+// Math. The rows are first centered and scaled by a power of two, x' = (x - c) 2^-E: translating every row leaves
+// every distance unchanged, so the Gram form below cancels only on the spread of the rows, not on their common
+// offset, and no norm overflows or underflows. With t' = t 4^E, for a pair (i, j):
+//   d_ij = max(n_i + n_j - 2 x'_i . x'_j, 0),   s_ij = -t' d_ij,   lse = log sum_pairs exp(s_ij)
+//   d lse / d x_i = -2t 2^E / Z * (w_i x'_i - sum_j e_ij x'_j),   e_ij = exp(s_ij),  w_i = sum_j e_ij,  Z = sum e
+// Inside a 64 x 64 tile of pairs the exponentials are taken relative to the tile's largest score M = -t' min d:
+// e = exp(-t' (d - min d)). No score is ever formed in the input precision (t' d may lie far outside it) and the
+// largest term is exactly 1. Each 64-row block keeps its sums (w, sum_j e x'_j, the pair total) relative to a shift
+// of its own, raised to a tile's M only when M passes it by kRescaleMargin e-folds: an exact log-sum-exp even where
+// every exp(s) underflows, and every pair's exponential is computed once and feeds both of its rows.
+//
+// Tiles run in rounds in which no two tiles touch the same block (a round-robin tournament over the blocks). So the
+// threads add into shared per-block sums without atomics or private copies (memory stays O(N D): the sums of
+// sum_j e x'_j live in the caller's gradient buffers), and each block receives its terms in the same order whatever
+// the number of threads: results are bitwise reproducible.
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <memory>
 #include <new>
+#include <stdexcept>
+#include <type_traits>
 #include <vector>
 
+#include "../args.h"
 #include "hyperloss/hyperloss.h"
+#include "threads.h"
 #include "tile_matmul.h"
 #include "vec_exp.h"
 
@@ -25,215 +35,396 @@ namespace hyperloss::cpu {
 namespace {
 
 constexpr int64_t kTile = 64;            // rows on each side of a pair tile (a multiple of kColBlock)
-constexpr double kRescaleMargin = 16.0;  // e-folds a tile maximum may exceed a thread's shift before rescaling
+constexpr int64_t kDepthChunk = 256;     // Gram columns per pass; longer rows add their chunks in double
+constexpr double kRescaleMargin = 16.0;  // e-folds a tile's maximum may exceed a block's shift before rescaling
+constexpr double kInf = std::numeric_limits<double>::infinity();
 
 int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
 
-// One side of the pair set, packed: rows padded to kTile with zeros, columns padded to kColBlock.
+// x * 2^-e, exact; a multiplication where 2^-e is a normal double (the usual case), else ldexp.
+struct PowerOfTwoScale {
+  int exponent;
+  double factor;
+  explicit PowerOfTwoScale(int e) : exponent(e), factor(std::ldexp(1.0, -e)) {}
+  double operator()(double v) const { return std::abs(exponent) < 1000 ? v * factor : std::ldexp(v, -exponent); }
+};
+
+int exponent_of(double magnitude) {  // e with magnitude * 2^-e in [0.5, 1); 0 for 0
+  int e = 0;
+  if (magnitude > 0) std::frexp(magnitude, &e);
+  return e;
+}
+
+// Rows of A then rows of B, read through their strides.
 template <typename T>
-struct PackedRows {
-  int64_t rows = 0, padded_rows = 0, padded_cols = 0;
-  std::vector<T> rows_major;  // padded_rows x padded_cols
-  std::vector<T> sq_norms;    // padded_rows
+struct Rows {
+  hl_matrix a, b;
+  int64_t count() const { return a.rows + (b.data ? b.rows : 0); }
+  double at(int64_t r, int64_t c) const {
+    const hl_matrix& m = r < a.rows ? a : b;
+    const int64_t row = r < a.rows ? r : r - a.rows;
+    return static_cast<double>(static_cast<const T*>(m.data)[row * m.row_stride + c * m.col_stride]);
+  }
+};
+
+// Both sides of the pair set, centered, scaled and packed: x' = (x - c) 2^-exponent, padded_cols wide (zeros).
+template <typename T>
+struct Prepared {
+  int64_t rows = 0, cols = 0, padded_cols = 0;
+  std::vector<T> data;      // rows x padded_cols
+  std::vector<T> sq_norms;  // rows, then kTile zeros (whole tiles may be read)
+  int exponent = 0;
   bool finite = true;
+  const T* row(int64_t r) const { return data.data() + r * padded_cols; }
+};
 
-  PackedRows(const hl_matrix& m, int64_t padded_cols_)
-      : rows(m.rows), padded_rows(round_up(m.rows, kTile)), padded_cols(padded_cols_),
-        rows_major(padded_rows * padded_cols, T(0)), sq_norms(padded_rows, T(0)) {
-    const T* src = static_cast<const T*>(m.data);
-    bool all_finite = true;
-#pragma omp parallel for reduction(&& : all_finite)
-    for (int64_t r = 0; r < rows; ++r) {
-      T norm = 0;
-      for (int64_t c = 0; c < m.cols; ++c) {
-        const T v = src[r * m.row_stride + c * m.col_stride];
-        all_finite = all_finite && std::isfinite(v);
-        rows_major[r * padded_cols + c] = v;
-        norm += v * v;
-      }
-      sq_norms[r] = norm;
+template <typename T>
+Prepared<T> prepare(const Rows<T>& in, int64_t cols, int threads) {
+  Prepared<T> out;
+  const int64_t n = in.count();
+  out.rows = n;
+  out.cols = cols;
+  out.padded_cols = round_up(cols, kColBlock<T>);
+
+  // 1. Finite check and the largest magnitude, for a first scale that keeps the centering below from overflowing.
+  double max_abs = 0;
+  bool finite = true;
+#pragma omp parallel for num_threads(threads) reduction(max : max_abs) reduction(&& : finite)
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const double v = in.at(r, c);
+      finite = finite && std::isfinite(v);
+      max_abs = std::max(max_abs, std::abs(v));
     }
-    finite = all_finite;
+  out.finite = finite;
+  if (!finite) return out;
+  const PowerOfTwoScale first(exponent_of(max_abs));
+
+  // 2. The center: column means of the scaled rows, each column summed over the rows in order (reproducible).
+  //    Any center is exact math (distances do not move); this one removes the common offset.
+  std::vector<double> center(cols);
+  constexpr int64_t kCenterCols = 16;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t c0 = 0; c0 < cols; c0 += kCenterCols) {
+    const int64_t width = std::min(kCenterCols, cols - c0);
+    double sums[kCenterCols] = {};
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t c = 0; c < width; ++c) sums[c] += first(in.at(r, c0 + c));
+    for (int64_t c = 0; c < width; ++c) center[c0 + c] = sums[c] / static_cast<double>(n);
   }
-  const T* row(int64_t r) const { return rows_major.data() + r * padded_cols; }
-};
 
-// Per-thread running sums: sum of e_ij, and per row w_i and sum_j e_ij x_j, all relative to `shift`.
-template <typename T>
-struct ThreadSums {
-  double shift;
-  double total = 0;
-  std::vector<T> weight_a, weighted_a, weight_b, weighted_b;
+  // 3. The second scale: the largest centered magnitude becomes ~1.
+  double max_dev = 0;
+#pragma omp parallel for num_threads(threads) reduction(max : max_dev)
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < cols; ++c) max_dev = std::max(max_dev, std::abs(first(in.at(r, c)) - center[c]));
+  const int second_exponent = exponent_of(max_dev);
+  const PowerOfTwoScale second(second_exponent);
+  out.exponent = first.exponent + second_exponent;
 
-  void rescale_to(double new_shift) {
-    const double factor = std::exp(shift - new_shift);
-    total *= factor;
-    for (auto* v : {&weight_a, &weighted_a, &weight_b, &weighted_b})
-      for (T& e : *v) e = static_cast<T>(e * factor);
-    shift = new_shift;
+  // 4. Pack: x' in the compute type, and its squared norm summed in double.
+  out.data.assign(n * out.padded_cols, T(0));
+  out.sq_norms.assign(n + kTile, T(0));
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t r = 0; r < n; ++r) {
+    T* dst = out.data.data() + r * out.padded_cols;
+    double norm = 0;
+    for (int64_t c = 0; c < cols; ++c) {
+      const T v = static_cast<T>(second(first(in.at(r, c)) - center[c]));
+      dst[c] = v;
+      norm += static_cast<double>(v) * v;
+    }
+    out.sq_norms[r] = static_cast<T>(norm);
   }
+  return out;
+}
+
+// A 64-row block of one side: rows [start, start + rows) of the prepared rows.
+struct Block {
+  int64_t start, rows;
+  bool side_b;
 };
 
-struct PairTile {
-  int64_t i0, j0;
-  bool cross;     // rows of B on the j side, else rows of A
-  bool diagonal;  // an intra tile with i0 == j0: only j > i counts
+// Per-block running sums, relative to `shift`: the pair total (blocks on the i side of their tiles) and, in the
+// gradient buffers and `weights`, sum_j e_ij x'_j and w_i for each row.
+struct BlockSums {
+  double shift = -kInf;      // the block's reference score
+  double max_score = -kInf;  // the largest score of a pair whose i side is this block
+  double total = 0;          // sum of exp(s - shift) over those pairs
 };
 
-template <typename T>
-T pair_score(const T* u, const T* v, int64_t cols, double t) {
-  T d2 = 0;
-  for (int64_t c = 0; c < cols; ++c) d2 += (u[c] - v[c]) * (u[c] - v[c]);
-  return static_cast<T>(-t * d2);
+struct Tile {
+  int32_t i, j;  // block indices; i == j: the pairs j > i within one block
+};
+
+// The tiles in rounds such that no block appears twice in a round.
+struct Schedule {
+  std::vector<Tile> tiles;
+  std::vector<size_t> round_starts{0};
+  void end_round() {
+    if (tiles.size() > round_starts.back()) round_starts.push_back(tiles.size());
+  }
+  size_t rounds() const { return round_starts.size() - 1; }
+};
+
+// Every pair of blocks {u, v} (u < v) among `count` blocks starting at `first`, and the diagonal tiles: the circle
+// method (one block fixed, the others rotating) gives count - 1 rounds (count rounds with a bye when it is odd).
+void add_all_pairs(Schedule& s, int32_t first, int32_t count) {
+  for (int32_t b = 0; b < count; ++b) s.tiles.push_back({first + b, first + b});
+  s.end_round();
+  const int32_t n = count + count % 2;
+  for (int32_t r = 0; r + 1 < n; ++r) {
+    if (n - 1 < count) s.tiles.push_back({first + r, first + n - 1});
+    for (int32_t k = 1; k < n / 2; ++k) {
+      const int32_t u = (r + k) % (n - 1), v = (r - k + n - 1) % (n - 1);
+      s.tiles.push_back({first + std::min(u, v), first + std::max(u, v)});
+    }
+    s.end_round();
+  }
+}
+
+// Every (A block, B block) pair: in round r, A block u meets B block (u + r) mod |B| (or the reverse when A has
+// more blocks), a Latin square.
+void add_cross_pairs(Schedule& s, int32_t a_blocks, int32_t b_first, int32_t b_blocks) {
+  const int32_t rounds = std::max(a_blocks, b_blocks);
+  for (int32_t r = 0; r < rounds; ++r) {
+    if (a_blocks <= b_blocks)
+      for (int32_t u = 0; u < a_blocks; ++u) s.tiles.push_back({u, b_first + (u + r) % b_blocks});
+    else
+      for (int32_t v = 0; v < b_blocks; ++v) s.tiles.push_back({(v + r) % a_blocks, b_first + v});
+    s.end_round();
+  }
 }
 
 template <typename T>
-hl_status uniform_lse(const hl_matrix& a_in, const hl_matrix& b_in, double t, bool intra, int num_threads,
-                      double* lse_out, T* grad_a, T* grad_b) {
-  const bool cross = b_in.data != nullptr;
-  const int64_t cols = a_in.cols;
-  const int64_t padded_cols = round_up(cols, kColBlock<T>);
-  const PackedRows<T> a(a_in, padded_cols);
-  const PackedRows<T> b = cross ? PackedRows<T>(b_in, padded_cols) : PackedRows<T>(hl_matrix{nullptr, 0, cols, 0, 0},
-                                                                                  padded_cols);
-  const bool need_grad = grad_a != nullptr || grad_b != nullptr;
-  const double nan = std::numeric_limits<double>::quiet_NaN();
+class UniformKernel {
+ public:
+  UniformKernel(const Prepared<T>& x, int64_t rows_a, bool intra, bool cross, double t, T* grad_a, T* grad_b,
+                int threads)
+      : x_(x), rows_a_(rows_a), grad_a_(grad_a), grad_b_(grad_b), threads_(threads),
+        t_scaled_(std::ldexp(t, 2 * x.exponent)),
+        t_scaled_c_(t_scaled_ > std::numeric_limits<T>::max() ? std::numeric_limits<T>::infinity()
+                                                               : static_cast<T>(t_scaled_)) {
+    const auto add_blocks = [&](int64_t start, int64_t count, bool side_b) {
+      for (int64_t r = 0; r < count; r += kTile) blocks_.push_back({start + r, std::min(kTile, count - r), side_b});
+    };
+    add_blocks(0, rows_a, false);
+    const int32_t a_blocks = static_cast<int32_t>(blocks_.size());
+    add_blocks(rows_a, x.rows - rows_a, true);
+    const int32_t b_blocks = static_cast<int32_t>(blocks_.size()) - a_blocks;
+    if (intra) add_all_pairs(schedule_, 0, a_blocks);
+    if (cross) add_cross_pairs(schedule_, a_blocks, a_blocks, b_blocks);
+    sums_.resize(blocks_.size());
+    if (grad_a_ || grad_b_) weights_.assign(x.rows, 0.0);
+  }
 
-  if (!a.finite || !b.finite) {  // as torch would: non-finite input, NaN result
+  // Runs every round; returns lse (clamped to its bound: log mean exp(s) <= max s).
+  double run(double log_pairs) {
+    if (grad_a_) std::fill(grad_a_, grad_a_ + rows_a_ * x_.cols, T(0));
+    if (grad_b_) std::fill(grad_b_, grad_b_ + (x_.rows - rows_a_) * x_.cols, T(0));
+    const int64_t scratch_size = kTile * kTile + kDepthChunk * kTile;
+    std::vector<T> scratch(static_cast<size_t>(threads_) * scratch_size);
+    std::vector<double> gram_scratch(needs_double_gram() ? static_cast<size_t>(threads_) * kTile * kTile : 0);
+#pragma omp parallel num_threads(threads_)
+    {
+      const int me = omp_get_thread_num();
+      T* e = scratch.data() + me * scratch_size;
+      T* side = e + kTile * kTile;
+      double* gram = gram_scratch.empty() ? nullptr : gram_scratch.data() + me * kTile * kTile;
+      for (size_t r = 0; r < schedule_.rounds(); ++r) {
+#pragma omp for schedule(dynamic, 1)
+        for (size_t k = schedule_.round_starts[r]; k < schedule_.round_starts[r + 1]; ++k)
+          process(schedule_.tiles[k], e, side, gram);
+      }
+    }
+    double shift = -kInf, max_score = -kInf;
+    for (const BlockSums& s : sums_) {
+      shift = std::max(shift, s.shift);
+      max_score = std::max(max_score, s.max_score);
+    }
+    if (shift == -kInf) return -kInf;  // every score overflowed to -inf: the loss is below the double range
+    double total = 0;
+    for (const BlockSums& s : sums_) total += s.total * std::exp(s.shift - shift);
+    return std::min(shift + std::log(total), max_score + log_pairs);
+  }
+
+  // d lse / d x = -2t 2^E exp(shift_b - lse) (w_i x'_i - acc_i), in place in the gradient buffers.
+  void finish_gradients(double t, double lse) {
+    const double scale = -2.0 * std::ldexp(t, x_.exponent);
+    const int64_t cols = x_.cols;
+#pragma omp parallel for num_threads(threads_) schedule(static)
+    for (size_t b = 0; b < blocks_.size(); ++b) {
+      T* acc = accumulator(blocks_[b]);
+      if (acc == nullptr) continue;
+      const T coef = static_cast<T>(scale * std::exp(sums_[b].shift - lse));
+      for (int64_t i = 0; i < blocks_[b].rows; ++i) {
+        const int64_t r = blocks_[b].start + i;
+        const T w = static_cast<T>(weights_[r]);
+        const T* xr = x_.row(r);
+        T* g = acc + i * cols;
+#pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) g[c] = coef * (w * xr[c] - g[c]);
+      }
+    }
+  }
+
+ private:
+  static constexpr bool needs_double_gram_for_type() { return std::is_same_v<T, float>; }
+  bool needs_double_gram() const { return needs_double_gram_for_type() && x_.padded_cols > kDepthChunk; }
+
+  // The first row of `block` in its side's gradient buffer, where that side's gradient is wanted.
+  T* accumulator(const Block& block) const {
+    if (block.side_b) return grad_b_ ? grad_b_ + (block.start - rows_a_) * x_.cols : nullptr;
+    return grad_a_ ? grad_a_ + block.start * x_.cols : nullptr;
+  }
+
+  // Brings block b's shift to at least `score` - kRescaleMargin; returns exp(score - shift), the factor for terms
+  // computed relative to `score`.
+  double raise_shift(int32_t b, double score) {
+    BlockSums& s = sums_[b];
+    if (score > s.shift + kRescaleMargin) {
+      if (s.shift != -kInf) {  // before the first tile every sum is zero
+        const double factor = std::exp(s.shift - score);
+        s.total *= factor;
+        const Block& block = blocks_[b];
+        T* acc = accumulator(block);
+        if (acc != nullptr) {
+          for (int64_t i = 0; i < block.rows; ++i) weights_[block.start + i] *= factor;
+          const T f = static_cast<T>(factor);
+          for (int64_t q = 0; q < block.rows * x_.cols; ++q) acc[q] *= f;
+        }
+      }
+      s.shift = score;
+    }
+    return std::exp(score - s.shift);
+  }
+
+  void process(const Tile& tile, T* e, T* side, double* gram) {
+    const Block& bi = blocks_[tile.i];
+    const Block& bj = blocks_[tile.j];
+    const bool diagonal = tile.i == tile.j;
+    const int64_t vi = bi.rows, vj = bj.rows, jw = round_up(vj, kColBlock<T>);
+    const int64_t pc = x_.padded_cols;
+    const T* xi = x_.row(bi.start);
+    const T* xj = x_.row(bj.start);
+
+    // Gram tile g_ij = x'_i . x'_j, the j side transposed chunk by chunk so that the product runs along j.
+    const bool chunked = needs_double_gram();
+    if (chunked) std::fill(gram, gram + kTile * kTile, 0.0);
+    for (int64_t c0 = 0; c0 < pc; c0 += kDepthChunk) {
+      const int64_t depth = std::min(kDepthChunk, pc - c0);
+      for (int64_t c = 0; c < depth; ++c) {
+        T* dst = side + c * kTile;
+        for (int64_t j = 0; j < vj; ++j) dst[j] = xj[j * pc + c0 + c];
+        for (int64_t j = vj; j < jw; ++j) dst[j] = T(0);
+      }
+      if (c0 == 0 || chunked)
+        tile_matmul<T, false>(vi, jw, depth, xi + c0, pc, 1, side, kTile, e, kTile);
+      else
+        tile_matmul<T, true>(vi, jw, depth, xi + c0, pc, 1, side, kTile, e, kTile);
+      if (chunked)
+        for (int64_t i = 0; i < vi; ++i)
+          for (int64_t j = 0; j < jw; ++j) gram[i * kTile + j] += e[i * kTile + j];
+    }
+    if (chunked)
+      for (int64_t i = 0; i < vi; ++i)
+        for (int64_t j = 0; j < jw; ++j) e[i * kTile + j] = static_cast<T>(gram[i * kTile + j]);
+
+    // Squared distances, +inf where the pair does not exist (padding, j <= i on the diagonal), and their minimum.
+    const T inf = std::numeric_limits<T>::infinity();
+    const T* ni = x_.sq_norms.data() + bi.start;
+    const T* nj = x_.sq_norms.data() + bj.start;
+    T d_min = inf;
+    for (int64_t i = 0; i < vi; ++i) {
+      T* ei = e + i * kTile;
+      const int64_t first_j = diagonal ? i + 1 : 0;
+#pragma omp simd reduction(min : d_min)
+      for (int64_t j = 0; j < jw; ++j) {
+        T d = ni[i] + nj[j] - T(2) * ei[j];
+        d = d < T(0) ? T(0) : d;
+        d = (j < vj && j >= first_j) ? d : inf;
+        ei[j] = d;
+        d_min = d < d_min ? d : d_min;
+      }
+    }
+    if (d_min == inf) return;  // no pair in this tile (a one-row diagonal block)
+    // The tile's largest score, in double: t' d may be far outside T's range.
+    const double tile_max = d_min == T(0) ? 0.0 : -(t_scaled_ * static_cast<double>(d_min));
+    if (tile_max == -kInf) return;  // t' overflows double: these terms vanish next to any finite score
+
+    // e_ij = exp(-t' (d_ij - d_min)). t' may be inf in T (then only the closest pairs count, as they should); the
+    // closest pairs get exactly 1 and absent pairs 0 without forming inf * 0.
+    // A row's total is summed both as sum e and as its count minus sum (1 - e), and the smaller sum is used: when
+    // every e is near 1 (small t: the loss is near 0), 1 - e is exact and keeps the digits a plain sum loses.
+    T row_sums[kTile], col_sums[kTile] = {};
+    double tile_total = 0;
+    const T tc = t_scaled_c_;
+    for (int64_t i = 0; i < vi; ++i) {
+      T* ei = e + i * kTile;
+      T row_total = 0, row_missing = 0;
+#pragma omp simd reduction(+ : row_total, row_missing)
+      for (int64_t j = 0; j < jw; ++j) {
+        const bool valid = ei[j] != inf;
+        const T excess = ei[j] - d_min;
+        const T arg = excess == T(0) ? T(0) : -(tc * excess);
+        const T v = valid ? vec_exp<T>(arg) : T(0);
+        ei[j] = v;
+        row_total += v;
+        row_missing += valid ? T(1) - v : T(0);
+        col_sums[j] += v;
+      }
+      row_sums[i] = row_total;
+      const int64_t count = diagonal ? std::max<int64_t>(vj - 1 - i, 0) : vj;
+      tile_total += row_total <= row_missing ? static_cast<double>(row_total)
+                                             : static_cast<double>(count) - static_cast<double>(row_missing);
+    }
+
+    const double factor_i = raise_shift(tile.i, tile_max);
+    BlockSums& si = sums_[tile.i];
+    si.total += factor_i * tile_total;
+    si.max_score = std::max(si.max_score, tile_max);
+    const double factor_j = diagonal ? factor_i : raise_shift(tile.j, tile_max);
+    const int64_t cols = x_.cols;
+    // Row side: w_i += sum_j e_ij, acc_i += sum_j e_ij x'_j.  Column side: w_j += sum_i e_ij, acc_j += sum_i e_ij x'_i.
+    if (T* acc = accumulator(bi)) {
+      for (int64_t i = 0; i < vi; ++i) weights_[bi.start + i] += factor_i * row_sums[i];
+      tile_matmul<T, true>(vi, cols, vj, e, kTile, 1, xj, pc, acc, cols, static_cast<T>(factor_i));
+    }
+    if (T* acc = accumulator(bj)) {
+      for (int64_t j = 0; j < vj; ++j) weights_[bj.start + j] += factor_j * col_sums[j];
+      tile_matmul<T, true>(vj, cols, vi, e, 1, kTile, xi, pc, acc, cols, static_cast<T>(factor_j));
+    }
+  }
+
+  const Prepared<T>& x_;
+  int64_t rows_a_;
+  T* grad_a_;
+  T* grad_b_;
+  int threads_;
+  double t_scaled_;  // t' = t 4^E
+  T t_scaled_c_;     // t' in T (inf where it is above T's range)
+  std::vector<Block> blocks_;
+  Schedule schedule_;
+  std::vector<BlockSums> sums_;
+  std::vector<double> weights_;  // w_i per prepared row
+};
+
+template <typename T>
+hl_status uniform_lse(const hl_matrix& a, const hl_matrix& b, double t, bool intra, int threads, double* lse_out,
+                      T* grad_a, T* grad_b) {
+  const bool cross = b.data != nullptr;
+  const Prepared<T> x = prepare<T>(Rows<T>{a, b}, a.cols, threads);
+  if (!x.finite) {  // non-finite input: a NaN result, as one rule for every backend
+    const double nan = std::numeric_limits<double>::quiet_NaN();
     *lse_out = nan;
-    if (grad_a) std::fill(grad_a, grad_a + a.rows * cols, static_cast<T>(nan));
-    if (grad_b) std::fill(grad_b, grad_b + b.rows * cols, static_cast<T>(nan));
+    if (grad_a) std::fill(grad_a, grad_a + a.rows * a.cols, static_cast<T>(nan));
+    if (grad_b) std::fill(grad_b, grad_b + b.rows * b.cols, static_cast<T>(nan));
     return HL_OK;
   }
-
-  // Starting shift: the largest score among a few real pairs, a cheap lower bound of the maximum.
-  double start_shift = -std::numeric_limits<double>::infinity();
-  if (intra)
-    for (int64_t i = 0; i + 1 < a.rows; ++i)
-      start_shift = std::max<double>(start_shift, pair_score(a.row(i), a.row(i + 1), cols, t));
-  if (cross)
-    for (int64_t i = 0; i < a.rows; ++i)
-      start_shift = std::max<double>(start_shift, pair_score(a.row(i), b.row(i % b.rows), cols, t));
-
-  std::vector<PairTile> tiles;
-  if (intra)
-    for (int64_t i0 = 0; i0 < a.rows; i0 += kTile)
-      for (int64_t j0 = i0; j0 < a.rows; j0 += kTile) tiles.push_back({i0, j0, false, i0 == j0});
-  if (cross)
-    for (int64_t i0 = 0; i0 < a.rows; i0 += kTile)
-      for (int64_t j0 = 0; j0 < b.rows; j0 += kTile) tiles.push_back({i0, j0, true, false});
-
-  const int threads = num_threads > 0 ? num_threads : omp_get_max_threads();
-  std::vector<ThreadSums<T>> sums(threads);
-  for (auto& s : sums) {
-    s.shift = start_shift;
-    if (need_grad) {
-      s.weight_a.assign(a.padded_rows, T(0));
-      s.weighted_a.assign(a.padded_rows * padded_cols, T(0));
-      if (cross) {
-        s.weight_b.assign(b.padded_rows, T(0));
-        s.weighted_b.assign(b.padded_rows * padded_cols, T(0));
-      }
-    }
-  }
-
-  // Tile scratch for every thread, allocated here once: buffers allocated inside the threads would land in
-  // per-thread malloc arenas that keep growing the process over repeated calls.
-  const int64_t scratch_per_thread = kTile * kTile + padded_cols * kTile;
-  std::vector<T> scratch(threads * scratch_per_thread);
-  const T neg_inf = -std::numeric_limits<T>::infinity();
-#pragma omp parallel num_threads(threads)
-  {
-    ThreadSums<T>& mine = sums[omp_get_thread_num()];
-    T* e = scratch.data() + omp_get_thread_num() * scratch_per_thread;  // kTile x kTile scores, then weights
-    T* side_tile = e + kTile * kTile;                                    // padded_cols x kTile
-#pragma omp for schedule(dynamic, 1)
-    for (size_t k = 0; k < tiles.size(); ++k) {
-      const PairTile& p = tiles[k];
-      const PackedRows<T>& side = p.cross ? b : a;
-      // Gram tile: g_ij = x_i . y_j, with the j side transposed into a contiguous tile first so that the
-      // product's inner loop runs along j.
-      for (int64_t j = 0; j < kTile; ++j) {
-        const T* yj = side.row(p.j0 + j);
-        for (int64_t c = 0; c < padded_cols; ++c) side_tile[c * kTile + j] = yj[c];
-      }
-      tile_matmul<T, false>(kTile, kTile, padded_cols, a.row(p.i0), padded_cols, 1, side_tile, kTile, e, kTile);
-      // Scores, masked where the pair does not exist (padding, j <= i on the diagonal).
-      T tile_max = neg_inf;
-      const int64_t valid_i = std::min(kTile, a.rows - p.i0), valid_j = std::min(kTile, side.rows - p.j0);
-      for (int64_t i = 0; i < kTile; ++i) {
-        const T ni = a.sq_norms[p.i0 + i];
-        const T* nj = side.sq_norms.data() + p.j0;
-        T* ei = e + i * kTile;
-        const int64_t first_j = p.diagonal ? i + 1 : 0;
-#pragma omp simd reduction(max : tile_max)
-        for (int64_t j = 0; j < kTile; ++j) {
-          T d2 = ni + nj[j] - T(2) * ei[j];
-          d2 = d2 < T(0) ? T(0) : d2;
-          const bool valid = i < valid_i && j < valid_j && j >= first_j;
-          const T s = valid ? static_cast<T>(-t) * d2 : neg_inf;
-          ei[j] = s;
-          tile_max = s > tile_max ? s : tile_max;
-        }
-      }
-      if (tile_max == neg_inf) continue;
-      if (tile_max > mine.shift + kRescaleMargin) mine.rescale_to(tile_max);
-      const T shift = static_cast<T>(mine.shift);
-      T tile_total = 0;
-#pragma omp simd reduction(+ : tile_total)
-      for (int64_t q = 0; q < kTile * kTile; ++q) {
-        e[q] = vec_exp<T>(e[q] - shift);
-        tile_total += e[q];
-      }
-      mine.total += tile_total;
-      if (!need_grad) continue;
-      // Row side: w_i += sum_j e_ij, sum_j e_ij y_j.   Column side: w_j += sum_i e_ij, sum_i e_ij x_i.
-      T* weight_j = (p.cross ? mine.weight_b : mine.weight_a).data() + p.j0;
-      T* weighted_j = (p.cross ? mine.weighted_b : mine.weighted_a).data() + p.j0 * padded_cols;
-      for (int64_t i = 0; i < kTile; ++i) {
-        T row_total = 0;
-        const T* ei = e + i * kTile;
-#pragma omp simd reduction(+ : row_total)
-        for (int64_t j = 0; j < kTile; ++j) {
-          row_total += ei[j];
-          weight_j[j] += ei[j];
-        }
-        mine.weight_a[p.i0 + i] += row_total;
-      }
-      tile_matmul<T, true>(kTile, padded_cols, kTile, e, kTile, 1, side.row(p.j0), padded_cols,
-                           mine.weighted_a.data() + p.i0 * padded_cols, padded_cols);
-      tile_matmul<T, true>(kTile, padded_cols, kTile, e, 1, kTile, a.row(p.i0), padded_cols, weighted_j, padded_cols);
-    }
-  }
-
-  // Combine the threads on the largest shift.
-  double shift = -std::numeric_limits<double>::infinity();
-  for (const auto& s : sums) shift = std::max(shift, s.shift);
-  double total = 0;
-  for (const auto& s : sums) total += s.total * std::exp(s.shift - shift);
-  *lse_out = shift + std::log(total);
-  if (!need_grad) return HL_OK;
-
-  std::vector<T> coef(threads);
-  for (int k = 0; k < threads; ++k) coef[k] = static_cast<T>(std::exp(sums[k].shift - shift) / total);
-  const T minus_two_t = static_cast<T>(-2.0 * t);
-  auto finish = [&](const PackedRows<T>& side, bool is_b, T* out) {
-#pragma omp parallel for num_threads(threads)
-    for (int64_t r = 0; r < side.rows; ++r) {
-      T w = 0;
-      for (int k = 0; k < threads; ++k) w += coef[k] * (is_b ? sums[k].weight_b : sums[k].weight_a)[r];
-      const T* x = side.row(r);
-      T* o = out + r * cols;
-      for (int64_t c = 0; c < cols; ++c) o[c] = w * x[c];
-      for (int k = 0; k < threads; ++k) {
-        const T* g = (is_b ? sums[k].weighted_b : sums[k].weighted_a).data() + r * padded_cols;
-        for (int64_t c = 0; c < cols; ++c) o[c] -= coef[k] * g[c];
-      }
-      for (int64_t c = 0; c < cols; ++c) o[c] *= minus_two_t;
-    }
-  };
-  if (grad_a) finish(a, false, grad_a);
-  if (cross && grad_b) finish(b, true, grad_b);
+  UniformKernel<T> kernel(x, a.rows, intra, cross, t, grad_a, cross ? grad_b : nullptr, threads);
+  const double lse = kernel.run(std::log(num_pairs(a.rows, cross ? b.rows : 0, intra)));
+  *lse_out = lse;
+  if (grad_a || (cross && grad_b)) kernel.finish_gradients(t, lse);
   return HL_OK;
 }
 
@@ -242,22 +433,20 @@ hl_status uniform_lse(const hl_matrix& a_in, const hl_matrix& b_in, double t, bo
 
 extern "C" hl_status hl_uniform_lse_cpu(hl_dtype dtype, hl_matrix a, hl_matrix b, double t, int intra_batch,
                                         int num_threads, double* lse_out, void* grad_a, void* grad_b) {
-  using namespace hyperloss::cpu;
-  const bool cross = b.data != nullptr;
-  if (a.data == nullptr || lse_out == nullptr || a.cols <= 0 || a.rows <= 0) return HL_ERR_INVALID_ARGUMENT;
-  if (cross && (b.cols != a.cols || b.rows <= 0)) return HL_ERR_INVALID_ARGUMENT;
-  if (!intra_batch && !cross) return HL_ERR_INVALID_ARGUMENT;
-  if (intra_batch && !cross && a.rows < 2) return HL_ERR_INVALID_ARGUMENT;
-  if (!(t > 0) || !std::isfinite(t)) return HL_ERR_INVALID_ARGUMENT;
+  using namespace hyperloss;
+  if (const hl_status status = check_uniform_args(dtype, a, b, t, intra_batch); status != HL_OK) return status;
+  if (lse_out == nullptr || num_threads < 0) return HL_ERR_INVALID_ARGUMENT;
+  if (dtype != HL_FLOAT32 && dtype != HL_FLOAT64) return HL_ERR_UNSUPPORTED;
+  const int threads = cpu::cpu_threads(num_threads);
   try {
     if (dtype == HL_FLOAT32)
-      return uniform_lse<float>(a, b, t, intra_batch != 0, num_threads, lse_out, static_cast<float*>(grad_a),
-                                static_cast<float*>(grad_b));
-    if (dtype == HL_FLOAT64)
-      return uniform_lse<double>(a, b, t, intra_batch != 0, num_threads, lse_out, static_cast<double*>(grad_a),
-                                 static_cast<double*>(grad_b));
-    return HL_ERR_UNSUPPORTED;
+      return cpu::uniform_lse<float>(a, b, t, intra_batch != 0, threads, lse_out, static_cast<float*>(grad_a),
+                                     static_cast<float*>(grad_b));
+    return cpu::uniform_lse<double>(a, b, t, intra_batch != 0, threads, lse_out, static_cast<double*>(grad_a),
+                                    static_cast<double*>(grad_b));
   } catch (const std::bad_alloc&) {
+    return HL_ERR_OUT_OF_MEMORY;
+  } catch (const std::length_error&) {
     return HL_ERR_OUT_OF_MEMORY;
   }
 }

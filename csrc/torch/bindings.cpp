@@ -33,8 +33,16 @@ hl_matrix view_of(const at::Tensor& t) { return {t.data_ptr(), t.size(0), t.size
 
 void check(hl_status status) { TORCH_CHECK(status == HL_OK, "hyperloss: ", hl_status_string(status)); }
 
+// t and alpha arrive as 0-dim tensors, so that torch.compile traces one graph for every value of them.
+double scalar_of(const at::Tensor& t) {
+  TORCH_CHECK(t.numel() == 1, "hyperloss: t and alpha must be one-element tensors");
+  return t.item<double>();
+}
+
+// lse is returned in float64 whatever the input dtype: the loss lse - log|P| is often tiny next to log|P|.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> uniform_lse(const at::Tensor& x, const std::optional<at::Tensor>& queue,
-                                                           double t, bool intra_batch, bool grad_x, bool grad_queue,
+                                                           const at::Tensor& t, bool intra_batch, bool grad_x,
+                                                           bool grad_queue,
                                                            int64_t /*precision: float32 products are exact here*/) {
   const at::Tensor xc = to_compute_dtype(x);
   at::Tensor qc;
@@ -50,19 +58,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> uniform_lse(const at::Tensor& x, 
   at::Tensor gq = grad_queue && queue.has_value() ? at::empty({qc.size(0), qc.size(1)}, options)
                                                   : at::empty({0}, options);
   double lse = 0;
-  check(hl_uniform_lse_cpu(dtype_of(xc), view_of(xc), qv, t, intra_batch, at::get_num_threads(), &lse,
+  check(hl_uniform_lse_cpu(dtype_of(xc), view_of(xc), qv, scalar_of(t), intra_batch, at::get_num_threads(), &lse,
                            gx.numel() ? gx.data_ptr() : nullptr, gq.numel() ? gq.data_ptr() : nullptr));
-  return {at::scalar_tensor(lse, options), gx, gq};
+  return {at::scalar_tensor(lse, options.dtype(at::kDouble)), gx, gq};
 }
 
-std::tuple<at::Tensor, at::Tensor> align(const at::Tensor& x, const at::Tensor& y, double alpha, bool grad_x) {
+std::tuple<at::Tensor, at::Tensor> align(const at::Tensor& x, const at::Tensor& y, const at::Tensor& alpha,
+                                         bool grad_x) {
   const at::Tensor xc = to_compute_dtype(x), yc = to_compute_dtype(y);
   TORCH_CHECK(xc.sizes() == yc.sizes() && xc.scalar_type() == yc.scalar_type(),
               "hyperloss: x and y must have the same shape and dtype");
   const auto options = xc.options();
   at::Tensor gx = grad_x ? at::empty({xc.size(0), xc.size(1)}, options) : at::empty({0}, options);
   double loss = 0;
-  check(hl_align_cpu(dtype_of(xc), view_of(xc), view_of(yc), alpha, at::get_num_threads(), &loss,
+  check(hl_align_cpu(dtype_of(xc), view_of(xc), view_of(yc), scalar_of(alpha), at::get_num_threads(), &loss,
                      grad_x ? gx.data_ptr() : nullptr));
   return {at::scalar_tensor(loss, options), gx};
 }
@@ -85,9 +94,9 @@ void check_cuda_input(const at::Tensor& t, const at::Tensor& x) {
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> uniform_lse_cuda(const at::Tensor& x,
-                                                                const std::optional<at::Tensor>& queue, double t,
-                                                                bool intra_batch, bool grad_x, bool grad_queue,
-                                                                int64_t precision) {
+                                                                const std::optional<at::Tensor>& queue,
+                                                                const at::Tensor& t, bool intra_batch, bool grad_x,
+                                                                bool grad_queue, int64_t precision) {
   check_cuda_input(x, x);
   if (queue.has_value()) check_cuda_input(*queue, x);
   const c10::cuda::CUDAGuard guard(x.device());
@@ -101,14 +110,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> uniform_lse_cuda(const at::Tensor
       hl_uniform_workspace_bytes_cuda(cuda_dtype_of(x), x.size(0), k, x.size(1), gx.numel() > 0, gq.numel() > 0);
   at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
   const hl_matrix qv = cross ? view_of(*queue) : hl_matrix{nullptr, 0, x.size(1), 0, 0};
-  check(hl_uniform_lse_cuda(cuda_dtype_of(x), static_cast<hl_precision>(precision), view_of(x), qv, t, intra_batch,
+  check(hl_uniform_lse_cuda(cuda_dtype_of(x), static_cast<hl_precision>(precision), view_of(x), qv, scalar_of(t),
+                            intra_batch,
                             lse.data_ptr(), gx.numel() ? gx.data_ptr() : nullptr,
                             gq.numel() ? gq.data_ptr() : nullptr, workspace.data_ptr(), bytes,
                             c10::cuda::getCurrentCUDAStream().stream()));
-  return {lse, gx, gq};
+  return {lse.to(at::kDouble), gx, gq};
 }
 
-std::tuple<at::Tensor, at::Tensor> align_cuda(const at::Tensor& x, const at::Tensor& y, double alpha, bool grad_x) {
+std::tuple<at::Tensor, at::Tensor> align_cuda(const at::Tensor& x, const at::Tensor& y, const at::Tensor& alpha,
+                                              bool grad_x) {
   check_cuda_input(x, x);
   check_cuda_input(y, x);
   TORCH_CHECK(x.sizes() == y.sizes(), "hyperloss: x and y must have the same shape");
@@ -118,7 +129,7 @@ std::tuple<at::Tensor, at::Tensor> align_cuda(const at::Tensor& x, const at::Ten
   at::Tensor gx = grad_x ? at::empty({x.size(0), x.size(1)}, options) : at::empty({0}, options);
   const size_t bytes = hl_align_workspace_bytes_cuda(cuda_dtype_of(x), x.size(0));
   at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
-  check(hl_align_cuda(cuda_dtype_of(x), view_of(x), view_of(y), alpha, loss.data_ptr(),
+  check(hl_align_cuda(cuda_dtype_of(x), view_of(x), view_of(y), scalar_of(alpha), loss.data_ptr(),
                       grad_x ? gx.data_ptr() : nullptr, workspace.data_ptr(), bytes,
                       c10::cuda::getCurrentCUDAStream().stream()));
   return {loss, gx};
@@ -128,9 +139,9 @@ std::tuple<at::Tensor, at::Tensor> align_cuda(const at::Tensor& x, const at::Ten
 }  // namespace
 
 TORCH_LIBRARY(hyperloss, m) {
-  m.def("uniform_lse(Tensor x, Tensor? queue, float t, bool intra_batch, bool grad_x, bool grad_queue, "
+  m.def("uniform_lse(Tensor x, Tensor? queue, Tensor t, bool intra_batch, bool grad_x, bool grad_queue, "
         "int precision=0) -> (Tensor, Tensor, Tensor)");
-  m.def("align(Tensor x, Tensor y, float alpha, bool grad_x) -> (Tensor, Tensor)");
+  m.def("align(Tensor x, Tensor y, Tensor alpha, bool grad_x) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(hyperloss, CPU, m) {
