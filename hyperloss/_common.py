@@ -30,7 +30,9 @@ def as_scalar_tensor(value: float | torch.Tensor) -> torch.Tensor:
     read it at run time, so torch.compile traces one graph for every value."""
     if isinstance(value, torch.Tensor):
         return value.detach().to(device="cpu", dtype=torch.float64).reshape(())
-    return torch.full((), value, dtype=torch.float64)
+    # zeros + value, not torch.full/torch.tensor: inductor specializes a float used as a fill value (one compiled
+    # graph per value) but keeps it symbolic in arithmetic.
+    return torch.zeros((), dtype=torch.float64) + value
 
 
 def log_mean_from_lse(lse: torch.Tensor, n: int, k: int, intra_batch: bool, dtype: torch.dtype) -> torch.Tensor:

@@ -85,6 +85,15 @@ def _available_for(device_type: str) -> list[str]:
     return [n for n in _BACKENDS if _availability(n)[0] and _runs_on(n, device_type)]
 
 
+def check_backend_name(backend: object, source: str = "backend") -> str:
+    """Checks that ``backend`` is "auto" or a known backend name (whether it runs here is decided per call)."""
+    if not isinstance(backend, str):
+        raise TypeError(f"{source} must be a string, got {type(backend).__name__}")
+    if backend != "auto" and backend not in _BACKENDS:
+        raise ValueError(f"unknown {source} {backend!r}; known: 'auto', {', '.join(map(repr, _BACKENDS))}")
+    return backend
+
+
 @functools.cache
 def _resolve(requested: str, device_type: str) -> str:
     if requested == "auto":
@@ -92,8 +101,6 @@ def _resolve(requested: str, device_type: str) -> str:
             if _availability(name)[0] and _runs_on(name, device_type):
                 return name
         return "reference"
-    if requested not in _BACKENDS:
-        raise ValueError(f"unknown backend {requested!r}; known: 'auto', {', '.join(map(repr, _BACKENDS))}")
     ok, reason = _availability(requested)
     usable = ", ".join(_available_for(device_type))
     if not ok:
@@ -113,7 +120,7 @@ LOADED: dict[str, ModuleType] = {}
 @torch.compiler.assume_constant_result
 def _resolve_and_load(backend: str, device_type: str) -> str:
     if backend == "auto":
-        backend = os.environ.get("HYPERLOSS_BACKEND", "auto") or "auto"
+        backend = check_backend_name(os.environ.get("HYPERLOSS_BACKEND", "auto") or "auto", "HYPERLOSS_BACKEND")
     name = _resolve(backend, device_type)
     LOADED[name] = _BACKENDS[name].load()
     return name
@@ -124,6 +131,4 @@ def resolve(backend: str, device: torch.device) -> str:
 
     Under torch.compile this runs once at trace time and its answer is baked into the graph.
     """
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
-    return _resolve_and_load(backend, device.type)
+    return _resolve_and_load(check_backend_name(backend), device.type)

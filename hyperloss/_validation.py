@@ -40,6 +40,11 @@ def check_same_kind(name: str, other: torch.Tensor, x: torch.Tensor) -> None:
         raise TypeError(f"{name} has dtype {other.dtype} but x has {x.dtype}; cast one of them")
 
 
+def _got(value: object) -> str:
+    """ ", got <value>" for an error message; nothing under torch.compile, where a traced number cannot be formatted."""
+    return "" if torch.compiler.is_compiling() else f", got {value!r}"
+
+
 def check_positive(name: str, value: object) -> float:
     """Checks that ``value`` is a real number, finite as a float64 and > 0; returns it (a Python int stays one)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -47,7 +52,7 @@ def check_positive(name: str, value: object) -> float:
     if isinstance(value, int) and value > sys.float_info.max:  # an exact int may be beyond any float
         raise ValueError(f"{name} must be finite and > 0, got an integer of {len(str(value))} digits (above 1.8e308)")
     if not (value > 0 and value < math.inf):  # also false for NaN
-        raise ValueError(f"{name} must be finite and > 0, got {value}")
+        raise ValueError(f"{name} must be finite and > 0{_got(value)}")
     return value
 
 
@@ -95,7 +100,7 @@ def check_weight(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     if not (-sys.float_info.max <= value <= sys.float_info.max):  # also false for NaN
-        raise ValueError(f"{name} must be finite, got {value}")
+        raise ValueError(f"{name} must be finite{_got(value)}")
     return value
 
 

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from . import functional as F
-from ._validation import check_positive
+from ._dispatch import check_backend_name
+from ._validation import check_bool, check_positive, check_weight
 
 
 class AlignLoss(nn.Module):
@@ -14,8 +15,8 @@ class AlignLoss(nn.Module):
 
     def __init__(self, alpha: float = 2.0, *, backend: str = "auto") -> None:
         super().__init__()
-        self.alpha = check_positive("alpha", alpha)
-        self.backend = backend
+        self.alpha = float(check_positive("alpha", alpha))
+        self.backend = check_backend_name(backend)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.align_loss(x, y, self.alpha, backend=self.backend)
@@ -29,9 +30,9 @@ class UniformLoss(nn.Module):
 
     def __init__(self, t: float = 2.0, *, intra_batch: bool = True, backend: str = "auto") -> None:
         super().__init__()
-        self.t = check_positive("t", t)
-        self.intra_batch = intra_batch
-        self.backend = backend
+        self.t = float(check_positive("t", t))
+        self.intra_batch = check_bool("intra_batch", intra_batch)
+        self.backend = check_backend_name(backend)
 
     def forward(self, x: torch.Tensor, queue: torch.Tensor | None = None) -> torch.Tensor:
         return F.uniform_loss(x, self.t, queue=queue, intra_batch=self.intra_batch, backend=self.backend)
@@ -53,11 +54,11 @@ class AlignUniformLoss(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        self.align_weight = float(align_weight)
-        self.uniform_weight = float(uniform_weight)
-        self.alpha = check_positive("alpha", alpha)
-        self.t = check_positive("t", t)
-        self.backend = backend
+        self.align_weight = float(check_weight("align_weight", align_weight))
+        self.uniform_weight = float(check_weight("uniform_weight", uniform_weight))
+        self.alpha = float(check_positive("alpha", alpha))
+        self.t = float(check_positive("t", t))
+        self.backend = check_backend_name(backend)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         align = F.align_loss(x, y, self.alpha, backend=self.backend)

@@ -35,8 +35,9 @@ def paper_uniform_loss(x: torch.Tensor, t: float = 2) -> torch.Tensor:
 def paper_uniform_loss_with_queue(
     x: torch.Tensor, queue: torch.Tensor, t: float = 2, intra_batch: bool = True
 ) -> torch.Tensor:
-    """The queue form in the paper's style: every (x_i, q_k) distance, plus the i<j ones when ``intra_batch``."""
-    sq_dists = torch.cdist(x, queue, p=2).pow(2).flatten()
+    """The queue form in the paper's style: every (x_i, q_k) distance, plus the i<j ones when ``intra_batch``.
+    Distances by direct differences, as pdist takes them (cdist's default switches to the Gram form)."""
+    sq_dists = torch.cdist(x, queue, p=2, compute_mode="donot_use_mm_for_euclid_dist").pow(2).flatten()
     if intra_batch:
         sq_dists = torch.cat([torch.pdist(x, p=2).pow(2), sq_dists])
     return sq_dists.mul(-t).exp().mean().log()
@@ -139,17 +140,28 @@ def _sum_exp(arg: torch.Tensor) -> torch.Tensor:
     return torch.where(2 * plain < count, plain, near_one)
 
 
+# Above this many columns float32 Gram products are taken in float64: a float32 dot product of millions of terms
+# loses digits the loss needs.
+_MAX_FLOAT32_DEPTH = 4096
+
+
+def _gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if a.dtype == torch.float32 and a.shape[1] > _MAX_FLOAT32_DEPTH:
+        return (a.double() @ b.double().T).float()
+    return a @ b.T
+
+
 def _block_sq_dists(x, norms, start, stop, queue, q_norms, intra_batch):
     """Squared distances of rows [start, stop) to x[start:] (+inf where j <= i) and to the queue, Gram form."""
     xb, nb = x[start:stop], norms[start:stop]
     intra = cross = None
     if intra_batch:
-        intra = (nb[:, None] + norms[None, start:] - 2 * xb @ x[start:].T).clamp_min(0)
+        intra = (nb[:, None] + norms[None, start:] - 2 * _gram(xb, x[start:])).clamp_min(0)
         rows = torch.arange(stop - start, device=x.device)[:, None]
         cols = torch.arange(x.shape[0] - start, device=x.device)[None, :]
         intra = intra.masked_fill(cols <= rows, float("inf"))
     if queue is not None:
-        cross = (nb[:, None] + q_norms[None, :] - 2 * xb @ queue.T).clamp_min(0)
+        cross = (nb[:, None] + q_norms[None, :] - 2 * _gram(xb, queue)).clamp_min(0)
     return intra, cross
 
 
@@ -179,8 +191,8 @@ def uniform_lse(
     exponent = exponent.to(x.device)
     t = t.to(device=x.device, dtype=torch.float64)
     t_scaled = torch.ldexp(t, 2 * exponent)
-    norms = xs.pow(2).sum(1)
-    q_norms = None if qs is None else qs.pow(2).sum(1)
+    norms = xs.pow(2).sum(1, dtype=torch.float64).to(dtype)
+    q_norms = None if qs is None else qs.pow(2).sum(1, dtype=torch.float64).to(dtype)
     columns = (x.shape[0] if intra_batch else 0) + (0 if qs is None else qs.shape[0])
 
     block_lse, block_max = [], []
@@ -199,7 +211,6 @@ def uniform_lse(
     gx = torch.zeros_like(xs) if grad_x else None
     gq = torch.zeros_like(qs) if grad_queue and qs is not None else None
     if gx is not None or gq is not None:
-        coef = (-2 * torch.ldexp(t, exponent)).to(dtype)
         for start, stop in _row_blocks(x.shape[0], columns):
             xb = xs[start:stop]
             intra, cross = _block_sq_dists(xs, norms, start, stop, qs, q_norms, intra_batch)
@@ -207,12 +218,15 @@ def uniform_lse(
                 if d is None or not d.numel():
                     continue
                 d_min, arg = _excess_arg(d, t_scaled)
-                w = arg.exp_().mul_((_shift(d_min, t_scaled) - lse).exp().to(dtype) * coef)
+                w = arg.exp_().mul_((_shift(d_min, t_scaled) - lse).exp().to(dtype))
                 if gx is not None:
                     gx[start:stop] += w.sum(1)[:, None] * xb - w @ other
                 other_grad = gq if other is qs else (None if gx is None else gx[start:])
                 if other_grad is not None:
                     other_grad += w.sum(0)[:, None] * other - w.T @ xb
+        # The factor -2t 2^E last, in float64: it may be beyond float32 where the sums are 0 (identical rows).
+        coef = -2 * torch.ldexp(t, exponent)
+        gx, gq = (None if g is None else torch.where(g == 0, 0.0, g.double() * coef).to(dtype) for g in (gx, gq))
     lse, (gx, gq) = poison_nonfinite((x,) if queue is None else (x, queue), lse, (gx, gq))
     return lse, gx, gq
 

@@ -48,6 +48,16 @@ X = features(8, 4, seed=0, dtype=torch.float32)
         (lambda: hyperloss.align_loss(X, X, alpha=float("nan")), ValueError, "alpha must be finite"),
         (lambda: hyperloss.UniformLoss(t=-2), ValueError, "t must be"),
         (lambda: hyperloss.AlignLoss(alpha=-2), ValueError, "alpha must be"),
+        (lambda: hyperloss.uniform_loss(X, t=10**400), ValueError, "t must be finite"),
+        (lambda: hyperloss.align_loss(X, X, alpha=10**400), ValueError, "alpha must be finite"),
+        (lambda: hyperloss.uniform_loss(X.to(torch.float8_e4m3fn)), TypeError, "floating-point"),
+        (lambda: hyperloss.align_loss(*[X.to(torch.float8_e5m2)] * 2), TypeError, "floating-point"),
+        (lambda: hyperloss.UniformLoss(backend="nope"), ValueError, "unknown backend 'nope'"),
+        (lambda: hyperloss.AlignLoss(backend=3), TypeError, "backend must be a string"),
+        (lambda: hyperloss.UniformLoss(intra_batch="yes"), TypeError, "intra_batch must be a bool"),
+        (lambda: hyperloss.AlignUniformLoss(align_weight=float("nan")), ValueError, "align_weight must be finite"),
+        (lambda: hyperloss.AlignUniformLoss(uniform_weight="1"), TypeError, "uniform_weight must be a real"),
+        (lambda: hyperloss.AlignUniformLoss(t=float("inf")), ValueError, "t must be finite"),
     ],
 )
 def test_bad_input_raises_before_any_work(call, error, match):
@@ -89,7 +99,7 @@ def test_auto_picks_native_on_cpu_and_env_overrides(monkeypatch):
     assert _dispatch.resolve("auto", X.device) == "reference"
     assert _dispatch.resolve("cpu", X.device) == "cpu" or "cpu" not in CPU_BACKENDS  # explicit beats the env
     monkeypatch.setenv("HYPERLOSS_BACKEND", "bogus")
-    with pytest.raises(ValueError, match="unknown backend 'bogus'"):
+    with pytest.raises(ValueError, match="unknown HYPERLOSS_BACKEND 'bogus'"):
         hyperloss.uniform_loss(X)
 
 
@@ -144,3 +154,68 @@ def test_torch_compile_fullgraph_matches_eager():
         assert torch.allclose(g, w, rtol=1e-5, atol=1e-7)
     with torch.no_grad():
         assert compiled(x, y, queue).item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def _compiled_step():
+    import torch._dynamo.testing
+
+    counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
+
+    def step(x, y, queue, t, alpha):
+        uniform = hyperloss.uniform_loss(x, t) + hyperloss.uniform_loss(y, t, queue=queue)
+        return hyperloss.align_loss(x, y, alpha) + uniform
+
+    return step, torch.compile(step, fullgraph=True, dynamic=True, backend=counter), counter
+
+
+def test_torch_compile_dynamic_traces_once_for_every_size_t_and_alpha():
+    """A last batch of another size, or a scheduled t, must not recompile (log|P|, t and alpha are tensors)."""
+    torch._dynamo.reset()
+    step, compiled, counter = _compiled_step()
+    queue = features(9, 6, seed=9, dtype=torch.float32)
+    for n in range(4, 24):
+        for t, alpha in ((2.0, 2.0), (0.7, 1.5), (5.0, 3.0)):
+            x = features(n, 6, seed=n, dtype=torch.float32).requires_grad_()
+            y = features(n, 6, seed=n + 1, dtype=torch.float32)
+            got = compiled(x, y, queue, t, alpha)
+            (got_grad,) = torch.autograd.grad(got, x)
+            want = step(x, y, queue, t, alpha)
+            (want_grad,) = torch.autograd.grad(want, x)
+            assert got.item() == pytest.approx(want.item(), rel=1e-6, abs=1e-7)
+            assert torch.allclose(got_grad, want_grad, rtol=1e-5, atol=1e-7)
+    assert counter.frame_count == 1
+
+
+@pytest.mark.parametrize("fullgraph", [False, True])
+def test_bad_arguments_under_compile_raise_our_errors(fullgraph):
+    """Without fullgraph the plain ValueError surfaces; with fullgraph=True dynamo wraps every exception raised while
+    tracing in its own error, which carries our message."""
+    torch._dynamo.reset()
+    compiled = torch.compile(
+        lambda x, y, t, alpha: hyperloss.align_loss(x, y, alpha) + hyperloss.uniform_loss(x, t),
+        fullgraph=fullgraph,
+        dynamic=True,
+    )
+    x = features(8, 6, seed=1, dtype=torch.float32)
+    compiled(x, x, 2.0, 2.0)
+    for args, match in (
+        ((x, x, -1.0, 2.0), "t must be finite and > 0"),
+        ((x, x, 2.0, float("nan")), "alpha must be finite and > 0"),
+        ((x, x[:5], 2.0, 2.0), "same shape"),
+    ):
+        with pytest.raises(Exception, match=match) as raised:
+            compiled(*args)
+        assert fullgraph or raised.type is ValueError
+
+
+def test_torch_export_with_a_dynamic_batch_dimension():
+    class Model(torch.nn.Module):
+        def forward(self, x, y, queue):
+            return hyperloss.uniform_loss(x, 2.0, queue=queue) + hyperloss.align_loss(x, y)
+
+    n = torch.export.Dim("n", min=2)
+    example = [features(10, 6, seed=s, dtype=torch.float32) for s in (1, 2, 3)]
+    program = torch.export.export(Model(), tuple(example), dynamic_shapes={"x": {0: n}, "y": {0: n}, "queue": None})
+    for rows in (3, 17, 130):
+        x, y = features(rows, 6, seed=rows, dtype=torch.float32), features(rows, 6, seed=rows + 1, dtype=torch.float32)
+        assert program.module()(x, y, example[2]).item() == pytest.approx(Model()(x, y, example[2]).item(), rel=1e-6)

@@ -206,3 +206,123 @@ def test_second_derivative_raises(backend):
     loss = hyperloss.uniform_loss(x, backend=backend)
     with pytest.raises(RuntimeError, match="second derivatives"):
         torch.autograd.grad(loss, x, create_graph=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs the Gram form |u|^2 + |v|^2 - 2 u.v gets wrong unless the rows are centered first, and other hostile inputs.
+# The oracle takes distances by direct differences in float64.
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_common_offset_examples(backend, dtype):
+    x = torch.tensor([[1e4, 0.0], [1e4, 1.0]], dtype=dtype)
+    assert hyperloss.uniform_loss(x, 2.0, backend=backend).item() == pytest.approx(-2.0, rel=1e-6)
+    x = torch.tensor([[12345.0, 0.0], [12345.0, 3.0]], dtype=dtype, requires_grad=True)
+    loss = hyperloss.uniform_loss(x, 50.0, backend=backend)
+    assert loss.item() == pytest.approx(-450.0, rel=1e-6)
+    (grad,) = torch.autograd.grad(loss, x)
+    assert torch.allclose(grad.double(), torch.tensor([[0.0, 300.0], [0.0, -300.0]], dtype=torch.float64), rtol=1e-5)
+
+
+@pytest.mark.parametrize(("norm", "spread", "t"), [(100.0, 0.1, 2.0), (30.0, 0.05, 500.0)])
+def test_rows_around_a_far_common_vector(backend, norm, spread, t):
+    """Rows = one common vector of norm 100 (or 30) plus small noise: errors at the level of float32 rounding of
+    the noise, as the paper's float32 code gets (value 1.6e-8, gradient 5.8e-7 in the issue's example)."""
+    g = torch.Generator().manual_seed(3)
+    common = torch.nn.functional.normalize(torch.randn(1, 64, generator=g, dtype=torch.float64), dim=1) * norm
+    x = (common + spread * torch.randn(256, 64, generator=g, dtype=torch.float64)).float()
+    check_uniform(backend, x, t)
+    check_uniform(backend, x, t, x[:40] + spread)
+
+
+def test_long_rows_sum_without_losing_digits(backend):
+    """N = 2, D = 4e6 in float32: plain float32 sums over D lost 0.35% (and once gave -inf)."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 4_000_000, generator=g).requires_grad_()
+    got = hyperloss.uniform_loss(x, 2.0, backend=backend)
+    want, (want_grad,) = uniform_reference(x, 2.0)
+    assert abs(got.item() - want.item()) <= 1e-6 * abs(want.item())
+    (grad,) = torch.autograd.grad(got, x)
+    assert_close_scaled(grad, want_grad, 1e-5, "gradient of long rows")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_huge_norms_do_not_overflow(backend, dtype):
+    """Rows of norm 1e19 (squared norms overflow float32) whose distances keep the loss within range."""
+    big = 1e19 if dtype == torch.float32 else 1e150
+    g = torch.Generator().manual_seed(5)
+    x = big * torch.nn.functional.normalize(torch.randn(1, 4, generator=g, dtype=torch.float64), dim=1)
+    x = (x + big / 1e18 * torch.randn(12, 4, generator=g, dtype=torch.float64)).to(dtype)
+    check_uniform(backend, x, 2.0 * 1e18**2 / big**2)
+    same = torch.full((6, 3), 1e10, dtype=dtype)
+    assert hyperloss.uniform_loss(same, 2.0, backend=backend).item() == 0.0  # identical rows: every distance is 0
+
+
+def test_near_zero_loss_keeps_its_digits(backend):
+    """With t = 1e-6 the loss is about -2e-6: float32 lse - log|P| used to keep none of its digits."""
+    x = features(1000, 32, seed=6, dtype=torch.float32)
+    want, _ = uniform_reference(x, 1e-6)
+    got = hyperloss.uniform_loss(x, 1e-6, backend=backend).item()
+    assert got <= 0.0
+    assert abs(got - want.item()) <= 1e-4 * abs(want.item()), (got, want.item())
+    for t in (1e-12, 1e-9, 1e-3):
+        assert hyperloss.uniform_loss(x[:300], t, backend=backend).item() <= 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("t", [1e39, 1e300])
+def test_any_finite_t(backend, dtype, t):
+    """t beyond float32 range: scores are formed relative to the closest pair, never as t * d in the input dtype."""
+    x = features(20, 3, seed=7, dtype=torch.float64, normalize=False) * (1.0 / t) ** 0.5
+    check_uniform(backend, x.to(dtype), t)
+    with pytest.raises(ValueError, match="t must be finite"):
+        hyperloss.uniform_loss(x.to(dtype), 10**400, backend=backend)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(
+    n=st.integers(2, 80),
+    k=st.integers(0, 30),
+    d=st.integers(1, 40),
+    t=st.sampled_from([0.5, 2.0, 20.0]),
+    offset=st.sampled_from([0.0, 1.0, 1e2, 1e4, 1e6]),
+    seed=st.integers(0, 2**16),
+)
+def test_translation_invariance(backend, dtype, n, k, d, t, offset, seed):
+    """Translating every row (and the queue) by one vector leaves the loss as it was: against the float64 oracle of
+    the translated (rounded) input, with tolerances set by the spread of the rows, not by their offset."""
+    g = torch.Generator().manual_seed(seed)
+    spread = 0.5
+    shift = offset * spread * torch.randn(1, d, generator=g, dtype=torch.float64)
+    x = (shift + spread * torch.randn(n, d, generator=g, dtype=torch.float64)).to(dtype)
+    queue = (shift + spread * torch.randn(k, d, generator=g, dtype=torch.float64)).to(dtype) if k else None
+    check_uniform(backend, x, t, queue)
+    if dtype == torch.float64 and queue is None:
+        moved = hyperloss.uniform_loss(x, t, backend=backend).item()
+        here = hyperloss.uniform_loss(x - shift, t, backend=backend).item()
+        assert moved == pytest.approx(here, rel=1e-9, abs=1e-9 * (1 + offset) ** 2)
+
+
+def test_gradients_are_reproducible(backend):
+    """Identical calls give bitwise-identical values and gradients, whatever the thread count."""
+    x = features(300, 24, seed=8, dtype=torch.float32)
+    queue = features(70, 24, seed=9, dtype=torch.float32)
+
+    def run():
+        xr, qr = x.clone().requires_grad_(), queue.clone().requires_grad_()
+        loss = hyperloss.uniform_loss(xr, 2.0, queue=qr, backend=backend)
+        return (loss, *torch.autograd.grad(loss, (xr, qr)))
+
+    threads = torch.get_num_threads()
+    try:
+        first = run()
+        results = [run() for _ in range(3)]
+        torch.set_num_threads(1)
+        results.append(run())
+    finally:
+        torch.set_num_threads(threads)
+    for other in results:
+        for a, b in zip(first, other, strict=True):
+            assert torch.equal(a, b)

@@ -27,6 +27,7 @@
 
 #include "../args.h"
 #include "hyperloss/hyperloss.h"
+#include "page_buffer.h"
 #include "threads.h"
 #include "tile_matmul.h"
 #include "vec_exp.h"
@@ -71,7 +72,7 @@ struct Rows {
 template <typename T>
 struct Prepared {
   int64_t rows = 0, cols = 0, padded_cols = 0;
-  std::vector<T> data;      // rows x padded_cols
+  PageBuffer<T> data;       // rows x padded_cols
   std::vector<T> sq_norms;  // rows, then kTile zeros (whole tiles may be read)
   int exponent = 0;
   bool finite = true;
@@ -100,39 +101,39 @@ Prepared<T> prepare(const Rows<T>& in, int64_t cols, int threads) {
   if (!finite) return out;
   const PowerOfTwoScale first(exponent_of(max_abs));
 
-  // 2. The center: column means of the scaled rows, each column summed over the rows in order (reproducible).
-  //    Any center is exact math (distances do not move); this one removes the common offset.
-  std::vector<double> center(cols);
+  // 2. Center: per block of columns, the column means of the scaled rows (each column summed over the rows in
+  //    order: reproducible), then the centered values written straight into the packed rows. Any center is exact
+  //    math (distances do not move); the mean removes the common offset. |x 2^-e1 - c| <= 2: no overflow in T.
+  out.data = PageBuffer<T>(static_cast<size_t>(n * out.padded_cols));
+  out.sq_norms.assign(n + kTile, T(0));
   constexpr int64_t kCenterCols = 16;
-#pragma omp parallel for num_threads(threads) schedule(static)
+  double max_dev = 0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(max : max_dev)
   for (int64_t c0 = 0; c0 < cols; c0 += kCenterCols) {
     const int64_t width = std::min(kCenterCols, cols - c0);
-    double sums[kCenterCols] = {};
+    double center[kCenterCols] = {};
     for (int64_t r = 0; r < n; ++r)
-      for (int64_t c = 0; c < width; ++c) sums[c] += first(in.at(r, c0 + c));
-    for (int64_t c = 0; c < width; ++c) center[c0 + c] = sums[c] / static_cast<double>(n);
+      for (int64_t c = 0; c < width; ++c) center[c] += first(in.at(r, c0 + c));
+    for (int64_t c = 0; c < width; ++c) center[c] /= static_cast<double>(n);
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t c = 0; c < width; ++c) {
+        const T v = static_cast<T>(first(in.at(r, c0 + c)) - center[c]);
+        out.data[r * out.padded_cols + c0 + c] = v;
+        max_dev = std::max(max_dev, std::abs(static_cast<double>(v)));
+      }
   }
 
-  // 3. The second scale: the largest centered magnitude becomes ~1.
-  double max_dev = 0;
-#pragma omp parallel for num_threads(threads) reduction(max : max_dev)
-  for (int64_t r = 0; r < n; ++r)
-    for (int64_t c = 0; c < cols; ++c) max_dev = std::max(max_dev, std::abs(first(in.at(r, c)) - center[c]));
+  // 3. Scale by a power of two so that the largest magnitude is ~1 (exact), and take squared norms in double.
   const int second_exponent = exponent_of(max_dev);
-  const PowerOfTwoScale second(second_exponent);
   out.exponent = first.exponent + second_exponent;
-
-  // 4. Pack: x' in the compute type, and its squared norm summed in double.
-  out.data.assign(n * out.padded_cols, T(0));
-  out.sq_norms.assign(n + kTile, T(0));
+  const PowerOfTwoScale second(second_exponent);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t r = 0; r < n; ++r) {
-    T* dst = out.data.data() + r * out.padded_cols;
+    T* row = out.data.data() + r * out.padded_cols;
     double norm = 0;
     for (int64_t c = 0; c < cols; ++c) {
-      const T v = static_cast<T>(second(first(in.at(r, c)) - center[c]));
-      dst[c] = v;
-      norm += static_cast<double>(v) * v;
+      row[c] = static_cast<T>(second(row[c]));
+      norm += static_cast<double>(row[c]) * row[c];
     }
     out.sq_norms[r] = static_cast<T>(norm);
   }
@@ -256,14 +257,18 @@ class UniformKernel {
     for (size_t b = 0; b < blocks_.size(); ++b) {
       T* acc = accumulator(blocks_[b]);
       if (acc == nullptr) continue;
-      const T coef = static_cast<T>(scale * std::exp(sums_[b].shift - lse));
+      // In double: the coefficient may be beyond T's range where the bracket is 0 (identical rows, huge t).
+      const double coef = scale * std::exp(sums_[b].shift - lse);
       for (int64_t i = 0; i < blocks_[b].rows; ++i) {
         const int64_t r = blocks_[b].start + i;
-        const T w = static_cast<T>(weights_[r]);
+        const double w = weights_[r];
         const T* xr = x_.row(r);
         T* g = acc + i * cols;
 #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c) g[c] = coef * (w * xr[c] - g[c]);
+        for (int64_t c = 0; c < cols; ++c) {
+          const double bracket = w * static_cast<double>(xr[c]) - static_cast<double>(g[c]);
+          g[c] = static_cast<T>(bracket == 0 ? 0.0 : coef * bracket);
+        }
       }
     }
   }
