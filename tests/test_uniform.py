@@ -78,13 +78,18 @@ def test_queue_matches_paper(backend, dtype, n, k, d, t, intra_batch, queue_grad
     check_uniform(backend, x, t, queue, intra_batch=intra_batch and n >= 2, queue_grad=queue_grad)
 
 
-@pytest.mark.parametrize(("n", "d"), [(63, 15), (64, 16), (65, 17), (129, 31), (300, 257), (257, 129)])
+@pytest.mark.parametrize(
+    ("n", "d"), [(63, 15), (64, 16), (65, 17), (129, 31), (300, 257), (257, 129), (579, 5), (640, 3)]
+)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_sizes_around_tile_edges(backend, dtype, n, d):
-    """The native kernel tiles 64 rows and pads columns to 16 (float) or 8 (double): sizes on both sides of that."""
+    """The native kernel tiles 64 rows and pads columns to 16 (float) or 8 (double): sizes on both sides of that,
+    with odd and even numbers of 64-row blocks (the tile schedule pairs blocks round-robin) and queues with fewer
+    and more blocks than x."""
     x = features(n, d, seed=n * d, dtype=dtype)
     check_uniform(backend, x, 2.0)
     check_uniform(backend, x, 2.0, features(n // 2 + 1, d, seed=n, dtype=dtype))
+    check_uniform(backend, x[: n // 3 + 1], 2.0, features(n, d, seed=n + 1, dtype=dtype), intra_batch=False)
 
 
 @pytest.mark.parametrize(
@@ -256,6 +261,20 @@ def test_huge_norms_do_not_overflow(backend, dtype):
     check_uniform(backend, x, 2.0 * 1e18**2 / big**2)
     same = torch.full((6, 3), 1e10, dtype=dtype)
     assert hyperloss.uniform_loss(same, 2.0, backend=backend).item() == 0.0  # identical rows: every distance is 0
+
+
+def test_loss_below_float32_range_is_minus_inf_with_finite_gradients(backend):
+    """Random unit rows times 1e20 in float32: the exact loss (about -7e39) is below float32's range, so -inf is its
+    rounding; the gradient (about 1e21) is representable and must match. At 1e19 the loss is finite and matches."""
+    check_uniform(backend, features(10, 4, seed=10, dtype=torch.float64, scale=1e19).float(), 2.0)
+    x = features(10, 4, seed=10, dtype=torch.float64, scale=1e20).float().requires_grad_()
+    want, (want_grad,) = uniform_reference(x, 2.0)
+    assert want.item() < -torch.finfo(torch.float32).max
+    got = hyperloss.uniform_loss(x, 2.0, backend=backend)
+    assert got.item() == -math.inf
+    (grad,) = torch.autograd.grad(got, x)
+    assert torch.isfinite(grad).all()
+    assert_close_scaled(grad, want_grad, 1e-5, "gradient of rows of norm 1e19")
 
 
 def test_near_zero_loss_keeps_its_digits(backend):

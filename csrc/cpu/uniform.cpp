@@ -158,44 +158,45 @@ struct Tile {
   int32_t i, j;  // block indices; i == j: the pairs j > i within one block
 };
 
-// The tiles in rounds such that no block appears twice in a round.
-struct Schedule {
-  std::vector<Tile> tiles;
-  std::vector<size_t> round_starts{0};
-  void end_round() {
-    if (tiles.size() > round_starts.back()) round_starts.push_back(tiles.size());
-  }
-  size_t rounds() const { return round_starts.size() - 1; }
-};
+// The tiles in rounds such that no block appears twice in a round, computed on demand (N = 10^6 rows make
+// 1.3e8 tiles: too many to list).
+//   Intra pairs among the a_blocks blocks of A: one round of diagonal tiles, then the circle method (block n - 1
+//   fixed, the others rotating; n = a_blocks rounded up to even, a bye where n - 1 is not a block): n - 1 rounds
+//   in which round r pairs r with n - 1 and (r + k) with (r - k) mod (n - 1), k = 1 .. n/2 - 1.
+//   Cross pairs, A blocks x B blocks: a Latin square, max(a, b) rounds of min(a, b) tiles, A block u meeting B
+//   block (u + r) mod b in round r (or the reverse when A has more blocks).
+class Schedule {
+ public:
+  Schedule(int64_t a_blocks, int64_t b_blocks, bool intra, bool cross)
+      : a_(a_blocks), b_(b_blocks), circle_(a_blocks + a_blocks % 2),
+        intra_rounds_(intra ? circle_ : 0), cross_rounds_(cross ? std::max(a_blocks, b_blocks) : 0) {}
 
-// Every pair of blocks {u, v} (u < v) among `count` blocks starting at `first`, and the diagonal tiles: the circle
-// method (one block fixed, the others rotating) gives count - 1 rounds (count rounds with a bye when it is odd).
-void add_all_pairs(Schedule& s, int32_t first, int32_t count) {
-  for (int32_t b = 0; b < count; ++b) s.tiles.push_back({first + b, first + b});
-  s.end_round();
-  const int32_t n = count + count % 2;
-  for (int32_t r = 0; r + 1 < n; ++r) {
-    if (n - 1 < count) s.tiles.push_back({first + r, first + n - 1});
-    for (int32_t k = 1; k < n / 2; ++k) {
-      const int32_t u = (r + k) % (n - 1), v = (r - k + n - 1) % (n - 1);
-      s.tiles.push_back({first + std::min(u, v), first + std::max(u, v)});
+  int64_t rounds() const { return intra_rounds_ + cross_rounds_; }
+
+  int64_t tiles_in(int64_t round) const {
+    if (round < intra_rounds_) return round == 0 ? a_ : circle_ / 2 - (has_bye() ? 1 : 0);
+    return std::min(a_, b_);
+  }
+
+  Tile tile(int64_t round, int64_t k) const {
+    if (round >= intra_rounds_) {
+      const int64_t r = round - intra_rounds_;
+      if (a_ <= b_) return {static_cast<int32_t>(k), static_cast<int32_t>(a_ + (k + r) % b_)};
+      return {static_cast<int32_t>((k + r) % a_), static_cast<int32_t>(a_ + k)};
     }
-    s.end_round();
+    if (round == 0) return {static_cast<int32_t>(k), static_cast<int32_t>(k)};
+    const int64_t r = round - 1, m = circle_ - 1;
+    if (!has_bye() && k == 0) return {static_cast<int32_t>(r), static_cast<int32_t>(m)};
+    const int64_t step = has_bye() ? k + 1 : k;
+    const int64_t u = (r + step) % m, v = (r - step + m) % m;
+    return {static_cast<int32_t>(std::min(u, v)), static_cast<int32_t>(std::max(u, v))};
   }
-}
 
-// Every (A block, B block) pair: in round r, A block u meets B block (u + r) mod |B| (or the reverse when A has
-// more blocks), a Latin square.
-void add_cross_pairs(Schedule& s, int32_t a_blocks, int32_t b_first, int32_t b_blocks) {
-  const int32_t rounds = std::max(a_blocks, b_blocks);
-  for (int32_t r = 0; r < rounds; ++r) {
-    if (a_blocks <= b_blocks)
-      for (int32_t u = 0; u < a_blocks; ++u) s.tiles.push_back({u, b_first + (u + r) % b_blocks});
-    else
-      for (int32_t v = 0; v < b_blocks; ++v) s.tiles.push_back({(v + r) % a_blocks, b_first + v});
-    s.end_round();
-  }
-}
+ private:
+  bool has_bye() const { return circle_ != a_; }  // an odd number of blocks: the fixed one is a bye
+
+  int64_t a_, b_, circle_, intra_rounds_, cross_rounds_;
+};
 
 template <typename T>
 class UniformKernel {
@@ -213,8 +214,7 @@ class UniformKernel {
     const int32_t a_blocks = static_cast<int32_t>(blocks_.size());
     add_blocks(rows_a, x.rows - rows_a, true);
     const int32_t b_blocks = static_cast<int32_t>(blocks_.size()) - a_blocks;
-    if (intra) add_all_pairs(schedule_, 0, a_blocks);
-    if (cross) add_cross_pairs(schedule_, a_blocks, a_blocks, b_blocks);
+    schedule_ = Schedule(a_blocks, b_blocks, intra, cross);
     sums_.resize(blocks_.size());
     if (grad_a_ || grad_b_) weights_.assign(x.rows, 0.0);
   }
@@ -232,10 +232,10 @@ class UniformKernel {
       T* e = scratch.data() + me * scratch_size;
       T* side = e + kTile * kTile;
       double* gram = gram_scratch.empty() ? nullptr : gram_scratch.data() + me * kTile * kTile;
-      for (size_t r = 0; r < schedule_.rounds(); ++r) {
+      for (int64_t r = 0; r < schedule_.rounds(); ++r) {
+        const int64_t tiles = schedule_.tiles_in(r);
 #pragma omp for schedule(dynamic, 1)
-        for (size_t k = schedule_.round_starts[r]; k < schedule_.round_starts[r + 1]; ++k)
-          process(schedule_.tiles[k], e, side, gram);
+        for (int64_t k = 0; k < tiles; ++k) process(schedule_.tile(r, k), e, side, gram);
       }
     }
     double shift = -kInf, max_score = -kInf;
@@ -409,7 +409,7 @@ class UniformKernel {
   double t_scaled_;  // t' = t 4^E
   T t_scaled_c_;     // t' in T (inf where it is above T's range)
   std::vector<Block> blocks_;
-  Schedule schedule_;
+  Schedule schedule_{0, 0, false, false};
   std::vector<BlockSums> sums_;
   std::vector<double> weights_;  // w_i per prepared row
 };
