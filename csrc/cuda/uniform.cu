@@ -14,8 +14,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
+#include "../args.h"
 #include "common.cuh"
 
 namespace hyperloss::cuda {
@@ -430,8 +432,7 @@ hl_status uniform(const hl_matrix& a_in, const hl_matrix& b_in, double t, bool i
   const bool cross = b_in.data != nullptr;
   const int64_t cols = a_in.cols;
   const Workspace<Tc> ws(workspace, a_in.rows, cross ? b_in.rows : 0, cols, grad_a != nullptr, grad_b != nullptr);
-  if (workspace == nullptr || reinterpret_cast<uintptr_t>(workspace) % 256 != 0 || workspace_bytes < ws.bytes)
-    return HL_ERR_INVALID_ARGUMENT;
+  (void)workspace_bytes;  // checked by the caller, before any device call
   const MatrixView<Tin> a{static_cast<const Tin*>(a_in.data), a_in.rows, a_in.row_stride, a_in.col_stride};
   const MatrixView<Tin> b{static_cast<const Tin*>(b_in.data), cross ? b_in.rows : 0, b_in.row_stride,
                           b_in.col_stride};
@@ -472,13 +473,12 @@ hl_status uniform(const hl_matrix& a_in, const hl_matrix& b_in, double t, bool i
   return status_of(cudaGetLastError());
 }
 
-bool valid_shapes(const hl_matrix& a, const hl_matrix& b, double t, int intra_batch) {
-  const bool cross = b.data != nullptr;
-  if (a.data == nullptr || a.rows <= 0 || a.cols <= 0) return false;
-  if (cross && (b.rows <= 0 || b.cols != a.cols)) return false;
-  if (!intra_batch && !cross) return false;
-  if (intra_batch && !cross && a.rows < 2) return false;
-  return t > 0 && std::isfinite(t);
+// Sizes the workspace query accepts: those check_uniform_args accepts (rows_b == 0: no queue).
+bool valid_sizes(hl_dtype dtype, int64_t rows_a, int64_t rows_b, int64_t cols) {
+  if (!known_dtype(dtype) || !valid_shape(rows_a, cols) || rows_b < 0) return false;
+  if (rows_b > 0 && (!valid_shape(rows_b, cols) || rows_a > std::numeric_limits<int64_t>::max() / 64 / cols - rows_b))
+    return false;
+  return true;
 }
 
 }  // namespace
@@ -489,6 +489,7 @@ extern "C" int hl_has_cuda(void) { return 1; }
 extern "C" size_t hl_uniform_workspace_bytes_cuda(hl_dtype dtype, int64_t rows_a, int64_t rows_b, int64_t cols,
                                                   int need_grad_a, int need_grad_b) {
   using namespace hyperloss::cuda;
+  if (!valid_sizes(dtype, rows_a, rows_b, cols)) return 0;
   if (dtype == HL_FLOAT64) return Workspace<double>(nullptr, rows_a, rows_b, cols, need_grad_a, need_grad_b).bytes;
   return Workspace<float>(nullptr, rows_a, rows_b, cols, need_grad_a, need_grad_b).bytes;
 }
@@ -497,8 +498,16 @@ extern "C" hl_status hl_uniform_lse_cuda(hl_dtype dtype, hl_precision precision,
                                          int intra_batch, void* lse_out, void* grad_a, void* grad_b, void* workspace,
                                          size_t workspace_bytes, void* stream_ptr) {
   using namespace hyperloss::cuda;
-  if (!valid_shapes(a, b, t, intra_batch) || lse_out == nullptr) return HL_ERR_INVALID_ARGUMENT;
+  // Every argument is checked before the device is touched: a bad call fails the same way with or without a GPU.
+  if (const hl_status status = hyperloss::check_uniform_args(dtype, a, b, t, intra_batch); status != HL_OK)
+    return status;
+  if (lse_out == nullptr) return HL_ERR_INVALID_ARGUMENT;
   if (precision != HL_PRECISION_IEEE && precision != HL_PRECISION_TF32 && precision != HL_PRECISION_BF16)
+    return HL_ERR_INVALID_ARGUMENT;
+  const bool cross = b.data != nullptr;
+  const size_t needed = hl_uniform_workspace_bytes_cuda(dtype, a.rows, cross ? b.rows : 0, a.cols, grad_a != nullptr,
+                                                        cross && grad_b != nullptr);
+  if (workspace == nullptr || reinterpret_cast<uintptr_t>(workspace) % 256 != 0 || workspace_bytes < needed)
     return HL_ERR_INVALID_ARGUMENT;
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
   const bool intra = intra_batch != 0;
