@@ -65,7 +65,9 @@ hl_status hl_align_cpu(hl_dtype dtype, hl_matrix x, hl_matrix y, double alpha, i
  * bytes that hl_uniform_workspace_bytes_cuda / hl_align_workspace_bytes_cuda return for the same arguments.
  * Every argument (dtype, shapes, t or alpha, precision, output pointer, workspace size and alignment) is checked
  * before the device is touched: a bad one gives HL_ERR_INVALID_ARGUMENT, with or without a GPU present; only a
- * valid call can give HL_ERR_CUDA.
+ * valid call can give HL_ERR_CUDA. As on the CPU, the rows are centered (and scaled by a power of two) before the
+ * pair sweep, on the device and in the workspace, so a common offset of the rows costs no precision; lse is
+ * reduced in double before its rounding to lse_out.
  *
  * The workspace queries return 0 for invalid arguments (an unknown dtype, a size <= 0 (rows_b: < 0; 0 means no
  * queue), or sizes whose products overflow), and in a build without CUDA. */
