@@ -6,6 +6,9 @@ the analytic gradient from the same kernel call, the backward pass only scales i
 Semantics match ``hyperloss.align_loss`` / ``hyperloss.uniform_loss`` (float16/bfloat16 are computed in float32;
 float64 needs ``jax_enable_x64``).
 
+The uniformity handlers return the loss itself, lse - log|P| formed in float64 in C++ (and never above 0): near 0
+the loss is far smaller than log|P|, and subtracting here in float32 would keep none of its digits.
+
 The FFI library ``hyperloss/_jax_ffi*.so`` is built by setup.py when jax is installed at build time; its CPU
 handlers always, its CUDA handlers where the build has CUDA (a CUDA build of torch and a toolkit).
 """
@@ -20,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._common import log_num_pairs
 from ._validation import check_positive
 
 __all__ = ["align_loss", "uniform_loss"]
@@ -34,8 +36,14 @@ def _register_targets() -> None:
             "`pip install --no-build-isolation -e .` (setup.py builds it only where jax is importable)"
         )
     library = ctypes.cdll.LoadLibrary(str(libraries[0]))
-    for target, symbol in (("hyperloss_uniform_lse", "HyperlossUniformLse"), ("hyperloss_align", "HyperlossAlign")):
-        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    for target, symbol in (("hyperloss_uniform_loss", "HyperlossUniformLoss"), ("hyperloss_align", "HyperlossAlign")):
+        handler = getattr(library, symbol, None)
+        if handler is None:  # a library built from older sources (its uniformity handler returned lse)
+            raise ImportError(
+                f"{libraries[0].name} has no {symbol} handler: it was built from older sources; rebuild it with "
+                "`pip install --no-build-isolation -e .`"
+            )
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform="cpu")
         on_gpu = getattr(library, symbol + "Cuda", None)  # only in a build with CUDA
         if on_gpu is not None:
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(on_gpu), platform="CUDA")
@@ -48,11 +56,26 @@ def _compute_dtype(dtype) -> jnp.dtype:
     return jnp.float64 if dtype == jnp.float64 else jnp.float32
 
 
-def _check_features(name: str, x, min_rows: int = 1) -> None:
-    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        raise TypeError(f"{name} must be a JAX array, got {type(x).__name__}")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{name} must have a floating-point dtype, got {x.dtype}")
+# Input dtypes: float16 and bfloat16 are computed in float32. Not float8 (jnp.issubdtype calls those floating too)
+# or any other.
+_SUPPORTED_DTYPES = tuple(np.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64))
+_DTYPE_NAMES = "float16, bfloat16, float32, float64"
+
+
+def _type_name(x) -> str:
+    cls = type(x)
+    return cls.__name__ if cls.__module__ == "builtins" else f"{cls.__module__.split('.')[0]}.{cls.__qualname__}"
+
+
+def _check_features(name: str, x, min_rows: int = 1, *, torch_api: str) -> None:
+    # jax.Array covers tracers under jit/grad/vmap too.
+    if not isinstance(x, jax.Array | np.ndarray):
+        hint = ""
+        if type(x).__module__.split(".")[0] == "torch":
+            hint = f" — use {torch_api} for torch tensors"
+        raise TypeError(f"{name} must be a JAX array (or NumPy array); got {_type_name(x)}{hint}")
+    if x.dtype not in _SUPPORTED_DTYPES:
+        raise TypeError(f"{name} must be a floating-point array ({_DTYPE_NAMES}); got dtype {x.dtype}")
     if x.ndim != 2:
         raise ValueError(f"{name} must be 2-D (N, D), got shape {tuple(x.shape)}")
     if x.shape[0] < min_rows:
@@ -72,7 +95,7 @@ def _uniform_call(x, queue, t: float, intra_batch: bool, precision: int, with_gr
         jax.ShapeDtypeStruct((n, d) if with_grad else (0,), x.dtype),
         jax.ShapeDtypeStruct(queue.shape if with_grad else (0,), x.dtype),
     )
-    call = jax.ffi.ffi_call("hyperloss_uniform_lse", shapes, vmap_method="sequential")
+    call = jax.ffi.ffi_call("hyperloss_uniform_loss", shapes, vmap_method="sequential")
     return call(
         x,
         queue,
@@ -85,13 +108,13 @@ def _uniform_call(x, queue, t: float, intra_batch: bool, precision: int, with_gr
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _uniform(x, queue, t: float, intra_batch: bool, precision: int):
-    lse, _, _ = _uniform_call(x, queue, t, intra_batch, precision, False)
-    return lse - log_num_pairs(x.shape[0], queue.shape[0], intra_batch)
+    loss, _, _ = _uniform_call(x, queue, t, intra_batch, precision, False)
+    return loss
 
 
 def _uniform_fwd(x, queue, t, intra_batch, precision):
-    lse, gx, gq = _uniform_call(x, queue, t, intra_batch, precision, True)
-    return lse - log_num_pairs(x.shape[0], queue.shape[0], intra_batch), (gx, gq)
+    loss, gx, gq = _uniform_call(x, queue, t, intra_batch, precision, True)
+    return loss, (gx, gq)
 
 
 def _uniform_bwd(t, intra_batch, precision, residuals, g):
@@ -142,12 +165,12 @@ def uniform_loss(x, t: float = 2.0, *, queue=None, intra_batch: bool = True, pre
         raise TypeError(f"intra_batch must be a bool, got {type(intra_batch).__name__}")
     if queue is None and not intra_batch:
         raise ValueError("intra_batch=False leaves no pairs without a queue")
-    _check_features("x", x, min_rows=2 if queue is None else 1)
+    _check_features("x", x, min_rows=2 if queue is None else 1, torch_api="hyperloss.uniform_loss")
     dtype = _compute_dtype(x.dtype)
     if queue is None:
         queue = jnp.zeros((0, x.shape[1]), dtype)
     else:
-        _check_features("queue", queue)
+        _check_features("queue", queue, torch_api="hyperloss.uniform_loss")
         if queue.dtype != x.dtype:
             raise TypeError(f"queue has dtype {queue.dtype} but x has {x.dtype}")
         if queue.shape[1] != x.shape[1]:
@@ -160,8 +183,8 @@ def uniform_loss(x, t: float = 2.0, *, queue=None, intra_batch: bool = True, pre
 
 def align_loss(x, y, alpha: float = 2.0):
     """Alignment loss ``mean_i ||x_i - y_i||^alpha`` of JAX arrays (see ``hyperloss.align_loss``)."""
-    _check_features("x", x)
-    _check_features("y", y)
+    _check_features("x", x, torch_api="hyperloss.align_loss")
+    _check_features("y", y, torch_api="hyperloss.align_loss")
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     if x.dtype != y.dtype:

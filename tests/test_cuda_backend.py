@@ -76,6 +76,53 @@ def test_forward_only_non_contiguous_and_nan():
     assert torch.isnan(hyperloss.uniform_loss(x, backend="cuda"))
 
 
+@pytest.mark.parametrize(
+    ("rows", "t", "want", "grad"),
+    [([[1e4, 0], [1e4, 1]], 2.0, -2.0, 4.0), ([[12345, 0], [12345, 3]], 50.0, -450.0, 300.0)],
+)
+def test_common_offset_is_exact(case, rows, t, want, grad):
+    # The kernels center the rows on the device: a common offset costs no digits (it used to cancel in the Gram
+    # form). Every dtype holds these rows' differences exactly, so every precision gives the exact answer.
+    dtype, _ = case
+    x = torch.tensor(rows, dtype=torch.float64).to(dtype).cuda().requires_grad_()
+    got = hyperloss.uniform_loss(x, t, backend="cuda")
+    assert got.item() == pytest.approx(want, rel=1e-6)
+    (g,) = torch.autograd.grad(got, x)
+    torch.testing.assert_close(g.double().cpu(), torch.tensor([[0, grad], [0, -grad]], dtype=torch.float64))
+    # The same pair as x against a one-row queue.
+    x1, q1 = x[:1].detach().requires_grad_(), x[1:].detach().requires_grad_()
+    got = hyperloss.uniform_loss(x1, t, queue=q1, intra_batch=False, backend="cuda")
+    assert got.item() == pytest.approx(want, rel=1e-6)
+    gx, gq = torch.autograd.grad(got, (x1, q1))
+    torch.testing.assert_close(gx.double().cpu(), torch.tensor([[0, grad]], dtype=torch.float64))
+    torch.testing.assert_close(gq.double().cpu(), torch.tensor([[0, -grad]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("offset", [1000.0, -300.0])
+def test_common_offset_matches_float64(case, offset):
+    dtype, _ = case
+    value_tol, grad_tol = CASES[case]
+    x = (features(100, 24, seed=6, dtype=torch.float64) + offset).to(dtype).cuda().requires_grad_()
+    q = (features(40, 24, seed=7, dtype=torch.float64) + offset).to(dtype).cuda().requires_grad_()
+    got = hyperloss.uniform_loss(x, 2.0, queue=q, backend="cuda")
+    want, want_grads = uniform_reference(x.cpu(), 2.0, q.cpu())
+    assert abs(got.item() - want.item()) <= value_tol * (1 + abs(want.item()))
+    for g, w in zip(torch.autograd.grad(got, (x, q)), want_grads, strict=True):
+        assert_close_scaled(g.double().cpu(), w, grad_tol, "gradient")
+
+
+def test_near_zero_loss_float64():
+    # 1000 unit rows, t = 1e-6: the loss is about -2e-6. The CUDA kernels sum the pair terms in double; in float64
+    # the loss keeps (nearly) every digit. (For float32 inputs the C API's lse_out is a float, so the torch op's
+    # lse - log|P| has only ~1e-6 absolute accuracy: not tested here.)
+    x = features(1000, 16, seed=8, dtype=torch.float64)
+    got = hyperloss.uniform_loss(x.cuda(), 1e-6, backend="cuda").item()
+    d2 = torch.pdist(x).pow(2)
+    want = torch.log1p(torch.expm1(-1e-6 * d2).mean()).item()
+    assert got <= 0
+    assert abs(got - want) <= 1e-8 * abs(want)
+
+
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0, 3.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_align_matches_float64(alpha, dtype):

@@ -107,3 +107,112 @@ def test_bad_input():
         hj.align_loss(x, x[:2])
     with pytest.raises(ValueError, match="alpha must be finite and > 0"):
         hj.align_loss(x, x, 0.0)
+
+
+def _unit_rows(n: int, d: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _direct_loss(x: np.ndarray, t: float, queue: np.ndarray | None = None, intra_batch: bool = True) -> float:
+    """log mean_P exp(-t ||u - v||^2) in float64 by direct differences, as log1p(mean(expm1(.))): every digit of a
+    loss near 0."""
+    x = np.asarray(x, np.float64)
+    terms = []
+    if intra_batch:
+        i, j = np.triu_indices(x.shape[0], 1)
+        terms.append(np.expm1(-t * ((x[i] - x[j]) ** 2).sum(1)))
+    if queue is not None:
+        q = np.asarray(queue, np.float64)
+        terms.append(np.expm1(-t * ((x[:, None, :] - q[None, :, :]) ** 2).sum(-1)).ravel())
+    return float(np.log1p(np.concatenate(terms).mean()))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_near_zero_loss_keeps_its_digits(dtype):
+    # N = 1000 unit rows, t = 1e-6: the loss is about -2e-6, far below float32's resolution of log|P| = 13.1.
+    x = _unit_rows(1000, 16, seed=0).astype(dtype)
+    want = _direct_loss(x, 1e-6)  # of the values the dtype holds
+    assert -2.1e-6 < want < -1.9e-6
+    xj = jnp.asarray(x)
+    plain = hj.uniform_loss(xj, 1e-6)
+    value, grad = jax.jit(jax.value_and_grad(lambda a: hj.uniform_loss(a, 1e-6)))(xj)
+    for got in (plain, value):
+        assert got.dtype == dtype
+        assert float(got) <= 0
+        assert abs(float(got) - want) <= 1e-4 * abs(want)
+    # d loss / d x_i = -2t / |P| sum_j (x_i - x_j) e_ij / mean(e) ~ -2t (x_i - mean(x)) (1 + O(t)) / (N/2)
+    approx = -2e-6 * (x.astype(np.float64) - x.astype(np.float64).mean(0)) * 2 / 999
+    assert _max_rel(grad, approx) <= 1e-3
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("intra_batch", [True, False])
+def test_near_zero_loss_with_queue(dtype, intra_batch):
+    x = _unit_rows(300, 8, seed=1).astype(dtype)
+    q = _unit_rows(200, 8, seed=2).astype(dtype)
+    want = _direct_loss(x, 1e-6, q, intra_batch)
+    got = jax.jit(lambda a, b: hj.uniform_loss(a, 1e-6, queue=b, intra_batch=intra_batch))(x, q)
+    assert float(got) <= 0
+    assert abs(float(got) - want) <= 1e-4 * abs(want)
+
+
+def test_equal_rows_give_zero_never_positive():
+    for dtype in (np.float32, np.float64):
+        x = jnp.full((7, 3), 0.3, dtype)
+        assert float(hj.uniform_loss(x, 2.0)) == 0.0
+        assert float(hj.uniform_loss(x[:3], 1e-9, queue=x[3:])) == 0.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_common_offset(dtype):
+    # Rows far from the origin: the kernels center them, so the Gram form cancels only on their spread.
+    value, grad = jax.jit(jax.value_and_grad(lambda a: hj.uniform_loss(a, 2.0)))(
+        jnp.asarray(np.array([[1e4, 0], [1e4, 1]], dtype))
+    )
+    assert float(value) == pytest.approx(-2.0, rel=1e-6)  # one pair at squared distance 1
+    np.testing.assert_allclose(np.asarray(grad, np.float64), [[0, 4], [0, -4]], rtol=1e-6, atol=1e-6)
+
+    x = jnp.asarray(np.array([[12345, 0], [12345, 3]], dtype))
+    value, grad = jax.jit(jax.value_and_grad(lambda a: hj.uniform_loss(a, 50.0)))(x)
+    assert float(value) == pytest.approx(-450.0, rel=1e-6)
+    np.testing.assert_allclose(np.asarray(grad, np.float64), [[0, 300], [0, -300]], rtol=1e-6, atol=1e-6)
+    # The same pair as x against a one-row queue.
+    value, (gx, gq) = jax.value_and_grad(lambda a, b: hj.uniform_loss(a, 50.0, queue=b, intra_batch=False), (0, 1))(
+        x[:1], x[1:]
+    )
+    assert float(value) == pytest.approx(-450.0, rel=1e-6)
+    np.testing.assert_allclose(np.asarray(gx, np.float64), [[0, 300]], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(gq, np.float64), [[0, -300]], rtol=1e-6, atol=1e-6)
+
+
+def test_offset_random_rows_match_the_direct_reference():
+    # 64 random unit rows moved by 1000 in every coordinate: the float32 loss of the held values to ~float32 digits.
+    base = _unit_rows(64, 12, seed=3)
+    for dtype in (np.float32, np.float64):
+        x = (base + 1000.0).astype(dtype)
+        want = _direct_loss(x, 2.0)
+        got = float(hj.uniform_loss(jnp.asarray(x), 2.0))
+        assert abs(got - want) <= (2e-5 if dtype == np.float32 else 1e-10) * (1 + abs(want))
+
+
+def test_rejects_other_array_types_and_dtypes():
+    x = jnp.ones((4, 3), jnp.float32)
+    with pytest.raises(
+        TypeError, match=r"x must be a JAX array \(or NumPy array\); got torch\.Tensor .*hyperloss\.uniform_loss"
+    ):
+        hj.uniform_loss(torch.ones(4, 3))
+    with pytest.raises(TypeError, match=r"queue must be a JAX array.*torch\.Tensor"):
+        hj.uniform_loss(x, queue=torch.ones(2, 3))
+    with pytest.raises(TypeError, match=r"got torch\.Tensor .*hyperloss\.align_loss"):
+        hj.align_loss(torch.ones(4, 3), torch.ones(4, 3))
+    with pytest.raises(TypeError, match="must be a JAX array"):
+        hj.uniform_loss([[0.0, 1.0], [1.0, 0.0]])
+    for dtype in (jnp.float8_e4m3fn, jnp.float8_e5m2, jnp.int32, jnp.int8, jnp.bool_, jnp.complex64):
+        with pytest.raises(TypeError, match=rf"float16, bfloat16, float32, float64\); got dtype {np.dtype(dtype)}"):
+            hj.uniform_loss(x.astype(dtype))
+        with pytest.raises(TypeError, match="floating-point"):
+            hj.align_loss(x.astype(dtype), x.astype(dtype))
+    # NumPy arrays of a supported dtype work, under jit too.
+    xn = np.asarray(_unit_rows(5, 3, seed=4), np.float32)
+    assert float(hj.uniform_loss(xn)) == pytest.approx(float(jax.jit(hj.uniform_loss)(jnp.asarray(xn))), rel=1e-6)

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "../args.h"
 #include "common.cuh"
 
 namespace hyperloss::cuda {
@@ -55,13 +56,20 @@ __global__ void __launch_bounds__(1024) mean_kernel(const Tc* terms, int64_t row
   }
 }
 
+// Pieces of the workspace, carved in this order by both the size query and the call.
+template <typename Tc>
+size_t workspace_bytes_for(int64_t rows, Tc** terms = nullptr, void* base = nullptr) {
+  WorkspaceCarver carve(base);
+  Tc* t = carve.take<Tc>(rows);
+  if (terms) *terms = t;
+  return carve.bytes();
+}
+
 template <typename Tin, typename Tc>
 hl_status align(const hl_matrix& x, const hl_matrix& y, double alpha, Tc* loss, Tc* grad, void* workspace,
-                size_t workspace_bytes, cudaStream_t stream) {
-  WorkspaceCarver carve(workspace);
-  Tc* terms = carve.take<Tc>(x.rows);
-  if (workspace == nullptr || reinterpret_cast<uintptr_t>(workspace) % 256 != 0 || workspace_bytes < carve.bytes())
-    return HL_ERR_INVALID_ARGUMENT;
+                cudaStream_t stream) {
+  Tc* terms = nullptr;
+  workspace_bytes_for<Tc>(x.rows, &terms, workspace);
   const Rows<Tin> xr{static_cast<const Tin*>(x.data), x.row_stride, x.col_stride};
   const Rows<Tin> yr{static_cast<const Tin*>(y.data), y.row_stride, y.col_stride};
   const auto blocks = static_cast<unsigned>((x.rows + kRowsPerBlock - 1) / kRowsPerBlock);
@@ -74,33 +82,33 @@ hl_status align(const hl_matrix& x, const hl_matrix& y, double alpha, Tc* loss, 
 }  // namespace hyperloss::cuda
 
 extern "C" size_t hl_align_workspace_bytes_cuda(hl_dtype dtype, int64_t rows) {
-  hyperloss::cuda::WorkspaceCarver carve(nullptr);
-  if (dtype == HL_FLOAT64)
-    carve.take<double>(rows);
-  else
-    carve.take<float>(rows);
-  return carve.bytes();
+  using namespace hyperloss;
+  if (!known_dtype(dtype) || !valid_shape(rows, 1)) return 0;  // 0: invalid arguments
+  return dtype == HL_FLOAT64 ? cuda::workspace_bytes_for<double>(rows) : cuda::workspace_bytes_for<float>(rows);
 }
 
 extern "C" hl_status hl_align_cuda(hl_dtype dtype, hl_matrix x, hl_matrix y, double alpha, void* loss_out,
                                    void* grad_x, void* workspace, size_t workspace_bytes, void* stream_ptr) {
   using namespace hyperloss::cuda;
-  if (x.data == nullptr || y.data == nullptr || loss_out == nullptr) return HL_ERR_INVALID_ARGUMENT;
-  if (x.rows <= 0 || x.cols <= 0 || x.rows != y.rows || x.cols != y.cols) return HL_ERR_INVALID_ARGUMENT;
-  if (!(alpha > 0) || !std::isfinite(alpha)) return HL_ERR_INVALID_ARGUMENT;
+  // Every argument is checked before anything is launched.
+  if (const hl_status status = hyperloss::check_align_args(dtype, x, y, alpha); status != HL_OK) return status;
+  if (loss_out == nullptr) return HL_ERR_INVALID_ARGUMENT;
+  const size_t needed = hl_align_workspace_bytes_cuda(dtype, x.rows);
+  if (workspace == nullptr || reinterpret_cast<uintptr_t>(workspace) % 256 != 0 || workspace_bytes < needed)
+    return HL_ERR_INVALID_ARGUMENT;
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
   float* loss_f = static_cast<float*>(loss_out);
   float* grad_f = static_cast<float*>(grad_x);
   switch (dtype) {
     case HL_FLOAT64:
       return align<double, double>(x, y, alpha, static_cast<double*>(loss_out), static_cast<double*>(grad_x),
-                                   workspace, workspace_bytes, stream);
+                                   workspace, stream);
     case HL_FLOAT32:
-      return align<float, float>(x, y, alpha, loss_f, grad_f, workspace, workspace_bytes, stream);
+      return align<float, float>(x, y, alpha, loss_f, grad_f, workspace, stream);
     case HL_FLOAT16:
-      return align<__half, float>(x, y, alpha, loss_f, grad_f, workspace, workspace_bytes, stream);
+      return align<__half, float>(x, y, alpha, loss_f, grad_f, workspace, stream);
     case HL_BFLOAT16:
-      return align<__nv_bfloat16, float>(x, y, alpha, loss_f, grad_f, workspace, workspace_bytes, stream);
+      return align<__nv_bfloat16, float>(x, y, alpha, loss_f, grad_f, workspace, stream);
   }
   return HL_ERR_UNSUPPORTED;
 }

@@ -1,18 +1,24 @@
 // XLA FFI handlers over the hyperloss C API, for hyperloss/jax.py (jax.ffi.ffi_call); CPU always, CUDA where the
 // library is built with CUDA (HYPERLOSS_WITH_CUDA).
-//   hyperloss_uniform_lse(x, queue; t, intra_batch, with_grad, precision) -> (lse, grad_x, grad_queue)
+//   hyperloss_uniform_loss(x, queue; t, intra_batch, with_grad, precision) -> (loss, grad_x, grad_queue)
 //   hyperloss_align(x, y; alpha, with_grad) -> (loss, grad_x)
-// Arrays arrive contiguous and in float32 or float64 (the Python side converts half types). A queue with zero
-// rows means no queue; without with_grad the gradient results have zero elements. `precision` (hl_precision)
-// sets the float32 products on the GPU; the CPU products are always exact.
+// The uniformity loss is lse - log|P|, formed in double from the kernels' double lse and clamped to <= 0 (every
+// score is <= 0), then rounded once to the result dtype: near 0 the loss is far smaller than log|P|, and a float32
+// subtraction would keep none of its digits. Its gradient is that of lse. Arrays arrive contiguous and in float32
+// or float64 (the Python side converts half types). A queue with zero rows means no queue; without with_grad the
+// gradient results have zero elements. `precision` (hl_precision) sets the float32 products on the GPU; the CPU
+// products are always exact.
 #include <cmath>
 #include <string>
 #include <utility>
 
 #ifdef HYPERLOSS_WITH_CUDA
 #include <cuda_runtime.h>
+
+#include "../cuda/uniform.h"
 #endif
 
+#include "../args.h"
 #include "hyperloss/hyperloss.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -49,18 +55,24 @@ void store_scalar(ffi::Result<ffi::AnyBuffer>& out, double value) {
     *static_cast<float*>(out->untyped_data()) = static_cast<float>(value);
 }
 
-ffi::Error uniform_lse(ffi::AnyBuffer x, ffi::AnyBuffer queue, double t, bool intra_batch, bool with_grad,
-                       int64_t /*precision*/, ffi::Result<ffi::AnyBuffer> lse, ffi::Result<ffi::AnyBuffer> grad_x,
-                       ffi::Result<ffi::AnyBuffer> grad_queue) {
+// The loss log mean_P exp(s) = lse - log|P| in double, never above 0 (NaN stays NaN).
+double uniform_loss_of(double lse, const hl_matrix& x, const hl_matrix& queue, bool intra_batch) {
+  const double loss = lse - std::log(hyperloss::num_pairs(x.rows, queue.data ? queue.rows : 0, intra_batch));
+  return loss > 0 ? 0.0 : loss;
+}
+
+ffi::Error uniform_loss(ffi::AnyBuffer x, ffi::AnyBuffer queue, double t, bool intra_batch, bool with_grad,
+                        int64_t /*precision*/, ffi::Result<ffi::AnyBuffer> loss, ffi::Result<ffi::AnyBuffer> grad_x,
+                        ffi::Result<ffi::AnyBuffer> grad_queue) {
   hl_dtype dtype;
   if (ffi::Error error = pair_dtype(x, queue, "x and queue", dtype); error.failure()) return error;
-  const hl_matrix q = matrix_of(queue);
-  double value = 0;
-  ffi::Error error = check(hl_uniform_lse_cpu(dtype, matrix_of(x), q, t, intra_batch, 0, &value,
+  const hl_matrix a = matrix_of(x), q = matrix_of(queue);
+  double lse = 0;
+  ffi::Error error = check(hl_uniform_lse_cpu(dtype, a, q, t, intra_batch, 0, &lse,
                                               with_grad ? grad_x->untyped_data() : nullptr,
                                               with_grad && q.data ? grad_queue->untyped_data() : nullptr));
   if (error.failure()) return error;
-  store_scalar(lse, value);
+  store_scalar(loss, uniform_loss_of(lse, a, q, intra_batch));
   return ffi::Error::Success();
 }
 
@@ -83,20 +95,24 @@ void* scratch_for(ffi::ScratchAllocator& scratch, size_t bytes) {
   return memory.has_value() ? *memory : nullptr;
 }
 
-ffi::Error uniform_lse_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x,
-                            ffi::AnyBuffer queue, double t, bool intra_batch, bool with_grad, int64_t precision,
-                            ffi::Result<ffi::AnyBuffer> lse, ffi::Result<ffi::AnyBuffer> grad_x,
-                            ffi::Result<ffi::AnyBuffer> grad_queue) {
+// The loss is formed on the device, in double, by the kernel that reduces lse (hyperloss::cuda::uniform_lse).
+ffi::Error uniform_loss_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x,
+                             ffi::AnyBuffer queue, double t, bool intra_batch, bool with_grad, int64_t precision,
+                             ffi::Result<ffi::AnyBuffer> loss, ffi::Result<ffi::AnyBuffer> grad_x,
+                             ffi::Result<ffi::AnyBuffer> grad_queue) {
   hl_dtype dtype;
   if (ffi::Error error = pair_dtype(x, queue, "x and queue", dtype); error.failure()) return error;
   const hl_matrix a = matrix_of(x), q = matrix_of(queue);
   const bool grad_q = with_grad && q.data != nullptr;
   const size_t bytes = hl_uniform_workspace_bytes_cuda(dtype, a.rows, q.rows, a.cols, with_grad, grad_q);
+  if (bytes == 0) return check(HL_ERR_INVALID_ARGUMENT);
   void* workspace = scratch_for(scratch, bytes);
   if (workspace == nullptr) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "hyperloss: no scratch memory");
-  return check(hl_uniform_lse_cuda(dtype, static_cast<hl_precision>(precision), a, q, t, intra_batch,
-                                   lse->untyped_data(), with_grad ? grad_x->untyped_data() : nullptr,
-                                   grad_q ? grad_queue->untyped_data() : nullptr, workspace, bytes, stream));
+  hyperloss::cuda::UniformResults results;
+  results.loss = loss->untyped_data();
+  return check(hyperloss::cuda::uniform_lse(dtype, static_cast<hl_precision>(precision), a, q, t, intra_batch,
+                                            results, with_grad ? grad_x->untyped_data() : nullptr,
+                                            grad_q ? grad_queue->untyped_data() : nullptr, workspace, bytes, stream));
 }
 
 ffi::Error align_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x, ffi::AnyBuffer y,
@@ -106,6 +122,7 @@ ffi::Error align_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::A
   if (ffi::Error error = pair_dtype(x, y, "x and y", dtype); error.failure()) return error;
   const hl_matrix xm = matrix_of(x);
   const size_t bytes = hl_align_workspace_bytes_cuda(dtype, xm.rows);
+  if (bytes == 0) return check(HL_ERR_INVALID_ARGUMENT);
   void* workspace = scratch_for(scratch, bytes);
   if (workspace == nullptr) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "hyperloss: no scratch memory");
   return check(hl_align_cuda(dtype, xm, matrix_of(y), alpha, loss->untyped_data(),
@@ -142,11 +159,11 @@ auto align_signature(Binding binding) {
       .template Ret<ffi::AnyBuffer>();
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(HyperlossUniformLse, uniform_lse, uniform_signature(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HyperlossUniformLoss, uniform_loss, uniform_signature(ffi::Ffi::Bind()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HyperlossAlign, align, align_signature(ffi::Ffi::Bind()));
 
 #ifdef HYPERLOSS_WITH_CUDA
-XLA_FFI_DEFINE_HANDLER_SYMBOL(HyperlossUniformLseCuda, uniform_lse_cuda,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HyperlossUniformLossCuda, uniform_loss_cuda,
                               uniform_signature(ffi::Ffi::Bind()
                                                     .Ctx<ffi::PlatformStream<cudaStream_t>>()
                                                     .Ctx<ffi::ScratchAllocator>()));

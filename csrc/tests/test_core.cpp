@@ -1,12 +1,22 @@
 // C++ unit tests of the C API against direct double-precision sums over every pair.
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
+#include <limits>
 #include <random>
 #include <vector>
 
 #include "hyperloss/hyperloss.h"
 
 static int failures = 0;
+#define EXPECT(cond, what)                                             \
+  do {                                                                 \
+    if (!(cond)) {                                                     \
+      std::printf("FAIL %s (%s:%d)\n", what, __FILE__, __LINE__); \
+      ++failures;                                                      \
+    }                                                                  \
+  } while (0)
 #define CHECK_CLOSE(got, want, tol, what)                                                                   \
   do {                                                                                                      \
     const double g_ = (got), w_ = (want);                                                                   \
@@ -138,6 +148,243 @@ static void check_errors() {
   }
 }
 
+
+// num_threads: far more than the machine has is clamped (libgomp used to abort the process when it could not create
+// 2000 threads), negative is an invalid argument.
+static void check_thread_counts() {
+  const int64_t n = 150, d = 12;
+  std::mt19937 rng(11);
+  std::normal_distribution<double> normal;
+  std::vector<float> a(n * d);
+  for (auto& v : a) v = static_cast<float>(normal(rng));
+  const hl_matrix am{a.data(), n, d, d, 1}, none{nullptr, 0, d, 0, 0};
+  double one = 0, many = 0, negative = 0;
+  std::vector<float> g1(n * d), gm(n * d);
+  EXPECT(hl_uniform_lse_cpu(HL_FLOAT32, am, none, 2.0, 1, 1, &one, g1.data(), nullptr) == HL_OK, "1 thread");
+  EXPECT(hl_uniform_lse_cpu(HL_FLOAT32, am, none, 2.0, 1, 2000, &many, gm.data(), nullptr) == HL_OK,
+         "2000 threads returns HL_OK");
+  EXPECT(many == one, "2000 threads: the same lse as 1 thread");
+  EXPECT(std::memcmp(g1.data(), gm.data(), g1.size() * sizeof(float)) == 0, "2000 threads: the same gradient");
+  std::vector<double> a64(a.begin(), a.end()), ga_ref, gb_ref;
+  CHECK_CLOSE(many, reference_lse(a64, n, {}, 0, d, 2.0, true, ga_ref, gb_ref), 2e-5, "2000 threads: lse");
+  EXPECT(hl_uniform_lse_cpu(HL_FLOAT32, am, none, 2.0, 1, -1, &negative, nullptr, nullptr) == HL_ERR_INVALID_ARGUMENT,
+         "num_threads = -1 is HL_ERR_INVALID_ARGUMENT");
+  double loss = 0;
+  EXPECT(hl_align_cpu(HL_FLOAT32, am, am, 2.0, 2000, &loss, nullptr) == HL_OK && loss == 0, "align, 2000 threads");
+  EXPECT(hl_align_cpu(HL_FLOAT32, am, am, 2.0, -3, &loss, nullptr) == HL_ERR_INVALID_ARGUMENT, "align, -3 threads");
+}
+
+// Rows with a large common offset: the centered CPU kernel sees only their spread.
+template <typename T>
+static void check_common_offset() {
+  const hl_dtype dtype = sizeof(T) == 4 ? HL_FLOAT32 : HL_FLOAT64;
+  const char* name = sizeof(T) == 4 ? "float32" : "float64";
+  char what[160];
+  {  // [[1e4, 0], [1e4, 1]], t = 2: one pair at squared distance 1.
+    const T a[4] = {T(1e4), T(0), T(1e4), T(1)};
+    double lse = 0;
+    EXPECT(hl_uniform_lse_cpu(dtype, hl_matrix{a, 2, 2, 2, 1}, hl_matrix{nullptr, 0, 2, 0, 0}, 2.0, 1, 0, &lse,
+                              nullptr, nullptr) == HL_OK,
+           "offset 1e4: status");
+    std::snprintf(what, sizeof what, "offset 1e4, t=2, %s: lse", name);
+    CHECK_CLOSE(lse, -2.0, 1e-6, what);
+    // The same pair as a cross pair (x against a one-row queue, no intra pairs).
+    const hl_matrix x{a, 1, 2, 2, 1}, q{a + 2, 1, 2, 2, 1};
+    EXPECT(hl_uniform_lse_cpu(dtype, x, q, 2.0, 0, 0, &lse, nullptr, nullptr) == HL_OK, "offset 1e4 queue: status");
+    std::snprintf(what, sizeof what, "offset 1e4 as a queue, %s: lse", name);
+    CHECK_CLOSE(lse, -2.0, 1e-6, what);
+  }
+  {  // [[12345, 0], [12345, 3]], t = 50: lse = -450, d lse / d a = -2t (a_0 - a_1) = +-300 on the second column.
+    const T a[4] = {T(12345), T(0), T(12345), T(3)};
+    T g[4] = {};
+    double lse = 0;
+    EXPECT(hl_uniform_lse_cpu(dtype, hl_matrix{a, 2, 2, 2, 1}, hl_matrix{nullptr, 0, 2, 0, 0}, 50.0, 1, 0, &lse, g,
+                              nullptr) == HL_OK,
+           "offset 12345: status");
+    std::snprintf(what, sizeof what, "offset 12345, t=50, %s: lse", name);
+    CHECK_CLOSE(lse, -450.0, 1e-6, what);
+    const double want[4] = {0, 300, 0, -300};
+    for (int k = 0; k < 4; ++k) {
+      std::snprintf(what, sizeof what, "offset 12345, t=50, %s: grad[%d]", name, k);
+      CHECK_CLOSE(g[k], want[k], 1e-6, what);
+    }
+    // And with a queue: x = row 0, queue = row 1.
+    T gx[2] = {}, gq[2] = {};
+    EXPECT(hl_uniform_lse_cpu(dtype, hl_matrix{a, 1, 2, 2, 1}, hl_matrix{a + 2, 1, 2, 2, 1}, 50.0, 0, 0, &lse, gx,
+                              gq) == HL_OK,
+           "offset 12345 queue: status");
+    std::snprintf(what, sizeof what, "offset 12345 as a queue, %s", name);
+    CHECK_CLOSE(lse, -450.0, 1e-6, what);
+    CHECK_CLOSE(gx[1], 300.0, 1e-6, what);
+    CHECK_CLOSE(gq[1], -300.0, 1e-6, what);
+    CHECK_CLOSE(gx[0], 0.0, 1e-6, what);
+    CHECK_CLOSE(gq[0], 0.0, 1e-6, what);
+  }
+}
+
+// Bitwise the same lse and gradients for 1, 2 and 3 threads (a fixed order of every sum), with a queue.
+template <typename T>
+static void check_thread_reproducible() {
+  const int64_t na = 333, nb = 190, d = 47;
+  const hl_dtype dtype = sizeof(T) == 4 ? HL_FLOAT32 : HL_FLOAT64;
+  std::mt19937 rng(5);
+  std::normal_distribution<double> normal(0.0, 0.3);
+  std::vector<T> a(na * d), b(nb * d);
+  for (auto& v : a) v = static_cast<T>(normal(rng));
+  for (auto& v : b) v = static_cast<T>(normal(rng));
+  for (bool intra : {true, false}) {
+    double lse[3];
+    std::vector<T> ga[3], gb[3];
+    for (int k = 0; k < 3; ++k) {
+      ga[k].assign(na * d, T(0));
+      gb[k].assign(nb * d, T(0));
+      EXPECT(hl_uniform_lse_cpu(dtype, hl_matrix{a.data(), na, d, d, 1}, hl_matrix{b.data(), nb, d, d, 1}, 2.0,
+                                intra, k + 1, &lse[k], ga[k].data(), gb[k].data()) == HL_OK,
+             "reproducible: status");
+    }
+    for (int k = 1; k < 3; ++k) {
+      char what[128];
+      std::snprintf(what, sizeof what, "%s intra=%d: %d threads bitwise equal to 1 (lse)",
+                    sizeof(T) == 4 ? "float32" : "float64", intra, k + 1);
+      EXPECT(std::memcmp(&lse[k], &lse[0], sizeof(double)) == 0, what);
+      std::snprintf(what, sizeof what, "%s intra=%d: %d threads bitwise equal to 1 (grad_a, grad_b)",
+                    sizeof(T) == 4 ? "float32" : "float64", intra, k + 1);
+      EXPECT(std::memcmp(ga[k].data(), ga[0].data(), ga[0].size() * sizeof(T)) == 0 &&
+                 std::memcmp(gb[k].data(), gb[0].data(), gb[0].size() * sizeof(T)) == 0,
+             what);
+    }
+  }
+}
+
+// Two very long float32 rows: the Gram products add their 256-column chunks in double; the lse is within 1e-6
+// relative of the direct sum of squared differences in double.
+static void check_long_rows() {
+  const int64_t d = 4000000;
+  std::mt19937 rng(3);
+  std::normal_distribution<double> normal(0.0, 1.0 / std::sqrt(double(d)));
+  std::vector<float> a(2 * d);
+  for (auto& v : a) v = static_cast<float>(normal(rng) + 0.25);  // with an offset too
+  double d2 = 0;
+  for (int64_t c = 0; c < d; ++c) {
+    const double diff = double(a[c]) - double(a[d + c]);
+    d2 += diff * diff;
+  }
+  const double t = 2.0;
+  double lse = 0;
+  std::vector<float> g(2 * d);
+  EXPECT(hl_uniform_lse_cpu(HL_FLOAT32, hl_matrix{a.data(), 2, d, d, 1}, hl_matrix{nullptr, 0, d, 0, 0}, t, 1, 0,
+                            &lse, g.data(), nullptr) == HL_OK,
+         "long rows: status");
+  const double want = -t * d2;
+  if (!(std::fabs(lse - want) <= 1e-6 * std::fabs(want))) {
+    std::printf("FAIL N=2 D=4e6 float32: lse %.12g want %.12g (relative error %.3g)\n", lse, want,
+                std::fabs(lse - want) / std::fabs(want));
+    ++failures;
+  }
+  // The gradient: d lse / d a_0 = -2t (a_0 - a_1), the negative for a_1.
+  double err = 0, scale = 0;
+  for (int64_t c = 0; c < d; ++c) {
+    const double want_g = -2 * t * (double(a[c]) - double(a[d + c]));
+    err = std::fmax(err, std::fabs(g[c] - want_g) + std::fabs(g[d + c] + want_g));
+    scale = std::fmax(scale, std::fabs(want_g));
+  }
+  EXPECT(err <= 1e-5 * scale, "N=2 D=4e6 float32: gradient");
+}
+
+// The CUDA entry points check every argument before touching a device: with CUDA built, bad arguments give
+// HL_ERR_INVALID_ARGUMENT whether or not a GPU is present (no pointer here is ever dereferenced); without CUDA,
+// every call gives HL_ERR_UNSUPPORTED and every workspace query 0.
+static void check_cuda_arguments() {
+  const bool cuda = hl_has_cuda() != 0;
+  const int64_t big = int64_t(1) << 62;
+  const hl_dtype bad_dtype = static_cast<hl_dtype>(7);
+  // Workspace queries: 0 for invalid arguments.
+  EXPECT(hl_uniform_workspace_bytes_cuda(HL_FLOAT32, -1, 0, 8, 1, 1) == 0, "uniform workspace: rows_a < 0");
+  EXPECT(hl_uniform_workspace_bytes_cuda(HL_FLOAT32, 0, 5, 8, 1, 1) == 0, "uniform workspace: rows_a = 0");
+  EXPECT(hl_uniform_workspace_bytes_cuda(HL_FLOAT32, 10, -1, 8, 1, 1) == 0, "uniform workspace: rows_b < 0");
+  EXPECT(hl_uniform_workspace_bytes_cuda(HL_FLOAT32, 10, 5, 0, 1, 1) == 0, "uniform workspace: cols = 0");
+  EXPECT(hl_uniform_workspace_bytes_cuda(HL_FLOAT32, 10, 5, -8, 1, 1) == 0, "uniform workspace: cols < 0");
+  EXPECT(hl_uniform_workspace_bytes_cuda(HL_FLOAT32, big, 0, 1 << 10, 1, 0) == 0,
+         "uniform workspace: rows_a * cols overflows");
+  EXPECT(hl_uniform_workspace_bytes_cuda(HL_FLOAT64, 10, big, 1 << 10, 0, 1) == 0,
+         "uniform workspace: rows_b * cols overflows");
+  EXPECT(hl_uniform_workspace_bytes_cuda(HL_FLOAT32, big / 1024, big / 1024, 16, 0, 0) == 0,
+         "uniform workspace: (rows_a + rows_b) * cols overflows");
+  EXPECT(hl_uniform_workspace_bytes_cuda(bad_dtype, 10, 5, 8, 1, 1) == 0, "uniform workspace: unknown dtype");
+  EXPECT(hl_align_workspace_bytes_cuda(HL_FLOAT32, -5) == 0, "align workspace: rows < 0");
+  EXPECT(hl_align_workspace_bytes_cuda(HL_FLOAT32, 0) == 0, "align workspace: rows = 0");
+  EXPECT(hl_align_workspace_bytes_cuda(HL_FLOAT64, std::numeric_limits<int64_t>::max()) == 0,
+         "align workspace: rows * 8 overflows");
+  EXPECT(hl_align_workspace_bytes_cuda(bad_dtype, 10) == 0, "align workspace: unknown dtype");
+  const size_t uniform_bytes = hl_uniform_workspace_bytes_cuda(HL_FLOAT32, 10, 5, 8, 1, 1);
+  const size_t align_bytes = hl_align_workspace_bytes_cuda(HL_FLOAT16, 10);
+  EXPECT(cuda ? uniform_bytes > 0 && align_bytes > 0 : uniform_bytes == 0 && align_bytes == 0,
+         "workspace queries: > 0 for valid arguments with CUDA, 0 without");
+  for (hl_dtype dtype : {HL_FLOAT32, HL_FLOAT64, HL_FLOAT16, HL_BFLOAT16})
+    EXPECT(!cuda || hl_uniform_workspace_bytes_cuda(dtype, 10, 0, 8, 0, 0) > 0, "uniform workspace: every dtype");
+
+  // Calls with one bad argument each. The pointers are host memory: a call that got past its checks would fail
+  // (HL_ERR_CUDA), not return HL_ERR_INVALID_ARGUMENT.
+  alignas(256) static unsigned char workspace[1 << 16];
+  static float a[10 * 8], b[5 * 8], out[4];
+  const hl_matrix am{a, 10, 8, 8, 1}, bm{b, 5, 8, 8, 1}, none{nullptr, 0, 8, 0, 0};
+  const hl_status invalid = cuda ? HL_ERR_INVALID_ARGUMENT : HL_ERR_UNSUPPORTED;
+  const size_t ws = sizeof workspace;
+  struct Case {
+    const char* what;
+    hl_status got;
+  } cases[] = {
+      {"uniform cuda: unknown dtype",
+       hl_uniform_lse_cuda(bad_dtype, HL_PRECISION_IEEE, am, bm, 2.0, 1, out, nullptr, nullptr, workspace, ws, nullptr)},
+      {"uniform cuda: workspace of 16 bytes",
+       hl_uniform_lse_cuda(HL_FLOAT32, HL_PRECISION_IEEE, am, bm, 2.0, 1, out, a, b, workspace, 16, nullptr)},
+      {"uniform cuda: workspace one byte short",
+       hl_uniform_lse_cuda(HL_FLOAT32, HL_PRECISION_IEEE, am, bm, 2.0, 1, out, a, b, workspace,
+                           uniform_bytes ? uniform_bytes - 1 : 0, nullptr)},
+      {"uniform cuda: misaligned workspace",
+       hl_uniform_lse_cuda(HL_FLOAT32, HL_PRECISION_IEEE, am, bm, 2.0, 1, out, a, b, workspace + 8, ws - 8, nullptr)},
+      {"uniform cuda: no workspace",
+       hl_uniform_lse_cuda(HL_FLOAT32, HL_PRECISION_IEEE, am, bm, 2.0, 1, out, a, b, nullptr, ws, nullptr)},
+      {"uniform cuda: unknown precision",
+       hl_uniform_lse_cuda(HL_FLOAT32, static_cast<hl_precision>(9), am, bm, 2.0, 1, out, nullptr, nullptr, workspace,
+                           ws, nullptr)},
+      {"uniform cuda: t < 0",
+       hl_uniform_lse_cuda(HL_FLOAT32, HL_PRECISION_IEEE, am, bm, -2.0, 1, out, nullptr, nullptr, workspace, ws,
+                           nullptr)},
+      {"uniform cuda: t = NaN",
+       hl_uniform_lse_cuda(HL_FLOAT32, HL_PRECISION_IEEE, am, bm, NAN, 1, out, nullptr, nullptr, workspace, ws,
+                           nullptr)},
+      {"uniform cuda: no pairs",
+       hl_uniform_lse_cuda(HL_FLOAT32, HL_PRECISION_IEEE, am, none, 2.0, 0, out, nullptr, nullptr, workspace, ws,
+                           nullptr)},
+      {"uniform cuda: one row, no queue",
+       hl_uniform_lse_cuda(HL_FLOAT32, HL_PRECISION_IEEE, hl_matrix{a, 1, 8, 8, 1}, none, 2.0, 1, out, nullptr,
+                           nullptr, workspace, ws, nullptr)},
+      {"uniform cuda: queue width",
+       hl_uniform_lse_cuda(HL_FLOAT32, HL_PRECISION_IEEE, am, hl_matrix{b, 5, 7, 7, 1}, 2.0, 1, out, nullptr, nullptr,
+                           workspace, ws, nullptr)},
+      {"uniform cuda: no lse_out",
+       hl_uniform_lse_cuda(HL_FLOAT32, HL_PRECISION_IEEE, am, bm, 2.0, 1, nullptr, nullptr, nullptr, workspace, ws,
+                           nullptr)},
+      {"uniform cuda: overflowing shape",
+       hl_uniform_lse_cuda(HL_FLOAT32, HL_PRECISION_IEEE, hl_matrix{a, big, 1 << 10, 1 << 10, 1}, none, 2.0, 1, out,
+                           nullptr, nullptr, workspace, ws, nullptr)},
+      {"align cuda: unknown dtype",
+       hl_align_cuda(bad_dtype, am, am, 2.0, out, nullptr, workspace, ws, nullptr)},
+      {"align cuda: workspace of 0 bytes", hl_align_cuda(HL_FLOAT32, am, am, 2.0, out, a, workspace, 0, nullptr)},
+      {"align cuda: no workspace", hl_align_cuda(HL_FLOAT32, am, am, 2.0, out, a, nullptr, ws, nullptr)},
+      {"align cuda: alpha = 0", hl_align_cuda(HL_FLOAT32, am, am, 0.0, out, a, workspace, ws, nullptr)},
+      {"align cuda: shapes differ",
+       hl_align_cuda(HL_FLOAT32, am, hl_matrix{a, 9, 8, 8, 1}, 2.0, out, a, workspace, ws, nullptr)},
+      {"align cuda: no loss_out", hl_align_cuda(HL_FLOAT32, am, am, 2.0, nullptr, a, workspace, ws, nullptr)},
+  };
+  for (const Case& c : cases)
+    if (c.got != invalid) {
+      std::printf("FAIL %s: %s, want %s\n", c.what, hl_status_string(c.got), hl_status_string(invalid));
+      ++failures;
+    }
+}
+
 int main() {
   for (bool intra : {true, false})
     for (int64_t nb : {0, 37}) {
@@ -152,6 +399,13 @@ int main() {
   check_align(50, 7, 0.7);
   check_align(50, 7, 3.5);
   check_errors();
+  check_thread_counts();
+  check_common_offset<float>();
+  check_common_offset<double>();
+  check_thread_reproducible<float>();
+  check_thread_reproducible<double>();
+  check_long_rows();
+  check_cuda_arguments();
   std::printf("%s: %d failures\n", failures ? "FAILED" : "OK", failures);
   return failures ? 1 : 0;
 }

@@ -1,5 +1,7 @@
 // The CUDA kernels against the CPU kernels, through the C API only (no framework). Exits 77 (skipped) where no
-// GPU is present. Inputs of every dtype and precision; values and gradients, with and without a queue.
+// GPU is present. Inputs of every dtype and precision; values and gradients, with and without a queue; rows with a
+// large common offset (centered on the device); near-zero losses through the double-result entry point
+// (csrc/cuda/uniform.h) that hyperloss.jax uses.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -8,10 +10,12 @@
 #include <cstdio>
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <random>
 #include <type_traits>
 #include <vector>
 
+#include "../cuda/uniform.h"
 #include "hyperloss/hyperloss.h"
 
 static int failures = 0;
@@ -94,15 +98,24 @@ static void compare_grad(const Tc* dev, const std::vector<double>& ref, double t
   }
 }
 
+// Rows: spread * (unit-scale normal rows) + offset in every coordinate.
+static void make_rows(std::vector<double>& a, std::vector<double>& b, int64_t na, int64_t nb, int64_t d,
+                      double spread, double offset) {
+  std::mt19937 rng(static_cast<unsigned>(na * 7 + nb * 3 + d));
+  std::normal_distribution<double> normal;
+  a.resize(na * d);
+  b.resize(nb * d);
+  for (auto& v : a) v = spread * normal(rng) / std::sqrt(double(d)) + offset;
+  for (auto& v : b) v = spread * normal(rng) / std::sqrt(double(d)) + offset;
+}
+
 // Every combination of wanted gradients (none, A, B, both) against the float64 CPU kernel on the same values.
 template <typename Tin, typename Tc>
 static void check_uniform(hl_dtype dtype, hl_precision precision, int64_t na, int64_t nb, int64_t d, double t,
-                          bool intra, double tol, const char* name, Layout layout = {}) {
-  std::mt19937 rng(static_cast<unsigned>(na * 7 + nb * 3 + d));
-  std::normal_distribution<double> normal;
-  std::vector<double> a(na * d), b(nb * d);
-  for (auto& v : a) v = normal(rng) / std::sqrt(double(d));
-  for (auto& v : b) v = normal(rng) / std::sqrt(double(d));
+                          bool intra, double tol, const char* name, Layout layout = {}, double spread = 1.0,
+                          double offset = 0.0) {
+  std::vector<double> a, b;
+  make_rows(a, b, na, nb, d, spread, offset);
   std::vector<Tin> a_in, b_in;
   const std::vector<double> a_held = round_to(a, a_in), b_held = round_to(b, b_in);
 
@@ -136,8 +149,8 @@ static void check_uniform(hl_dtype dtype, hl_precision precision, int64_t na, in
     } else {
       const double got = to_host(lse_dev, 1)[0];
       if (!(std::fabs(got - want) <= tol * (1 + std::fabs(want)))) {
-        std::printf("FAIL %s grads=%d na=%lld nb=%lld d=%lld t=%g: lse %.9g want %.9g\n", name, wanted,
-                    (long long)na, (long long)nb, (long long)d, t, got, want);
+        std::printf("FAIL %s grads=%d na=%lld nb=%lld d=%lld t=%g spread=%g offset=%g: lse %.9g want %.9g\n", name,
+                    wanted, (long long)na, (long long)nb, (long long)d, t, spread, offset, got, want);
         ++failures;
       }
       if (grad_a) compare_grad(ga_dev, ga_ref, tol, name, "grad_a");
@@ -150,6 +163,108 @@ static void check_uniform(hl_dtype dtype, hl_precision precision, int64_t na, in
   }
   cudaFree(a_dev);
   cudaFree(b_dev);
+}
+
+// Two rows with a large common offset, exact answers: [[1e4, 0], [1e4, 1]] at t = 2 gives lse = -2 (gradient
+// -+4 on the second column); [[12345, 0], [12345, 3]] at t = 50 gives -450 (gradient +-300). Every dtype holds
+// these rows' differences exactly, so every precision gets them exactly; also as x against a one-row queue.
+template <typename Tin, typename Tc>
+static void check_offset(hl_dtype dtype, hl_precision precision, const char* name) {
+  struct Case {
+    double rows[4];
+    double t, lse, grad;
+  } cases[] = {{{1e4, 0, 1e4, 1}, 2.0, -2.0, 4.0}, {{12345, 0, 12345, 3}, 50.0, -450.0, 300.0}};
+  for (const Case& c : cases)
+    for (int with_queue = 0; with_queue < 2; ++with_queue) {
+      std::vector<Tin> rows;
+      round_to(std::vector<double>(c.rows, c.rows + 4), rows);
+      Tin* dev = to_device(rows);
+      Tc *lse = nullptr, *grad = nullptr;
+      CUDA_OK(cudaMalloc(&lse, sizeof(Tc)));
+      CUDA_OK(cudaMalloc(&grad, 4 * sizeof(Tc)));
+      const hl_matrix a = with_queue ? hl_matrix{dev, 1, 2, 2, 1} : hl_matrix{dev, 2, 2, 2, 1};
+      const hl_matrix b = with_queue ? hl_matrix{dev + 2, 1, 2, 2, 1} : hl_matrix{nullptr, 0, 2, 0, 0};
+      const size_t bytes = hl_uniform_workspace_bytes_cuda(dtype, a.rows, b.rows, 2, 1, with_queue);
+      void* ws = nullptr;
+      CUDA_OK(cudaMalloc(&ws, bytes));
+      const hl_status st = hl_uniform_lse_cuda(dtype, precision, a, b, c.t, !with_queue, lse, grad,
+                                               with_queue ? grad + 2 : nullptr, ws, bytes, nullptr);
+      CUDA_OK(cudaDeviceSynchronize());
+      const double got = to_host(lse, 1)[0];
+      const std::vector<Tc> g = to_host(grad, 4);
+      const double want_g[4] = {0, c.grad, 0, -c.grad};
+      bool ok = st == HL_OK && std::fabs(got - c.lse) <= 1e-6 * std::fabs(c.lse);
+      for (int k = 0; k < 4; ++k) ok = ok && std::fabs(double(g[k]) - want_g[k]) <= 1e-6 * std::fabs(c.grad);
+      if (!ok) {
+        std::printf("FAIL %s offset %g t=%g queue=%d: %s, lse %.9g want %.9g, grad [%g %g %g %g] want [0 %g 0 %g]\n",
+                    name, c.rows[0], c.t, with_queue, hl_status_string(st), got, c.lse, double(g[0]), double(g[1]),
+                    double(g[2]), double(g[3]), c.grad, -c.grad);
+        ++failures;
+      }
+      cudaFree(dev);
+      cudaFree(lse);
+      cudaFree(grad);
+      cudaFree(ws);
+    }
+}
+
+// A loss near 0 (1000 unit rows, t = 1e-6: about -2e-6, far below float32's resolution of log|P| = 13.1) through
+// hyperloss::cuda::uniform_lse, which forms lse - log|P| in double: within 1e-4 (float32) of the float64 CPU kernel
+// on the same values, never positive; lse_f64 agrees, and the public lse_out is lse rounded to the compute type.
+template <typename Tin, typename Tc>
+static void check_near_zero(hl_dtype dtype, double tol, const char* name) {
+  const int64_t n = 1000, d = 16;
+  std::mt19937 rng(17);
+  std::normal_distribution<double> normal;
+  std::vector<double> x(n * d);
+  for (int64_t r = 0; r < n; ++r) {
+    double norm = 0;
+    for (int64_t c = 0; c < d; ++c) norm += (x[r * d + c] = normal(rng)) * x[r * d + c];
+    for (int64_t c = 0; c < d; ++c) x[r * d + c] /= std::sqrt(norm);
+  }
+  std::vector<Tin> x_in;
+  const std::vector<double> held = round_to(x, x_in);
+  const double t = 1e-6, log_pairs = std::log(n * (n - 1) / 2.0);
+  double lse_cpu = 0;
+  hl_uniform_lse_cpu(HL_FLOAT64, hl_matrix{held.data(), n, d, d, 1}, hl_matrix{nullptr, 0, d, 0, 0}, t, 1, 0,
+                     &lse_cpu, nullptr, nullptr);
+  const double want = lse_cpu - log_pairs;
+  Tin* dev = to_device(x_in);
+  for (int with_grad = 0; with_grad < 2; ++with_grad) {
+    Tc *loss = nullptr, *lse = nullptr, *grad = nullptr;
+    double* lse64 = nullptr;
+    CUDA_OK(cudaMalloc(&loss, sizeof(Tc)));
+    CUDA_OK(cudaMalloc(&lse, sizeof(Tc)));
+    CUDA_OK(cudaMalloc(&lse64, sizeof(double)));
+    if (with_grad) CUDA_OK(cudaMalloc(&grad, sizeof(Tc) * n * d));
+    const size_t bytes = hl_uniform_workspace_bytes_cuda(dtype, n, 0, d, with_grad, 0);
+    void* ws = nullptr;
+    CUDA_OK(cudaMalloc(&ws, bytes));
+    hyperloss::cuda::UniformResults results;
+    results.lse = lse;
+    results.lse_f64 = lse64;
+    results.loss = loss;
+    const hl_status st = hyperloss::cuda::uniform_lse(dtype, HL_PRECISION_IEEE, hl_matrix{dev, n, d, d, 1},
+                                                      hl_matrix{nullptr, 0, d, 0, 0}, t, 1, results, grad, nullptr,
+                                                      ws, bytes, nullptr);
+    CUDA_OK(cudaDeviceSynchronize());
+    const double got = to_host(loss, 1)[0], got64 = to_host(lse64, 1)[0] - log_pairs, got_lse = to_host(lse, 1)[0];
+    const double err = std::fabs(got - want) / std::fabs(want), err64 = std::fabs(got64 - want) / std::fabs(want);
+    std::printf("%s near-zero loss (grad=%d): %.9g want %.9g, relative error %.3g (lse_f64: %.3g)\n", name,
+                with_grad, got, want, err, err64);
+    if (st != HL_OK || !(got <= 0) || !(err <= tol) || !(err64 <= tol) ||
+        !(std::fabs(got_lse - lse_cpu) <= 4 * std::numeric_limits<Tc>::epsilon() * std::fabs(lse_cpu))) {
+      std::printf("FAIL %s near-zero loss (grad=%d): %s, loss %.9g, lse %.12g want %.12g\n", name, with_grad,
+                  hl_status_string(st), got, got_lse, lse_cpu);
+      ++failures;
+    }
+    cudaFree(loss);
+    cudaFree(lse);
+    cudaFree(lse64);
+    cudaFree(grad);
+    cudaFree(ws);
+  }
+  cudaFree(dev);
 }
 
 template <typename Tin, typename Tc>
@@ -165,6 +280,19 @@ static void check_all(hl_dtype dtype, hl_precision precision, double tol, const 
   check_uniform<Tin, Tc>(dtype, precision, 40, 0, 300, 2.0, true, tol, name);
   check_uniform<Tin, Tc>(dtype, precision, 70, 20, 33, 2.0, true, tol, name, Layout{3, false});  // padded rows
   check_uniform<Tin, Tc>(dtype, precision, 70, 20, 33, 2.0, true, tol, name, Layout{0, true});   // column-major
+  // A common offset far larger than the spread: centered on the device, so as accurate as without it.
+  check_uniform<Tin, Tc>(dtype, precision, 100, 40, 24, 2.0, true, tol, name, Layout{}, 1.0, 1000.0);
+  check_uniform<Tin, Tc>(dtype, precision, 100, 40, 24, 2.0, false, tol, name, Layout{0, true}, 1.0, 1000.0);
+  check_uniform<Tin, Tc>(dtype, precision, 130, 0, 33, 2.0, true, tol, name, Layout{}, 1.0, -300.0);
+  // Offset 1e4, spread 100 (distinct rows in every dtype, bfloat16's steps of 64 included), t scaled to match.
+  check_uniform<Tin, Tc>(dtype, precision, 80, 30, 24, 2e-4, true, tol, name, Layout{}, 100.0, 1e4);
+  if constexpr (!std::is_same_v<Tin, __half>) {
+    // Squared norms far beyond float range (1e60): scaled by a power of two on the device.
+    check_uniform<Tin, Tc>(dtype, precision, 90, 30, 20, 1e-58, true, tol, name, Layout{}, 1e29, 1e30);
+    // Tiny rows (squared norms below float's normal range) and a large t.
+    check_uniform<Tin, Tc>(dtype, precision, 90, 0, 20, 1e36, true, tol, name, Layout{}, 1e-18, 3e-18);
+  }
+  check_offset<Tin, Tc>(dtype, precision, name);
 }
 
 // A NaN in the queue or an Inf in x makes the loss and every gradient element NaN.
@@ -246,6 +374,8 @@ int main() {
   check_all<float, float>(HL_FLOAT32, HL_PRECISION_BF16, 2e-2, "float32 bf16");
   check_all<__half, float>(HL_FLOAT16, HL_PRECISION_IEEE, 2e-5, "float16");
   check_all<__nv_bfloat16, float>(HL_BFLOAT16, HL_PRECISION_IEEE, 2e-5, "bfloat16");
+  check_near_zero<double, double>(HL_FLOAT64, 1e-8, "float64");
+  check_near_zero<float, float>(HL_FLOAT32, 1e-4, "float32");
   check_nonfinite();
   for (double alpha : {2.0, 1.0, 0.5}) check_align(alpha);
   std::printf("%s: %d failures\n", failures ? "FAILED" : "OK", failures);

@@ -46,8 +46,10 @@ typedef struct {
 
 /* Uniformity log-sum-exp and its gradient on the CPU.
  * a: required. b: data == NULL means no cross pairs. grad_a / grad_b: contiguous rows x cols outputs of the
- * same dtype, each NULL when not wanted (both NULL skips the gradient work). lse_out: one double. num_threads: OpenMP threads, 0 for the
- * OpenMP default. Any non-finite input element makes the result (and gradients) NaN. */
+ * same dtype, each NULL when not wanted (both NULL skips the gradient work). lse_out: one double. num_threads:
+ * OpenMP threads, 0 for the OpenMP default, more than the processors (or that default) clamped to them, negative:
+ * HL_ERR_INVALID_ARGUMENT. Results are bitwise the same for every num_threads. Any non-finite input element makes
+ * the result (and gradients) NaN. */
 hl_status hl_uniform_lse_cpu(hl_dtype dtype, hl_matrix a, hl_matrix b, double t, int intra_batch, int num_threads,
                              double* lse_out, void* grad_a, void* grad_b);
 
@@ -59,8 +61,16 @@ hl_status hl_align_cpu(hl_dtype dtype, hl_matrix x, hl_matrix y, double alpha, i
 /* CUDA versions (present when the library is built with CUDA; HL_ERR_UNSUPPORTED otherwise).
  * Every pointer is device memory, every call is asynchronous on `stream` (a cudaStream_t, NULL for the default).
  * lse_out / loss_out: one element of the compute type (double for float64 inputs, float otherwise).
- * grad_a / grad_b / grad_x: rows x cols of the compute type, or NULL. workspace: at least the bytes that
- * hl_uniform_workspace_bytes_cuda / hl_align_workspace_bytes_cuda return for the same arguments. */
+ * grad_a / grad_b / grad_x: rows x cols of the compute type, or NULL. workspace: 256-byte aligned, at least the
+ * bytes that hl_uniform_workspace_bytes_cuda / hl_align_workspace_bytes_cuda return for the same arguments.
+ * Every argument (dtype, shapes, t or alpha, precision, output pointer, workspace size and alignment) is checked
+ * before the device is touched: a bad one gives HL_ERR_INVALID_ARGUMENT, with or without a GPU present; only a
+ * valid call can give HL_ERR_CUDA. As on the CPU, the rows are centered (and scaled by a power of two) before the
+ * pair sweep, on the device and in the workspace, so a common offset of the rows costs no precision; lse is
+ * reduced in double before its rounding to lse_out.
+ *
+ * The workspace queries return 0 for invalid arguments (an unknown dtype, a size <= 0 (rows_b: < 0; 0 means no
+ * queue), or sizes whose products overflow), and in a build without CUDA. */
 size_t hl_uniform_workspace_bytes_cuda(hl_dtype dtype, int64_t rows_a, int64_t rows_b, int64_t cols, int need_grad_a,
                                        int need_grad_b);
 hl_status hl_uniform_lse_cuda(hl_dtype dtype, hl_precision precision, hl_matrix a, hl_matrix b, double t,
