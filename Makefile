@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.deps-installed
-EXT_SOURCES := $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh csrc/torch/*.cpp csrc/jax/*.cpp csrc/include/hyperloss/*.h) setup.py
+EXT_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh csrc/cuda/*.h csrc/torch/*.cpp csrc/jax/*.cpp csrc/include/hyperloss/*.h) setup.py
 
 .PHONY: test bench build lint pytest ctest clean
 

@@ -12,6 +12,8 @@
 #ifdef HYPERLOSS_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
+
+#include "../cuda/uniform.h"
 #endif
 
 #include "hyperloss/hyperloss.h"
@@ -103,19 +105,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> uniform_lse_cuda(const at::Tensor
   const auto options = x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
   const bool cross = queue.has_value();
   const int64_t k = cross ? queue->size(0) : 0;
-  at::Tensor lse = at::empty({}, options);
+  at::Tensor lse = at::empty({}, options.dtype(at::kDouble));  // in double even for float32 inputs
   at::Tensor gx = grad_x ? at::empty({x.size(0), x.size(1)}, options) : at::empty({0}, options);
   at::Tensor gq = grad_queue && cross ? at::empty({k, x.size(1)}, options) : at::empty({0}, options);
   const size_t bytes =
       hl_uniform_workspace_bytes_cuda(cuda_dtype_of(x), x.size(0), k, x.size(1), gx.numel() > 0, gq.numel() > 0);
   at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
   const hl_matrix qv = cross ? view_of(*queue) : hl_matrix{nullptr, 0, x.size(1), 0, 0};
-  check(hl_uniform_lse_cuda(cuda_dtype_of(x), static_cast<hl_precision>(precision), view_of(x), qv, scalar_of(t),
-                            intra_batch,
-                            lse.data_ptr(), gx.numel() ? gx.data_ptr() : nullptr,
-                            gq.numel() ? gq.data_ptr() : nullptr, workspace.data_ptr(), bytes,
-                            c10::cuda::getCurrentCUDAStream().stream()));
-  return {lse.to(at::kDouble), gx, gq};
+  hyperloss::cuda::UniformResults results;
+  results.lse_f64 = lse.data_ptr<double>();
+  check(hyperloss::cuda::uniform_lse(cuda_dtype_of(x), static_cast<hl_precision>(precision), view_of(x), qv,
+                                     scalar_of(t), intra_batch, results, gx.numel() ? gx.data_ptr() : nullptr,
+                                     gq.numel() ? gq.data_ptr() : nullptr, workspace.data_ptr(), bytes,
+                                     c10::cuda::getCurrentCUDAStream().stream()));
+  return {lse, gx, gq};
 }
 
 std::tuple<at::Tensor, at::Tensor> align_cuda(const at::Tensor& x, const at::Tensor& y, const at::Tensor& alpha,
