@@ -47,17 +47,20 @@ def _rank(rank: int, args: argparse.Namespace, init_file: str, out_dir: str) -> 
     dist.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=args.world, timeout=timedelta(seconds=600)
     )
-    x = _features(args.n, args.d)
-    local = x.tensor_split(args.world)[rank].clone().requires_grad_()
+    try:
+        x = _features(args.n, args.d)
+        local = x.tensor_split(args.world)[rank].clone().requires_grad_()
 
-    def step():
-        loss = hdist.uniform_loss(local, 2.0)
-        loss.backward()
-        local.grad = None
+        def step():
+            loss = hdist.uniform_loss(local, 2.0)
+            loss.backward()
+            local.grad = None
 
-    times = _time(step, args.reps)
-    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "rows": local.shape[0], "times": times}))
-    dist.destroy_process_group()
+        times = _time(step, args.reps)
+        result = {"rank": rank, "rows": local.shape[0], "times": times}
+        (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()  # exiting with a live Gloo group can abort in torch's teardown
 
 
 def main() -> None:
@@ -82,11 +85,17 @@ def main() -> None:
 
     element = 4  # float32
     rows_max = max(r["rows"] for r in ranks)
-    # Per rank, bytes received: the all-gather of every rank's (padded) rows, the one-number log-sum-exp
-    # all-gather, and the gradient exchange (Gloo: an all-reduce of world x rows_max x D).
+    # Per rank, bytes received: the all-gather of the row counts and checked arguments (9 float64 per rank), the
+    # all-gather of every rank's (padded) rows, the one-number log-sum-exp all-gather, and the gradient exchange
+    # (Gloo: an all-reduce of world x rows_max x D).
     gather = (args.world - 1) * rows_max * args.d * element
     gradient = 2 * (args.world - 1) * rows_max * args.d * element  # ring all-reduce: about 2 (w-1)/w of the buffer x w
-    comm = {"all_gather_features": gather, "all_gather_lse": (args.world - 1) * 8, "gradient_exchange": gradient}
+    comm = {
+        "all_gather_arguments": (args.world - 1) * 9 * 8,
+        "all_gather_features": gather,
+        "all_gather_lse": (args.world - 1) * 8,
+        "gradient_exchange": gradient,
+    }
 
     single_ms = statistics.median(single_times) * 1e3
     print(f"uniformity fwd+bwd, N={args.n}, D={args.d}, float32, {hyperloss.__name__} backend auto, CPU Gloo")

@@ -38,6 +38,16 @@ def train(rank: int, args: argparse.Namespace, init_file: str) -> None:
     dist.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=args.world, timeout=timedelta(seconds=120)
     )
+    try:
+        run(rank, args)
+    finally:
+        # Always leave the group explicitly: a process that exits still holding a Gloo group (above all after a
+        # failed collective) can abort in torch's teardown. DDP and its reducer are freed first, when run()
+        # returns: a reducer torn down after the group can deadlock against Gloo's threads (pytorch/pytorch#56297).
+        dist.destroy_process_group()
+
+
+def run(rank: int, args: argparse.Namespace) -> None:
     torch.manual_seed(0)  # the same initial weights on every rank
     encoder = nn.Sequential(nn.Linear(args.input_dim, 64), nn.ReLU(), nn.Linear(64, args.feature_dim))
     model = nn.parallel.DistributedDataParallel(encoder)
@@ -49,6 +59,8 @@ def train(rank: int, args: argparse.Namespace, init_file: str) -> None:
         a, b = make_views(args.local_batch, args.input_dim, data)
         za = nn.functional.normalize(model(a), dim=1)
         zb = nn.functional.normalize(model(b), dim=1)
+        # Collective calls: every rank makes them, in the same order, with the same t (checked: a rank passing
+        # another t, dtype or feature size makes every rank raise ValueError).
         loss = hdist.align_loss(za, zb) + (hdist.uniform_loss(za, t=2) + hdist.uniform_loss(zb, t=2)) / 2
         optimizer.zero_grad()
         (loss * args.world).backward()
@@ -62,10 +74,6 @@ def train(rank: int, args: argparse.Namespace, init_file: str) -> None:
                     f"  uniform {hyperloss.uniform_loss(ea).item():+.4f}",
                     flush=True,
                 )
-    # Free DDP (and its reducer) before the process group. Otherwise the reducer's teardown destroys the Gloo
-    # group while holding the GIL, which can deadlock against Gloo's worker threads (pytorch/pytorch#56297).
-    del model, optimizer
-    dist.destroy_process_group()
 
 
 def main() -> None:

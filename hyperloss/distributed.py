@@ -4,49 +4,157 @@
 concatenated global batch (ranks in order), exactly as the single-process functions would compute it.
 
 How the uniformity work is split, with N global rows:
+  0. one all-gather of a small float64 vector per rank: its row count and the arguments every rank must share
+     (see "Checked across ranks" below);
   1. one all-gather of the features (unequal local sizes are padded to the largest);
   2. rank r takes a contiguous range of rows [a, b) chosen so every rank gets about the same number of pairs,
      and computes the pairs (i, j), i in [a, b), j > i (and the queue pairs of those rows) with the ordinary
      kernels: rows [a, b) as the batch, rows [b, N) (plus the queue) as the cross set;
-  3. the partial log-sum-exps are combined through one all-gather of one number per rank;
+  3. the partial log-sum-exps (float64) are combined through one all-gather of one number per rank;
   4. when a gradient is needed, the gradient rows (scaled to the global log-sum-exp) go back to their owners with
      one reduce-scatter (NCCL; Gloo has none, so there an all-reduce of the same buffer, keeping only the own rows).
 No rank holds more than O(N * D) extra memory. All communication happens in the forward pass; the backward pass
-only scales the saved gradient, so a rank that skips backward cannot hang the others.
+only scales the saved gradient, so a rank that skips backward cannot hang the others. The alignment loss needs
+one collective: the all-gather of step 0, which also carries each rank's sum of its terms.
+
+Checked across ranks: before any other communication, every rank compares what each rank passed and, where they
+differ, every rank raises the same ``ValueError`` naming each differing argument and its value on each rank (the
+group stays usable). Compared: the feature dimension D, the dtype, the queue's rows K (or its absence),
+``intra_batch``, ``t``, whether ``x_local`` and the queue require grad (which decides the gradient collectives),
+and a checksum of the queue's contents; for the alignment loss D, the dtype and ``alpha``. The queue checksum
+covers every bit and the row order, and is the same for the same values whatever the device, layout or thread
+count (wrapping integer sums of the raw words: exact in any order), so it flags a queue that differs on any rank
+(e.g. one updated with that rank's keys only) for one read of the queue, no copy, small next to the K x N pairs.
+It is a checksum: a different queue goes unnoticed with a chance of about 1 in 2^31. Arguments that fail the
+ordinary checks (wrong shape, t <= 0, ...) raise on their own rank only; the other ranks then see the process
+group's timeout, as for a rank that fails or stalls for any other reason.
 
 Gradient convention: the gradient with respect to each rank's local rows equals the matching rows of the
 single-process gradient on the global batch. DistributedDataParallel then averages parameter gradients over the
 ranks, which divides that exact gradient by the world size; multiply the loss by
 ``torch.distributed.get_world_size()`` before backward where the exact global-batch gradient is wanted (both
-conventions are tested). A rank that fails or stalls surfaces on the others as the process group's timeout error.
+conventions are tested). Second derivatives raise a ``RuntimeError``, as in the single-process losses.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+import operator
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 
 from . import _dispatch
-from ._common import log_num_pairs, num_pairs
-from ._validation import check_align_args, check_uniform_args, compute_dtype
+from ._common import as_scalar_tensor, log_mean_from_lse, num_pairs, scale_saved_grad
+from ._validation import SUPPORTED_DTYPES, check_align_args, check_uniform_args, compute_dtype
 
 __all__ = ["align_loss", "balanced_row_ranges", "uniform_loss"]
+
+_NO_GROUP = "hyperloss.distributed needs an initialized torch.distributed process group"
+_CHECKSUM_MODULUS = 2**31 - 1  # prime; residues and their products stay exact in int64 and float64
 
 
 def _world(group) -> tuple[int, int]:
     if not dist.is_available() or not dist.is_initialized():
-        raise RuntimeError("hyperloss.distributed needs an initialized torch.distributed process group")
+        raise RuntimeError(_NO_GROUP)
     return dist.get_world_size(group), dist.get_rank(group)
 
 
-def _gather_sizes(n_local: int, device: torch.device, group) -> list[int]:
+def _queue_checksum(queue: torch.Tensor) -> torch.Tensor:
+    """A checksum of a (K, D) tensor's bits and row order, as a 0-dim int64 tensor in [0, 2^31 - 1) on its device.
+
+    The same values give the same checksum on any device, memory layout or thread count: each row's raw words are
+    summed in integers that wrap modulo 2^16/2^32/2^64 (exact, so the order of the additions does not matter), and
+    the row sums are combined as sum_k (row_k mod p) (k + 1) mod p, p = 2^31 - 1. One read of the tensor, no copy.
+    Any change of bits (also -0.0 for 0.0, or another NaN payload) or of the row order changes it except by chance.
+    """
+    size = queue.element_size()
+    if size == 2 and queue.shape[1] % 2 == 0:  # 16-bit values in pairs: int32 sums are much faster than int16 ones
+        try:
+            words = queue.view(torch.int32)
+        except RuntimeError:  # strides or offset not aligned to 4 bytes
+            words = queue.clone(memory_format=torch.contiguous_format).view(torch.int32)
+    else:
+        words = queue.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[size])
+    rows = words.sum(1, dtype=words.dtype).to(torch.int64).remainder_(_CHECKSUM_MODULUS)
+    position = torch.arange(1, queue.shape[0] + 1, dtype=torch.int64, device=queue.device)
+    return rows.mul_(position.remainder_(_CHECKSUM_MODULUS)).remainder_(_CHECKSUM_MODULUS).sum() % _CHECKSUM_MODULUS
+
+
+class _Same(NamedTuple):
+    """An argument every rank must pass identically, sent as one float64 in the per-call all-gather."""
+
+    name: str
+    value: float | torch.Tensor
+    show: Callable[[float], str]
+    unless_others_differ: bool = False  # only reported where everything before it agrees
+
+
+def _show_int(value: float) -> str:
+    return str(int(value))
+
+
+def _show_dtype(value: float) -> str:
+    return str(SUPPORTED_DTYPES[int(value)]).removeprefix("torch.")
+
+
+def _show_bool(value: float) -> str:
+    return str(bool(value))
+
+
+def _show_queue_rows(value: float) -> str:
+    return "no queue" if value < 0 else str(int(value))
+
+
+def _show_checksum(value: float) -> str:
+    return "no queue" if value < 0 else f"{int(value):#010x}"
+
+
+def _ranks(ranks: list[int]) -> str:
+    """[0, 1, 2, 5] -> 'ranks 0-2, 5'."""
+    spans = []
+    for _, run in itertools.groupby(enumerate(ranks), key=lambda pair: pair[1] - pair[0]):
+        run = [r for _, r in run]
+        spans.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(spans)
+
+
+def _exchange(
+    api: str, sent: Sequence[float | torch.Tensor], same: Sequence[_Same], device: torch.device, group
+) -> list[list[float]]:
+    """One all-gather of ``sent`` and the ``same`` values (a float64 vector of one length on every rank).
+
+    Raises the same ValueError on every rank where a ``same`` value differs across ranks; otherwise returns every
+    rank's ``sent`` values, in rank order.
+    """
     world, _ = _world(group)
-    mine = torch.tensor([n_local], dtype=torch.int64, device=device)
-    sizes = [torch.empty_like(mine) for _ in range(world)]
-    dist.all_gather(sizes, mine, group=group)
-    return [int(s) for s in sizes]
+    values = [*sent, *(s.value for s in same)]
+    mine = torch.tensor([0.0 if isinstance(v, torch.Tensor) else float(v) for v in values], dtype=torch.float64)
+    mine = mine.to(device)  # one copy to the device, then the values already there (no host sync)
+    for i, v in enumerate(values):
+        if isinstance(v, torch.Tensor):
+            mine[i] = v
+    parts = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(parts, mine, group=group)
+    table = torch.stack(parts).cpu().tolist()
+    differ = []
+    for column, s in enumerate(same, start=len(sent)):
+        seen = [row[column] for row in table]
+        if len(set(seen)) == 1 or (s.unless_others_differ and differ):
+            continue
+        by_value: dict[float, list[int]] = {}
+        for rank, value in enumerate(seen):
+            by_value.setdefault(value, []).append(rank)
+        differ.append(f"{s.name}: " + "; ".join(f"{s.show(v)} on {_ranks(r)}" for v, r in by_value.items()))
+    if differ:
+        raise ValueError(
+            f"hyperloss.distributed.{api}: every rank of the group must pass the same arguments, but "
+            + " | ".join(differ)
+        )
+    return [row[: len(sent)] for row in table]
 
 
 def _all_gather_rows(x: torch.Tensor, sizes: list[int], group) -> torch.Tensor:
@@ -79,8 +187,13 @@ def _reduce_scatter_rows(full: torch.Tensor, sizes: list[int], rank: int, group)
 def balanced_row_ranges(n: int, k: int, intra_batch: bool, world: int) -> list[tuple[int, int]]:
     """Contiguous row ranges, one per rank, with about equal numbers of pairs.
 
-    Row i owns its pairs (i, j > i) and (i, queue_k): (n - 1 - i) * intra_batch + k of them.
+    Row i owns its pairs (i, j > i) and (i, queue_k): (n - 1 - i) * intra_batch + k of them. Raises ValueError
+    for n < 0, k < 0 or world < 1.
     """
+    n, k, world = (operator.index(v) for v in (n, k, world))
+    for name, value, least in (("n", n, 0), ("k", k, 0), ("world", world, 1)):
+        if value < least:
+            raise ValueError(f"{name} must be >= {least}, got {value}")
     total = num_pairs(n, k, intra_batch)
     bounds, row, done = [0], 0, 0
     for r in range(1, world):
@@ -100,8 +213,24 @@ class _DistributedUniform(torch.autograd.Function):
         need_x = ctx.needs_input_grad[0]
         need_queue = queue is not None and ctx.needs_input_grad[1]
         dtype = compute_dtype(x_local.dtype)
-        sizes = _gather_sizes(x_local.shape[0], x_local.device, group)
-        n, k = sum(sizes), (0 if queue is None else queue.shape[0])
+        k = 0 if queue is None else queue.shape[0]
+        same = [  # one length on every rank, queue or not
+            _Same("feature dimension D", x_local.shape[1], _show_int),
+            _Same("dtype", SUPPORTED_DTYPES.index(x_local.dtype), _show_dtype),
+            _Same("queue rows K", -1 if queue is None else k, _show_queue_rows),
+            _Same("intra_batch", intra_batch, _show_bool),
+            _Same("t", float(t), repr),
+            _Same("x_local requires grad", need_x, _show_bool),
+            _Same("queue requires grad", need_queue, _show_bool),
+            _Same(
+                "queue contents (checksum)",
+                -1 if queue is None else _queue_checksum(queue.detach()),
+                _show_checksum,
+                unless_others_differ=True,
+            ),
+        ]
+        sizes = [int(row[0]) for row in _exchange("uniform_loss", [x_local.shape[0]], same, x_local.device, group)]
+        n = sum(sizes)
         if num_pairs(n, k, intra_batch) == 0:
             raise ValueError(f"the global batch has no pairs (N = {n} rows, queue of {k})")
         x_all = _all_gather_rows(x_local.detach(), sizes, group)
@@ -115,17 +244,23 @@ class _DistributedUniform(torch.autograd.Function):
         grad_rows = need_x or need_queue
         if own_pairs:
             lse, g_rows, g_cross = _dispatch.LOADED[backend].uniform_lse(
-                rows, cross, t, intra_batch and rows.shape[0] >= 2, grad_rows, grad_rows and cross is not None
+                rows,
+                cross,
+                as_scalar_tensor(t),
+                intra_batch and rows.shape[0] >= 2,
+                grad_rows,
+                grad_rows and cross is not None,
             )
+            lse = lse.to(device=x_all.device, dtype=torch.float64).reshape(())
         else:
-            lse, g_rows, g_cross = x_all.new_full((), float("-inf"), dtype=dtype), None, None
+            lse, g_rows, g_cross = torch.full((), -math.inf, dtype=torch.float64, device=x_all.device), None, None
 
-        lses = [torch.empty((1,), dtype=dtype, device=x_all.device) for _ in range(world)]
-        dist.all_gather(lses, lse.reshape(1).to(dtype), group=group)
-        total = torch.logsumexp(torch.cat(lses), dim=0)
+        lses = [torch.empty((1,), dtype=torch.float64, device=x_all.device) for _ in range(world)]
+        dist.all_gather(lses, lse.reshape(1), group=group)
+        total = torch.logsumexp(torch.cat(lses), dim=0)  # float64
         gx = gq = None
         if grad_rows:
-            weight = torch.exp(lse.to(dtype) - total) if own_pairs else total.new_zeros(())
+            weight = torch.exp(lse - total).to(dtype) if own_pairs else x_all.new_zeros((), dtype=dtype)
             full = x_all.new_zeros(x_all.shape, dtype=dtype)
             if g_rows is not None:
                 full[start:stop] = g_rows * weight
@@ -143,14 +278,14 @@ class _DistributedUniform(torch.autograd.Function):
                 dist.all_reduce(gq, group=group)
         ctx.save_for_backward(gx, gq)
         ctx.dtypes = (x_local.dtype, None if queue is None else queue.dtype)
-        return total - log_num_pairs(n, k, intra_batch)
+        return log_mean_from_lse(total, n, k, intra_batch, dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
         gx, gq = ctx.saved_tensors
         x_dtype, q_dtype = ctx.dtypes
-        grad_x = None if gx is None else (grad_output * gx).to(x_dtype)
-        grad_q = None if gq is None else (grad_output * gq).to(q_dtype)
+        grad_x = scale_saved_grad(grad_output, gx, x_dtype)
+        grad_q = scale_saved_grad(grad_output, gq, q_dtype)
         return grad_x, grad_q, None, None, None, None
 
 
@@ -159,29 +294,32 @@ class _DistributedAlign(torch.autograd.Function):
     def forward(ctx, x_local, y_local, alpha, backend, group):
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         n_local = x_local.shape[0]
+        dtype = compute_dtype(x_local.dtype)
         if n_local:
-            loss, gx = _dispatch.LOADED[backend].align(x_local, y_local, alpha, need_grad)
+            loss, gx = _dispatch.LOADED[backend].align(x_local, y_local, as_scalar_tensor(alpha), need_grad)
         else:  # no rows here: a zero loss term and an empty gradient
-            dtype = compute_dtype(x_local.dtype)
             loss = x_local.new_zeros((), dtype=dtype)
             gx = x_local.new_zeros(x_local.shape, dtype=dtype) if need_grad else None
-        # One all-reduce of (sum of the local terms, local row count).
-        totals = torch.stack([loss.double() * n_local, loss.new_full((), n_local, dtype=torch.float64)])
-        dist.all_reduce(totals, group=group)
-        n = int(totals[1])
+        same = [
+            _Same("feature dimension D", x_local.shape[1], _show_int),
+            _Same("dtype", SUPPORTED_DTYPES.index(x_local.dtype), _show_dtype),
+            _Same("alpha", float(alpha), repr),
+        ]
+        # One all-gather of (sum of the local terms, local row count) and the arguments checked across ranks.
+        table = _exchange("align_loss", [loss.double() * n_local, n_local], same, x_local.device, group)
+        n = sum(int(row[1]) for row in table)
         if n == 0:
             raise ValueError("the global batch is empty")
-        grad = None if gx is None else gx * (n_local / n)
-        ctx.save_for_backward(grad)
+        ctx.save_for_backward(None if gx is None else gx * (n_local / n))
         ctx.dtype = x_local.dtype
-        return (totals[0] / n).to(loss.dtype)
+        return x_local.new_full((), math.fsum(row[0] for row in table) / n, dtype=dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
-        if grad is None:
+        gx = scale_saved_grad(grad_output, grad, ctx.dtype)
+        if gx is None:
             return None, None, None, None, None
-        gx = (grad_output * grad).to(ctx.dtype)
         return (gx if ctx.needs_input_grad[0] else None), (-gx if ctx.needs_input_grad[1] else None), None, None, None
 
 
@@ -204,7 +342,15 @@ def uniform_loss(
 
     Returns:
         The same 0-dim loss on every rank. Collective: every rank of the group must call it.
+
+    Raises:
+        RuntimeError: without an initialized process group (before any work).
+        ValueError: on every rank, where the ranks disagree on D, the dtype, the queue's presence, rows K or
+            contents (a bit-exact checksum), ``intra_batch``, ``t``, or whether ``x_local`` or the queue requires
+            grad; the message names each such argument with its value on each rank. Also where the global batch
+            has no pairs. Invalid arguments on one rank raise there only (the others then time out).
     """
+    _world(group)
     t = check_uniform_args(x_local, t, queue, intra_batch, x_name="x_local", min_rows=0)
     name = _dispatch.resolve(backend, x_local.device)
     return _DistributedUniform.apply(x_local, queue, t, intra_batch, name, group)
@@ -218,7 +364,19 @@ def align_loss(
     group: dist.ProcessGroup | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Alignment loss of the global batch: the mean over every rank's rows. Collective; same value on every rank."""
+    """Alignment loss of the global batch: the mean over every rank's rows. Collective; same value on every rank.
+
+    Args:
+        x_local, y_local: this rank's positive pairs (n_r, D); ranks may hold different numbers of rows (even none).
+        alpha, backend: as in ``hyperloss.align_loss``.
+        group: the process group (default: the world).
+
+    Raises:
+        RuntimeError: without an initialized process group (before any work).
+        ValueError: on every rank, where the ranks disagree on D, the dtype or ``alpha`` (the message names each
+            with its value on each rank), or where the global batch is empty.
+    """
+    _world(group)
     alpha = check_align_args(x_local, y_local, alpha, names=("x_local", "y_local"), min_rows=0)
     name = _dispatch.resolve(backend, x_local.device)
     return _DistributedAlign.apply(x_local, y_local, alpha, name, group)

@@ -1,9 +1,21 @@
-"""hyperloss.distributed on 2 and 3 Gloo processes against the single-process losses on the concatenated batch."""
+"""hyperloss.distributed on 2 and 3 Gloo processes against the single-process losses on the concatenated batch,
+and its errors: arguments that differ across ranks, second derivatives, a missing process group, a stalled rank.
+
+Every worker destroys its process group in ``finally`` (a process that exits holding a Gloo group, above all one
+with a timed-out collective, can abort in torch's teardown). The error tests write each rank's outcomes to a file
+and assert in the parent. ``tests/run_distributed_repeatedly.py`` runs this module many times in a row.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +35,12 @@ def _init(rank: int, world: int, init_file: str, timeout_s: float = 60) -> None:
     dist.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s)
     )
+
+
+def _write_json(path: Path, data: object) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)  # the parent never reads a half-written file
 
 
 def _rows(sizes: list[int], rank: int) -> slice:
@@ -136,36 +154,212 @@ def test_matches_single_process(tmp_path, world, size_sets):
 
 
 def _stalling_worker(rank: int, world: int, init_file: str, result_file: str) -> None:
-    _init(rank, world, init_file, timeout_s=3)
-    if rank == 1:  # never joins the collective, then leaves
-        time.sleep(12)
-        return
-    x = torch.randn(4, 3)
-    start = time.monotonic()
+    # A generous timeout to start (processes may start seconds apart on a loaded machine), then a group with a
+    # short one, made by both ranks at about the same time, for the collective that rank 1 never joins.
+    _init(rank, world, init_file)
+    result = Path(result_file)
     try:
-        hdist.uniform_loss(x)
-        outcome = "returned"
-    except Exception as error:  # the process group's timeout (or the peer's disconnect) surfaces here
-        outcome = f"raised {type(error).__name__} after {time.monotonic() - start:.1f}s"
-    with open(result_file, "w") as f:
-        f.write(outcome)
+        dist.barrier()
+        group = dist.new_group(timeout=timedelta(seconds=2))
+        if rank == 1:  # never joins the collective; leaves only once rank 0 has given up (or after 60 s)
+            deadline = time.monotonic() + 60
+            while not result.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return
+        start = time.monotonic()
+        try:
+            hdist.uniform_loss(torch.randn(4, 3), group=group)
+            outcome = {"kind": "returned"}
+        except Exception as error:  # the group's timeout surfaces here
+            outcome = {"kind": type(error).__name__, "message": str(error)[:500]}
+        outcome["seconds"] = time.monotonic() - start
+        _write_json(result, outcome)
+    finally:
+        dist.destroy_process_group()  # every group, also the timed-out one: exiting with it can abort the process
 
 
 def test_stalled_rank_raises_instead_of_hanging(tmp_path):
-    result = tmp_path / "result"
+    result = tmp_path / "result.json"
     start = time.monotonic()
     mp.spawn(_stalling_worker, args=(2, str(tmp_path / "init"), str(result)), nprocs=2, join=True)
-    outcome = result.read_text()
-    assert outcome.startswith("raised"), outcome
-    assert float(outcome.split("after ")[1].rstrip("s")) < 11, outcome
-    assert time.monotonic() - start < 60
+    outcome = json.loads(result.read_text())
+    assert outcome["kind"] != "returned", outcome
+    assert outcome["seconds"] < 15, outcome  # the 2 s timeout, not a hang
+    assert time.monotonic() - start < 90
 
 
-def test_needs_a_process_group():
+# Arguments that differ across ranks: (world 3) the call on each rank, and what the ValueError must say.
+ODD = 2  # the rank that passes something else, unless the case says otherwise
+
+
+def _x(rank: int, d: int = 6, dtype: torch.dtype = torch.float32, requires_grad: bool = False) -> torch.Tensor:
+    x = torch.randn(3, d, generator=torch.Generator().manual_seed(rank), dtype=dtype)
+    return x.requires_grad_(requires_grad)
+
+
+def _queue(k: int = 5, d: int = 6, seed: int = 100) -> torch.Tensor:
+    return torch.randn(k, d, generator=torch.Generator().manual_seed(seed))
+
+
+def _align_d(rank: int) -> torch.Tensor:
+    d = 7 if rank == ODD else 6
+    return hdist.align_loss(_x(rank, d), _x(rank + 10, d))
+
+
+def _align_dtype(rank: int) -> torch.Tensor:
+    dtype = torch.float64 if rank == ODD else torch.float32
+    return hdist.align_loss(_x(rank, dtype=dtype), _x(rank + 10, dtype=dtype))
+
+
+MISMATCHES: dict[str, tuple[Callable[[int], torch.Tensor], list[str]]] = {
+    "D": (
+        lambda r: hdist.uniform_loss(_x(r, d=7 if r == ODD else 6)),
+        ["uniform_loss", "feature dimension D: 6 on ranks 0-1; 7 on rank 2"],
+    ),
+    "dtype": (
+        lambda r: hdist.uniform_loss(_x(r, dtype=torch.float64 if r == ODD else torch.float32)),
+        ["dtype: float32 on ranks 0-1; float64 on rank 2"],
+    ),
+    "K": (
+        lambda r: hdist.uniform_loss(_x(r), queue=_queue(k=6 if r == ODD else 5)),
+        ["queue rows K: 5 on ranks 0-1; 6 on rank 2"],
+    ),
+    "queue on one rank only": (
+        lambda r: hdist.uniform_loss(_x(r), queue=_queue() if r == 1 else None),
+        ["queue rows K: no queue on ranks 0, 2; 5 on rank 1"],
+    ),
+    "intra_batch": (
+        lambda r: hdist.uniform_loss(_x(r), queue=_queue(), intra_batch=r != ODD),
+        ["intra_batch: True on ranks 0-1; False on rank 2"],
+    ),
+    "t": (lambda r: hdist.uniform_loss(_x(r), t=2.5 if r == ODD else 2), ["t: 2.0 on ranks 0-1; 2.5 on rank 2"]),
+    "x_local requires grad on one rank": (
+        lambda r: hdist.uniform_loss(_x(r, requires_grad=r == 0)),
+        ["x_local requires grad: True on rank 0; False on ranks 1-2"],
+    ),
+    "queue requires grad on one rank": (
+        lambda r: hdist.uniform_loss(_x(r), queue=_queue().requires_grad_(r == ODD)),
+        ["queue requires grad: False on ranks 0-1; True on rank 2"],
+    ),
+    "queue contents": (
+        lambda r: hdist.uniform_loss(_x(r), queue=_queue(seed=101 if r == ODD else 100)),
+        ["queue contents (checksum)", "on ranks 0-1", "on rank 2"],
+    ),
+    "queue row order": (
+        lambda r: hdist.uniform_loss(_x(r), queue=_queue().flip(0) if r == ODD else _queue()),
+        ["queue contents (checksum)"],
+    ),
+    "several at once": (
+        lambda r: hdist.uniform_loss(_x(r, dtype=torch.float64 if r == ODD else torch.float32), t=3 if r else 2),
+        ["dtype: float32 on ranks 0-1; float64 on rank 2", "t: 2.0 on rank 0; 3.0 on ranks 1-2"],
+    ),
+    "align D": (_align_d, ["align_loss", "feature dimension D: 6 on ranks 0-1; 7 on rank 2"]),
+    "align dtype": (_align_dtype, ["align_loss", "dtype: float32 on ranks 0-1; float64 on rank 2"]),
+    "alpha": (
+        lambda r: hdist.align_loss(_x(r), _x(r + 10), alpha=1 if r == ODD else 2),
+        ["alpha: 2.0 on ranks 0-1; 1.0 on rank 2"],
+    ),
+    # Not mismatches, but also errors every rank must raise together.
+    "no pairs": (lambda r: hdist.uniform_loss(_x(r)[: int(r == ODD)]), ["no pairs"]),
+    "empty align": (lambda r: hdist.align_loss(_x(r)[:0], _x(r)[:0]), ["empty"]),
+}
+
+
+def _create_graph_uniform(rank: int) -> None:
+    x, queue = _x(rank, requires_grad=True), _queue().requires_grad_()
+    torch.autograd.grad(hdist.uniform_loss(x, queue=queue), (x, queue), create_graph=True)
+
+
+def _create_graph_align(rank: int) -> None:
+    x = _x(rank, requires_grad=True)
+    torch.autograd.grad(hdist.align_loss(x, _x(rank + 10)), x, create_graph=True)
+
+
+def _errors_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """Runs every case in one process group, one after the other (each error must leave the group usable), and
+    writes each case's outcome to rank<r>.json after every case."""
+    _init(rank, world, init_file, timeout_s=30)
+    results: dict[str, dict] = {}
+
+    def record(case: str, call: Callable[[int], object]) -> None:
+        start = time.monotonic()
+        try:
+            value = call(rank)
+            outcome = {"kind": "returned", "value": float(value) if isinstance(value, torch.Tensor) else None}
+        except Exception as error:
+            outcome = {"kind": type(error).__name__, "message": str(error)}
+        results[case] = {**outcome, "seconds": time.monotonic() - start}
+        _write_json(Path(out_dir) / f"rank{rank}.json", results)
+
+    try:
+        for case, (call, _) in MISMATCHES.items():
+            record(case, call)
+        record("after the errors", lambda r: hdist.uniform_loss(_x(r), queue=_queue()))
+        record("create_graph uniform", _create_graph_uniform)
+        record("create_graph align", _create_graph_align)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_errors_raise_on_every_rank(tmp_path):
+    world = 3
+    mp.spawn(_errors_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
+    for case, (_, expected) in MISMATCHES.items():
+        outcomes = [res.get(case, {"kind": "never reached"}) for res in results]
+        assert all(o["kind"] == "ValueError" for o in outcomes), (case, outcomes)
+        assert len({o["message"] for o in outcomes}) == 1, (case, outcomes)  # the same message on every rank
+        message = outcomes[0]["message"]
+        assert all(part in message for part in expected), (case, message)
+        fields = len([p for p in expected if ":" in p])  # the message names these fields and no other
+        assert message.count(" | ") == max(fields, 1) - 1, (case, message)
+        assert all(o["seconds"] < 10 for o in outcomes), (case, outcomes)  # at once, not at the group's timeout
+    after = [res["after the errors"] for res in results]
+    assert all(o["kind"] == "returned" for o in after), after
+    assert len({o["value"] for o in after}) == 1, after
+    for case in ("create_graph uniform", "create_graph align"):
+        outcomes = [res[case] for res in results]
+        assert all(o["kind"] == "RuntimeError" and "second derivatives" in o["message"] for o in outcomes), outcomes
+
+
+def test_queue_checksum_depends_on_values_only():
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+        for d in (6, 7):
+            q = torch.randn(50, d, generator=g).to(dtype)
+            want = int(hdist._queue_checksum(q))
+            assert 0 <= want < 2**31 - 1
+            layouts = [q.t().contiguous().t(), torch.cat([q, q], 1)[:, :d], torch.cat([q[:1], q])[1:]]
+            assert all(int(hdist._queue_checksum(v)) == want for v in layouts), dtype
+            changed = q.clone()
+            changed.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[q.element_size()]).view(-1)[123] ^= 1
+            assert int(hdist._queue_checksum(changed)) != want, dtype
+            assert int(hdist._queue_checksum(q[[1, 0, *range(2, 50)]])) != want, dtype  # rows swapped
+
+
+def test_needs_a_process_group(monkeypatch):
     if dist.is_initialized():
         pytest.skip("a process group is already initialized")
-    with pytest.raises(RuntimeError, match=r"initialized torch\.distributed process group"):
-        hdist.uniform_loss(torch.randn(4, 3))
+
+    def must_not_run(*args):
+        raise AssertionError("computed without a process group")
+
+    monkeypatch.setattr(hdist._DistributedUniform, "apply", must_not_run)
+    monkeypatch.setattr(hdist._DistributedAlign, "apply", must_not_run)
+    x = torch.randn(4, 3)
+    for call in (
+        lambda: hdist.uniform_loss(x),
+        lambda: hdist.align_loss(x, x + 1),
+        lambda: hdist.align_loss(x, x[:2]),  # the group is checked first, also with bad arguments
+    ):
+        with pytest.raises(RuntimeError, match=r"initialized torch\.distributed process group"):
+            call()
+
+
+@pytest.mark.parametrize(("n", "k", "world"), [(10, 0, 0), (10, 0, -1), (-1, 0, 2), (10, -1, 2)])
+def test_balanced_row_ranges_rejects_bad_sizes(n, k, world):
+    with pytest.raises(ValueError, match="must be >="):
+        hdist.balanced_row_ranges(n, k, True, world)
 
 
 def test_balanced_row_ranges_split_pairs_evenly():
@@ -181,17 +375,17 @@ def test_balanced_row_ranges_split_pairs_evenly():
 
 def test_ddp_example_trains(tmp_path):
     """The example script runs end to end on 2 Gloo processes and lowers the uniformity loss."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "examples" / "ddp_train.py"
-    out = subprocess.run(
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    script = root / "examples" / "ddp_train.py"
+    run = subprocess.run(  # this checkout's hyperloss, wherever the installed one points
         [sys.executable, str(script), "--world", "2", "--steps", "20", "--local-batch", "64"],
         capture_output=True,
         text=True,
         timeout=300,
-        check=True,
-    ).stdout
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    out = run.stdout
     uniform = [float(line.split("uniform")[1]) for line in out.splitlines() if line.startswith("step")]
     assert len(uniform) >= 2 and uniform[-1] < uniform[0], out
