@@ -208,10 +208,11 @@ def balanced_row_ranges(n: int, k: int, intra_batch: bool, world: int) -> list[t
 
 class _DistributedUniform(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x_local, queue, t, intra_batch, backend, group):
+    def forward(ctx, x_local, queue, t, intra_batch, backend, group, grad_enabled):
         world, rank = _world(group)
-        need_x = ctx.needs_input_grad[0]
-        need_queue = queue is not None and ctx.needs_input_grad[1]
+        # needs_input_grad says True under torch.no_grad too: the caller's grad mode decides.
+        need_x = grad_enabled and ctx.needs_input_grad[0]
+        need_queue = grad_enabled and queue is not None and ctx.needs_input_grad[1]
         dtype = compute_dtype(x_local.dtype)
         k = 0 if queue is None else queue.shape[0]
         same = [  # one length on every rank, queue or not
@@ -286,13 +287,13 @@ class _DistributedUniform(torch.autograd.Function):
         x_dtype, q_dtype = ctx.dtypes
         grad_x = scale_saved_grad(grad_output, gx, x_dtype)
         grad_q = scale_saved_grad(grad_output, gq, q_dtype)
-        return grad_x, grad_q, None, None, None, None
+        return grad_x, grad_q, None, None, None, None, None
 
 
 class _DistributedAlign(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x_local, y_local, alpha, backend, group):
-        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+    def forward(ctx, x_local, y_local, alpha, backend, group, grad_enabled):
+        need_grad = grad_enabled and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
         n_local = x_local.shape[0]
         dtype = compute_dtype(x_local.dtype)
         if n_local:
@@ -319,8 +320,9 @@ class _DistributedAlign(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         gx = scale_saved_grad(grad_output, grad, ctx.dtype)
         if gx is None:
-            return None, None, None, None, None
-        return (gx if ctx.needs_input_grad[0] else None), (-gx if ctx.needs_input_grad[1] else None), None, None, None
+            return None, None, None, None, None, None
+        grad_y = -gx if ctx.needs_input_grad[1] else None
+        return (gx if ctx.needs_input_grad[0] else None), grad_y, None, None, None, None
 
 
 def uniform_loss(
@@ -353,7 +355,7 @@ def uniform_loss(
     _world(group)
     t = check_uniform_args(x_local, t, queue, intra_batch, x_name="x_local", min_rows=0)
     name = _dispatch.resolve(backend, x_local.device)
-    return _DistributedUniform.apply(x_local, queue, t, intra_batch, name, group)
+    return _DistributedUniform.apply(x_local, queue, t, intra_batch, name, group, torch.is_grad_enabled())
 
 
 def align_loss(
@@ -379,4 +381,4 @@ def align_loss(
     _world(group)
     alpha = check_align_args(x_local, y_local, alpha, names=("x_local", "y_local"), min_rows=0)
     name = _dispatch.resolve(backend, x_local.device)
-    return _DistributedAlign.apply(x_local, y_local, alpha, name, group)
+    return _DistributedAlign.apply(x_local, y_local, alpha, name, group, torch.is_grad_enabled())

@@ -76,6 +76,9 @@ def _check_uniform(rank, sizes, dtype, queue_rows, intra_batch, backend):
     _close(got_grads[0], want_grads[0][_rows(sizes, rank)], grad_tol, case + " d/dx")
     if queue is not None:
         _close(got_grads[1], want_grads[1], grad_tol, case + " d/dqueue")
+    with torch.no_grad():  # evaluation: the same value, no gradient work or exchange
+        plain = hdist.uniform_loss(x_local, 2.0, queue=queue, intra_batch=intra_batch, backend=backend)
+    assert abs(plain.item() - want.item()) <= value_tol * (1 + abs(want.item())), f"{case} under no_grad"
 
 
 def _check_align(rank, sizes, dtype, backend):
