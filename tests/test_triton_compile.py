@@ -1,9 +1,18 @@
 """The Triton kernels compile for an H100 (sm_90) on a machine with no GPU, so CI catches type and lowering
-errors that the CPU interpreter cannot (tensor-core dots, bf16/fp16 casts, libdevice calls)."""
+errors that the CPU interpreter cannot (tensor-core dots, bf16/fp16 casts, libdevice calls, float64 math)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    # Under the interpreter @triton.jit returns an InterpretedFunction, which has no ahead-of-time compile path.
+    pytest.skip(
+        "TRITON_INTERPRET=1: the kernels are interpreted functions here; run this module without it",
+        allow_module_level=True,
+    )
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 try:
@@ -17,6 +26,7 @@ import importlib  # noqa: E402
 # hyperloss.triton re-exports the functions `align` and `uniform_lse`, which hide the submodules of those names.
 uniform = importlib.import_module("hyperloss.triton.uniform")
 align_module = importlib.import_module("hyperloss.triton.align")
+prepare_module = importlib.import_module("hyperloss.triton._prepare")
 
 H100 = GPUTarget("cuda", 90, 32)
 
@@ -29,44 +39,126 @@ def _compile(kernel, types: dict[str, str], constants: dict[str, object], num_wa
 
 
 @pytest.mark.parametrize(
-    ("elem", "acc", "cast_bf16", "precision", "self_mode", "need_acc"),
+    ("operand", "acc", "precision", "self_mode", "need_acc", "one_chunk"),
     [
-        ("fp32", "fp32", False, "tf32", 2, True),  # fp32 inputs on tf32 tensor cores, loss and gradient
-        ("fp32", "fp32", True, "ieee", 0, True),  # fp32 inputs cast to bf16, queue-only pairs
-        ("bf16", "fp32", False, "ieee", 1, False),  # bf16 inputs, forward only (j > i)
-        ("fp16", "fp32", False, "ieee", 2, True),
-        ("fp64", "fp64", False, "ieee", 2, True),  # float64: exact products, libdevice exp2/log2
+        ("fp32", "fp32", "tf32", 2, True, True),  # fp32 inputs on tf32 tensor cores, loss and gradient
+        ("bf16", "fp32", "ieee", 0, True, True),  # fp32 inputs stored as bf16 (precision bf16), queue-only pairs
+        ("bf16", "fp32", "ieee", 1, False, True),  # bf16 inputs, forward only (j > i)
+        ("fp16", "fp32", "ieee", 2, True, True),
+        ("fp64", "fp64", "ieee", 2, True, True),  # float64: exact products, libdevice exp2
+        ("fp32", "fp32", "tf32", 2, True, False),  # long rows: D in chunks, float64 folds, acc in memory
+        ("bf16", "fp32", "ieee", 1, False, False),
+        ("fp64", "fp64", "ieee", 0, True, False),
     ],
 )
-def test_uniformity_kernel_compiles_for_sm90(elem, acc, cast_bf16, precision, self_mode, need_acc):
+def test_uniformity_kernel_compiles_for_sm90(operand, acc, precision, self_mode, need_acc, one_chunk):
     kernel = uniform._uniform_rows_kernel
     types = {name: "i32" for name in kernel.arg_names}
-    types.update({name: f"*{elem}" for name in ("rows_ptr", "other_ptr")})
-    pointers = ("a_rows_ptr", "a_other_ptr", "two_c_ptr", "m_ptr", "r_self_ptr", "r_other_ptr", "acc_ptr")
-    types.update({name: f"*{acc}" for name in pointers})
-    types.update(stride_rn="i64", stride_on="i64")
+    types.update({name: f"*{operand}" for name in ("rows_ptr", "other_ptr")})
+    types.update({name: "*fp64" for name in ("a_rows_ptr", "a_other_ptr", "consts_ptr", "info_ptr", "sums_ptr")})
+    types.update({name: f"*{acc}" for name in ("dref_ptr", "acc_ptr")})
     constants = dict(
-        stride_rd=1,
-        stride_od=1,
         SELF_MODE=self_mode,
         HAS_OTHER=self_mode != 1,
         NEED_ACC=need_acc,
-        ONE_CHUNK=True,
-        CAST_BF16=cast_bf16,
+        ONE_CHUNK=one_chunk,
         INPUT_PRECISION=precision,
         BLOCK_M=64,
         BLOCK_N=64,
-        BLOCK_D=128,
+        BLOCK_D=128 if one_chunk else 64,
+        FOLD_D=256,
     )
     _compile(kernel, types, constants)
 
 
-@pytest.mark.parametrize(("elem", "alpha_is_2"), [("fp32", True), ("bf16", False), ("fp64", False)])
-def test_alignment_kernel_compiles_for_sm90(elem, alpha_is_2):
+@pytest.mark.parametrize("elem", ["fp32", "bf16", "fp16", "fp64"])
+def test_alignment_kernel_compiles_for_sm90(elem):
     kernel = align_module._align_kernel
     acc = "fp64" if elem == "fp64" else "fp32"
     types = {name: "i32" for name in kernel.arg_names}
-    types.update(x_ptr=f"*{elem}", y_ptr=f"*{elem}")
-    types.update({name: f"*{acc}" for name in ("half_alpha_ptr", "grad_scale_ptr", "terms_ptr", "gx_ptr")})
-    constants = dict(ALPHA_IS_2=alpha_is_2, NEED_GRAD=True, ONE_CHUNK=True, BLOCK_M=32, BLOCK_D=128)
-    _compile(kernel, types, constants)
+    types.update(x_ptr=f"*{elem}", y_ptr=f"*{elem}", alpha_ptr="*fp64", terms_ptr="*fp64", gx_ptr=f"*{acc}")
+    for one_chunk in (True, False):
+        constants = dict(NEED_GRAD=True, ONE_CHUNK=one_chunk, BLOCK_M=32, BLOCK_D=128)
+        _compile(kernel, types, constants)
+
+
+@pytest.mark.parametrize(
+    ("elem", "operand", "parts"),
+    [("fp32", "fp32", 1), ("fp32", "bf16", 2), ("bf16", "bf16", 2), ("fp16", "fp16", 1), ("fp64", "fp64", 2)],
+)
+def test_preparation_kernels_compile_for_sm90(elem, operand, parts):
+    """Centering and scaling: statistics, float64 column sums, the centered copy; bfloat16/float16 inputs round
+    their center to the input dtype (Sterbenz), float16 is never scaled down."""
+    flags = dict(NUM_PARTS=parts, SCALE_DOWN=elem != "fp16")
+    kernel = prepare_module._first_kernel
+    types = dict(bounds_ptr=f"*{elem}", D="i32", scales_ptr="*fp64", info_ptr="*fp64")
+    _compile(kernel, types, dict(BLOCK_C=64, **flags))
+    kernel = prepare_module._column_sums_kernel
+    types = {name: "i32" for name in kernel.arg_names}
+    types.update(src_ptr=f"*{elem}", bounds_ptr=f"*{elem}", scales_ptr="*fp64", out_ptr="*fp64", stride_n="i64")
+    _compile(kernel, types, dict(NUM_PARTS=parts, ROWS_PER_PROGRAM=8192, BLOCK_R=256, BLOCK_C=64))
+    kernel = prepare_module._stats_kernel
+    types = {name: "i32" for name in kernel.arg_names}
+    types.update({name: "*fp64" for name in ("partials_ptr", "partials2_ptr", "center_ptr", "scales_ptr", "info_ptr")})
+    types.update(bounds_ptr=f"*{elem}")
+    _compile(kernel, types, dict(STERBENZ=elem in ("bf16", "fp16"), BLOCK_C=64, **flags))
+    kernel = prepare_module._center_kernel
+    types = {name: "i32" for name in kernel.arg_names}
+    types.update(src_ptr=f"*{elem}", scales_ptr="*fp64", center_ptr="*fp64", out_ptr=f"*{operand}")
+    types.update(norms_ptr="*fp64", stride_n="i64")
+    _compile(kernel, types, dict(BLOCK_R=32, BLOCK_C=128))
+
+
+@pytest.mark.parametrize(("operand", "acc"), [("fp32", "fp32"), ("bf16", "fp32"), ("fp16", "fp32"), ("fp64", "fp64")])
+def test_finishing_kernels_compile_for_sm90(operand, acc):
+    """The float64 combine into lse (one program) and the gradient scaling (exact powers of two, libdevice)."""
+    kernel = uniform._combine_kernel
+    types = {name: "*fp64" for name in kernel.arg_names}
+    types.update(dref_ptr=f"*{acc}", n_rows="i32", n_other="i32")
+    for self_mode in (0, 1, 2):
+        _compile(kernel, types, dict(SELF_MODE=self_mode, BLOCK=1024))
+    kernel = uniform._grad_kernel
+    types = {name: "*fp64" for name in kernel.arg_names}
+    types.update(v_ptr=f"*{operand}", acc_ptr=f"*{acc}", dref_ptr=f"*{acc}", n_rows="i32", D="i32")
+    _compile(kernel, types, dict(BLOCK_R=32, BLOCK_C=128))
+
+
+def test_kernels_compile_with_sizes_of_one():
+    """Triton turns an integer argument equal to 1 into a constant: one row, a one-row queue, D = 1."""
+    kernel = uniform._uniform_rows_kernel
+    types = {name: "i32" for name in kernel.arg_names}
+    types.update({name: "*fp32" for name in ("rows_ptr", "other_ptr", "dref_ptr", "acc_ptr")})
+    types.update({name: "*fp64" for name in ("a_rows_ptr", "a_other_ptr", "consts_ptr", "info_ptr", "sums_ptr")})
+    for one_chunk in (True, False):
+        constants = dict(n_rows=1, n_other=1, D=1, SELF_MODE=2, HAS_OTHER=True, NEED_ACC=True, ONE_CHUNK=one_chunk,
+                         INPUT_PRECISION="ieee", BLOCK_M=64, BLOCK_N=64, BLOCK_D=16, FOLD_D=256)  # fmt: skip
+        _compile(kernel, types, constants)
+    kernel = uniform._combine_kernel
+    types = {name: "*fp64" for name in kernel.arg_names}
+    types.update(dref_ptr="*fp32")
+    _compile(kernel, types, dict(n_rows=1, n_other=1, SELF_MODE=2, BLOCK=1024))
+    kernel = uniform._grad_kernel
+    types = {name: "*fp64" for name in kernel.arg_names}
+    types.update(v_ptr="*fp32", acc_ptr="*fp32", dref_ptr="*fp32")
+    _compile(kernel, types, dict(n_rows=1, D=1, BLOCK_R=32, BLOCK_C=128))
+    for kernel, constants in (
+        (prepare_module._first_kernel, dict(D=1, NUM_PARTS=2, SCALE_DOWN=True, BLOCK_C=64)),
+        (
+            prepare_module._column_sums_kernel,
+            dict(n_rows=1, D=1, NUM_PARTS=2, ROWS_PER_PROGRAM=8192, BLOCK_R=256, BLOCK_C=64),
+        ),
+        (
+            prepare_module._stats_kernel,
+            dict(n_groups=1, n_groups2=1, total_rows=1, D=1, NUM_PARTS=2, SCALE_DOWN=True, STERBENZ=False, BLOCK_C=64),
+        ),
+        (prepare_module._center_kernel, dict(n_rows=1, D=1, BLOCK_R=32, BLOCK_C=128)),
+    ):
+        types = {name: "i32" for name in kernel.arg_names}
+        types.update({name: "*fp32" if name in ("src_ptr", "bounds_ptr", "out_ptr") else "*fp64"
+                      for name in kernel.arg_names if name.endswith("_ptr")})  # fmt: skip
+        _compile(kernel, types, constants)
+    kernel = align_module._align_kernel
+    types = {name: "i32" for name in kernel.arg_names}
+    types.update(x_ptr="*fp32", y_ptr="*fp32", alpha_ptr="*fp64", terms_ptr="*fp64", gx_ptr="*fp32")
+    for one_chunk in (True, False):
+        _compile(kernel, types, dict(n=1, D=1, NEED_GRAD=True, ONE_CHUNK=one_chunk, BLOCK_M=32, BLOCK_D=128))

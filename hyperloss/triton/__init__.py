@@ -1,7 +1,9 @@
 """The "triton" backend: fused Triton kernels (GPU; CPU under TRITON_INTERPRET=1).
 
-``uniform.py`` and ``align.py`` each hold one op: kernel, launcher, and its torch.library registration
-(``hyperloss::triton_uniform_lse``, ``hyperloss::triton_align``) so that torch.compile traces through them.
+``uniform.py`` and ``align.py`` each hold one op: kernels, launcher, and its torch.library registration
+(``hyperloss::triton_uniform_lse``, ``hyperloss::triton_align``) so that torch.compile traces through them;
+``_prepare.py`` centers and scales the rows for the uniformity kernel. Under TRITON_INTERPRET=1 (numpy) bfloat16
+inputs and tf32/bf16 products raise NotImplementedError: the interpreter cannot emulate them.
 """
 
 from __future__ import annotations

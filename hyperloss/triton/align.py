@@ -7,8 +7,9 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from .._common import as_scalar_tensor
 from .._validation import compute_dtype
-from ._runtime import INTERPRET, exp2, log2, scalar
+from ._runtime import INTERPRET, check_interpretable, exp2, log2
 
 # Up to this padded D a program keeps its rows' x - y in registers, so x and y are read once; above it, D is swept
 # in CHUNK_D columns twice (distances, then gradient). Small under the interpreter so tests reach both paths.
@@ -36,20 +37,22 @@ def _align_kernel(
     stride_xd,
     stride_yn,
     stride_yd,
-    half_alpha_ptr,
-    grad_scale_ptr,
+    alpha_ptr,
     terms_ptr,
     gx_ptr,
     n,
     D,
-    ALPHA_IS_2: tl.constexpr,
     NEED_GRAD: tl.constexpr,
     ONE_CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """term_i = d_i^(alpha/2) and gx_i = (alpha/N) d_i^(alpha/2-1) (x_i - y_i), gx_i = 0 where d_i = 0."""
-    ty = terms_ptr.dtype.element_ty
+    """term_i = d_i^(alpha/2) (float64) and gx_i = (alpha/N) d_i^(alpha/2-1) (x_i - y_i), gx_i = 0 where d_i = 0.
+
+    alpha_ptr: float64 alpha, read at run time (one compiled kernel for every alpha). d_i is summed in float64 per
+    block of columns, and the powers are taken in float64 (per row: the kernel stays memory-bound).
+    """
+    ty = gx_ptr.dtype.element_ty
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < n
     offs_m64 = offs_m.to(tl.int64)
@@ -57,28 +60,26 @@ def _align_kernel(
     if ONE_CHUNK:
         diff, mask = _diff_block(x_ptr, y_ptr, offs_m64, mask_m, stride_xn, stride_xd, stride_yn, stride_yd,
                                  offs_d, D, ty)  # fmt: skip
-        d2 = tl.sum(diff * diff, axis=1)
+        d2 = tl.sum(diff * diff, axis=1).to(tl.float64)
     else:
-        d2 = tl.zeros([BLOCK_M], ty)
+        d2 = tl.zeros([BLOCK_M], tl.float64)
         for d0 in range(0, D, BLOCK_D):
             diff, mask = _diff_block(x_ptr, y_ptr, offs_m64, mask_m, stride_xn, stride_xd, stride_yn, stride_yd,
                                      d0 + offs_d, D, ty)  # fmt: skip
-            d2 += tl.sum(diff * diff, axis=1)
+            d2 += tl.sum(diff * diff, axis=1).to(tl.float64)
 
-    grad_scale = tl.load(grad_scale_ptr)  # alpha / N
-    if ALPHA_IS_2:
-        term = d2
-        coef = tl.zeros([BLOCK_M], ty) + grad_scale
-    else:
-        # d^(alpha/2) as 2^(alpha/2 log2 d), 0 at d = 0 (alpha > 0); d^(alpha/2-1) as term / d. A NaN d fails
-        # both tests and stays NaN in term; its gradient is 0 * NaN = NaN, as in the reference.
-        zero = d2 == 0
-        safe = tl.where(zero, 1.0, d2)
-        term = tl.where(zero, 0.0, exp2(tl.load(half_alpha_ptr) * log2(safe)))
-        coef = tl.where(d2 > 0, grad_scale * term / safe, 0.0)
+    alpha = tl.load(alpha_ptr)
+    half_alpha = alpha * 0.5
+    grad_scale = alpha / n
+    # d^(alpha/2) as 2^(alpha/2 log2 d), 0 at d = 0 (alpha > 0); d^(alpha/2-1) as term / d. A NaN d fails both
+    # tests and stays NaN in term; its gradient is 0 * NaN = NaN, as in the reference.
+    zero = d2 == 0
+    safe = tl.where(zero, 1.0, d2)
+    term = tl.where(zero, 0.0, exp2(half_alpha * log2(safe)))
     tl.store(terms_ptr + offs_m, term, mask=mask_m)
 
     if NEED_GRAD:
+        coef = tl.where(d2 > 0, grad_scale * term / safe, 0.0).to(ty)
         if ONE_CHUNK:
             tl.store(gx_ptr + offs_m64[:, None] * D + offs_d[None, :], coef[:, None] * diff, mask=mask)
         else:
@@ -90,26 +91,32 @@ def _align_kernel(
 
 
 @triton_op("hyperloss::triton_align", mutates_args=())
-def triton_align(x: torch.Tensor, y: torch.Tensor, alpha: float, grad_x: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def triton_align(
+    x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, grad_x: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The op behind ``align``: an absent gradient is returned as an empty tensor (an op returns tensors)."""
     n, d = x.shape
     dtype = compute_dtype(x.dtype)
-    terms = torch.empty(n, dtype=dtype, device=x.device)
+    alpha = alpha.to(device=x.device, dtype=torch.float64, non_blocking=True)  # staged at once: no GPU wait
+    terms = torch.empty(n, dtype=torch.float64, device=x.device)
     gx = torch.empty((n, d) if grad_x else (0,), dtype=dtype, device=x.device)
     one_chunk = triton.next_power_of_2(d) <= _MAX_ONE_CHUNK_D
     block_d = triton.next_power_of_2(d) if one_chunk else _CHUNK_D
     block_m = max(1, _BLOCK_ELEMENTS // block_d)
     wrap_triton(_align_kernel)[(triton.cdiv(n, block_m),)](
-        x, y, x.stride(0), x.stride(1), y.stride(0), y.stride(1),
-        scalar(alpha / 2, dtype, x.device), scalar(alpha / n, dtype, x.device),
-        terms, terms if not grad_x else gx, n, d,
-        ALPHA_IS_2=alpha == 2, NEED_GRAD=grad_x, ONE_CHUNK=one_chunk, BLOCK_M=block_m, BLOCK_D=block_d,
+        x, y, x.stride(0), x.stride(1), y.stride(0), y.stride(1), alpha, terms, gx, n, d,
+        NEED_GRAD=grad_x, ONE_CHUNK=one_chunk, BLOCK_M=block_m, BLOCK_D=block_d,
         num_warps=8 if block_m * block_d >= 4096 else 4,
     )  # fmt: skip
-    return terms.mean(), gx
+    return terms.mean().to(dtype), gx
 
 
-def align(x: torch.Tensor, y: torch.Tensor, alpha: float, grad_x: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """See ``hyperloss.reference.align``: same contract, one fused Triton kernel (loss terms and gradient)."""
-    loss, gx = torch.ops.hyperloss.triton_align(x, y, float(alpha), grad_x)
+def align(
+    x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor | float, grad_x: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """See ``hyperloss.reference.align``: same contract (``alpha`` a 0-dim float64 tensor; a number is accepted
+    too), one fused Triton kernel (loss terms and gradient). Under TRITON_INTERPRET=1 bfloat16 inputs raise
+    NotImplementedError (numpy has no bfloat16)."""
+    check_interpretable(x.dtype)
+    loss, gx = torch.ops.hyperloss.triton_align(x, y, as_scalar_tensor(alpha), grad_x)
     return loss, (gx if grad_x else None)

@@ -1,0 +1,270 @@
+"""The rows the uniformity kernel works on: centered, scaled by a power of two, in the dtype of the dot operands.
+
+x' = (x - c) 2^-E and q' = (q - c) 2^-E (x and the queue together): distances do not move under a translation and a
+power of two scales them exactly (t' = t 4^E), so afterwards the Gram form ||u||^2 + ||v||^2 - 2 u.v cancels only
+on the spread of the rows, not on a common offset, and no squared norm over- or underflows. E = first + second:
+2^-first brings the largest |x| to [0.5, 1) (so that nothing below overflows, float64 inputs near 1e308 included),
+2^-second the largest centered magnitude.
+
+The center c:
+- float32 / float64 inputs: the mean of all rows (float64 column sums taken around the column midpoints, so that a
+  common offset costs them nothing), and x' rounded once from (x - c) 2^-E computed in float64.
+- float16 / bfloat16 inputs, whose dot operands stay 16-bit (tensor cores, exact products): per column, the mean
+  rounded to the input dtype where every value of the column lies within a factor 2 of it (then x - c is exact by
+  Sterbenz's lemma, and so is x'), else 0 (then the column's values are at most twice its range: no large offset
+  to remove). float16 is only ever scaled up (its products cannot overflow float32; scaling down would make small
+  values subnormal).
+
+Memory: one copy of x and of the queue in the operand dtype and their squared norms (float64, one per row); no
+float64 copy of the rows. Work: a min/max per column (torch.aminmax), the scale (one small program), float64
+column sums (one read), the center and second scale (one small program), and one pass that writes x' and the
+norms. Every scale is a tensor on the device:
+no value goes to the host (nothing to synchronize, one torch.compile graph for every input).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+from ._runtime import INTERPRET, frexp_exponent, mul_pow2, pow2
+
+_STAT_ROWS = 64 if INTERPRET else 256  # rows per step of the column sums
+_STAT_COLS = 16 if INTERPRET else 64
+_ROWS_PER_PROGRAM = 256 if INTERPRET else 8192  # rows per program of the column sums (partial sums per group)
+_PREP_ROWS = 16 if INTERPRET else 32
+_PREP_COLS = 64 if INTERPRET else 128
+_INF = tl.constexpr(float("inf"))
+
+
+@triton.jit
+def _column_bounds(bounds_ptr, D, cols, mask_c, NUM_PARTS: tl.constexpr):
+    """Per column: min and max over all rows of x and the queue, float64 (bounds_ptr: [lo, hi] per part, D each)."""
+    lo = tl.load(bounds_ptr + cols, mask=mask_c, other=0.0).to(tl.float64)
+    hi = tl.load(bounds_ptr + D + cols, mask=mask_c, other=0.0).to(tl.float64)
+    if NUM_PARTS == 2:
+        lo = tl.minimum(lo, tl.load(bounds_ptr + 2 * D + cols, mask=mask_c, other=0.0).to(tl.float64))
+        hi = tl.maximum(hi, tl.load(bounds_ptr + 3 * D + cols, mask=mask_c, other=0.0).to(tl.float64))
+    return lo, hi
+
+
+@triton.jit
+def _scale_factors(exponent):
+    """2^-exponent as two float64 factors (each a normal number even where 2^-exponent is not)."""
+    half = (-exponent) >> 1
+    return pow2(half), pow2(-exponent - half)
+
+
+@triton.jit
+def _first_kernel(
+    bounds_ptr, D, scales_ptr, info_ptr, NUM_PARTS: tl.constexpr, SCALE_DOWN: tl.constexpr, BLOCK_C: tl.constexpr
+):
+    """One program: first, which brings the largest |x| to [0.5, 1) (never down unless SCALE_DOWN), as info[0]
+    (float64) and as two factors in scales[0:2]; info[1] = 1 if every element is finite, else 0 (min and max
+    propagate NaN)."""
+    big = tl.zeros([BLOCK_C], tl.float64)
+    bad = tl.zeros([BLOCK_C], tl.int32)
+    for c0 in range(0, D, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        mask_c = cols < D
+        for k in tl.static_range(2 * NUM_PARTS):  # each part's min and max (a min or max of two may drop a NaN)
+            m = tl.abs(tl.load(bounds_ptr + k * D + cols, mask=mask_c, other=0.0).to(tl.float64))
+            finite = (m == m) & (m < _INF)
+            bad = tl.maximum(bad, tl.where(finite, 0, 1))
+            big = tl.maximum(big, tl.where(finite, m, 0.0))  # NaN and inf: no scale (the result is NaN anyway)
+    first = frexp_exponent(tl.max(big, axis=0))
+    if not SCALE_DOWN:
+        first = tl.minimum(first, 0)
+    s1, s2 = _scale_factors(first)
+    tl.store(scales_ptr, s1)
+    tl.store(scales_ptr + 1, s2)
+    tl.store(info_ptr, first.to(tl.float64))
+    tl.store(info_ptr + 1, tl.where(tl.max(bad, axis=0) == 0, 1.0, 0.0).to(tl.float64))
+
+
+@triton.jit
+def _column_sums_kernel(
+    src_ptr,
+    stride_n,
+    stride_d,
+    n_rows,
+    D,
+    bounds_ptr,
+    scales_ptr,
+    out_ptr,
+    NUM_PARTS: tl.constexpr,
+    ROWS_PER_PROGRAM: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """out[pid_r, j] = sum over this program's rows of (x_ij 2^-first - mid_j), float64, mid_j the column's
+    midpoint: the terms are at most half the column's range, so a common offset costs the sums nothing."""
+    pid_c = tl.program_id(0)
+    pid_r = tl.program_id(1)
+    s1 = tl.load(scales_ptr)
+    s2 = tl.load(scales_ptr + 1)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = cols < D
+    lo, hi = _column_bounds(bounds_ptr, D, cols, mask_c, NUM_PARTS)
+    mid = (lo * s1 * s2) * 0.5 + (hi * s1 * s2) * 0.5
+    cols64 = cols.to(tl.int64)
+    acc = tl.zeros([BLOCK_C], tl.float64)
+    row_start = pid_r * ROWS_PER_PROGRAM
+    row_stop = tl.minimum(row_start + ROWS_PER_PROGRAM, n_rows)
+    for r0 in range(row_start, row_stop, BLOCK_R):
+        rows = r0 + tl.arange(0, BLOCK_R)
+        mask = (rows < row_stop)[:, None] & mask_c[None, :]
+        v = tl.load(src_ptr + rows.to(tl.int64)[:, None] * stride_n + cols64[None, :] * stride_d, mask=mask, other=0.0)
+        v = v.to(tl.float64) * s1 * s2 - mid[None, :]
+        acc += tl.sum(tl.where(mask, v, 0.0), axis=0)
+    tl.store(out_ptr + pid_r.to(tl.int64) * D + cols, acc, mask=mask_c)
+
+
+@triton.jit
+def _stats_kernel(
+    bounds_ptr,
+    partials_ptr,
+    n_groups,
+    partials2_ptr,
+    n_groups2,
+    total_rows,
+    D,
+    center_ptr,
+    scales_ptr,
+    info_ptr,
+    NUM_PARTS: tl.constexpr,
+    SCALE_DOWN: tl.constexpr,
+    STERBENZ: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """One program, after _first_kernel: the center c (float64, D, in units of 2^first), 2^-second as two factors
+    in scales[2:4], and info[0] = E = first + second (float64)."""
+    first = tl.load(info_ptr).to(tl.int64)
+    s1 = tl.load(scales_ptr)
+    s2 = tl.load(scales_ptr + 1)
+    spread = tl.zeros([BLOCK_C], tl.float64)
+    for c0 in range(0, D, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        mask_c = cols < D
+        lo, hi = _column_bounds(bounds_ptr, D, cols, mask_c, NUM_PARTS)
+        lo_s = lo * s1 * s2
+        hi_s = hi * s1 * s2
+        total = tl.zeros([BLOCK_C], tl.float64)
+        for g in range(0, n_groups):
+            total += tl.load(partials_ptr + g * D + cols, mask=mask_c, other=0.0)
+        for g in range(0, n_groups2):  # the queue's
+            total += tl.load(partials2_ptr + g * D + cols, mask=mask_c, other=0.0)
+        center = (lo_s * 0.5 + hi_s * 0.5) + total / total_rows
+        if STERBENZ:
+            # The mean rounded to the input dtype (kept within the column's range); used where every value of the
+            # column is within a factor 2 of it, so that x - c is exact in the input dtype.
+            rounded = mul_pow2(center, first).to(bounds_ptr.dtype.element_ty).to(tl.float64)
+            rounded = tl.minimum(tl.maximum(rounded, lo), hi)
+            within_2x = ((lo > 0) & (hi <= 2.0 * lo)) | ((hi < 0) & (lo >= 2.0 * hi))
+            center = tl.where(within_2x, rounded * s1 * s2, 0.0)
+        tl.store(center_ptr + cols, center, mask=mask_c)
+        dev = tl.maximum(tl.abs(hi_s - center), tl.abs(center - lo_s))
+        spread = tl.maximum(spread, tl.where(mask_c & (dev < _INF), dev, 0.0))
+    second = frexp_exponent(tl.max(spread, axis=0))
+    if not SCALE_DOWN:
+        second = tl.minimum(second, 0)
+    s3, s4 = _scale_factors(second)
+    tl.store(scales_ptr + 2, s3)
+    tl.store(scales_ptr + 3, s4)
+    tl.store(info_ptr, (first + second).to(tl.float64))
+
+
+@triton.jit
+def _center_kernel(
+    src_ptr,
+    stride_n,
+    stride_d,
+    n_rows,
+    D,
+    scales_ptr,
+    center_ptr,
+    out_ptr,
+    norms_ptr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """out = ((x 2^-first) - c) 2^-second in out's dtype (contiguous), rounded once from float64; norms = the
+    squared norms of the stored rows, summed in float64."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    mask_r = rows < n_rows
+    rows64 = rows.to(tl.int64)
+    s1 = tl.load(scales_ptr)
+    s2 = tl.load(scales_ptr + 1)
+    s3 = tl.load(scales_ptr + 2)
+    s4 = tl.load(scales_ptr + 3)
+    out_ty = out_ptr.dtype.element_ty
+    norms = tl.zeros([BLOCK_R], tl.float64)
+    for c0 in range(0, D, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        mask_c = cols < D
+        mask = mask_r[:, None] & mask_c[None, :]
+        src = src_ptr + rows64[:, None] * stride_n + cols.to(tl.int64)[None, :] * stride_d
+        v = tl.load(src, mask=mask, other=0.0)
+        center = tl.load(center_ptr + cols, mask=mask_c, other=0.0)
+        w = ((v.to(tl.float64) * s1 * s2 - center[None, :]) * s3 * s4).to(out_ty)
+        tl.store(out_ptr + rows64[:, None] * D + cols[None, :], w, mask=mask)
+        w64 = tl.where(mask, w.to(tl.float64), 0.0)
+        norms += tl.sum(w64 * w64, axis=1)
+    tl.store(norms_ptr + rows, norms, mask=mask_r)
+
+
+class Prepared(NamedTuple):
+    x: torch.Tensor  # x' (N x D, contiguous, operand dtype)
+    queue: torch.Tensor | None  # q' (K x D) or None
+    x_norms: torch.Tensor  # ||x'_i||^2, float64
+    queue_norms: torch.Tensor | None
+    info: torch.Tensor  # float64 [E (integer-valued), 1.0 if every input element is finite else 0.0]
+
+
+def _centered(v, scales, center, dtype):
+    n, d = v.shape
+    out = torch.empty((n, d), dtype=dtype, device=v.device)
+    norms = torch.empty(n, dtype=torch.float64, device=v.device)
+    wrap_triton(_center_kernel)[(triton.cdiv(n, _PREP_ROWS),)](
+        v, v.stride(0), v.stride(1), n, d, scales, center, out, norms, BLOCK_R=_PREP_ROWS, BLOCK_C=_PREP_COLS
+    )
+    return out, norms
+
+
+def prepare(x: torch.Tensor, queue: torch.Tensor | None, operand_dtype: torch.dtype) -> Prepared:
+    """x' and q' in ``operand_dtype`` with their squared norms, E, and whether the inputs are finite."""
+    parts = [x] if queue is None else [x, queue]
+    d = x.shape[1]
+    flags = {
+        "NUM_PARTS": len(parts),
+        "SCALE_DOWN": operand_dtype != torch.float16,
+    }
+    bounds = torch.stack([b for v in parts for b in torch.aminmax(v, dim=0)])  # (2 * parts) x D, input dtype
+    scales = torch.empty(4, dtype=torch.float64, device=x.device)
+    info = torch.empty(2, dtype=torch.float64, device=x.device)
+    wrap_triton(_first_kernel)[(1,)](bounds, d, scales, info, BLOCK_C=_STAT_COLS, **flags)
+    partials = []  # per part: float64 column sums per group of rows
+    for v in parts:
+        groups = triton.cdiv(v.shape[0], _ROWS_PER_PROGRAM)
+        partials.append(torch.empty((groups, d), dtype=torch.float64, device=x.device))
+        wrap_triton(_column_sums_kernel)[(triton.cdiv(d, _STAT_COLS), groups)](
+            v, v.stride(0), v.stride(1), v.shape[0], d, bounds, scales, partials[-1],
+            NUM_PARTS=len(parts), ROWS_PER_PROGRAM=_ROWS_PER_PROGRAM, BLOCK_R=_STAT_ROWS, BLOCK_C=_STAT_COLS,
+        )  # fmt: skip
+    second = partials[1] if queue is not None else partials[0]
+    center = torch.empty(d, dtype=torch.float64, device=x.device)
+    total_rows = sum(v.shape[0] for v in parts)
+    wrap_triton(_stats_kernel)[(1,)](
+        bounds, partials[0], partials[0].shape[0], second, second.shape[0] if queue is not None else 0,
+        total_rows, d, center, scales, info,
+        STERBENZ=x.dtype in (torch.float16, torch.bfloat16), BLOCK_C=_STAT_COLS, **flags,
+    )  # fmt: skip
+    xs, x_norms = _centered(x, scales, center, operand_dtype)
+    qs = q_norms = None
+    if queue is not None:
+        qs, q_norms = _centered(queue, scales, center, operand_dtype)
+    return Prepared(xs, qs, x_norms, q_norms, info)
