@@ -339,6 +339,210 @@ def test_align_public_api_non_contiguous_and_nan():
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Numerics: common offsets, losses near 0, any finite t, extreme magnitudes (interpreter and GPU)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_common_offset_does_not_cancel(dtype):
+    # Through the Gram form of the raw rows both distances vanish in float32 (and the first one in float64 too
+    # at larger offsets); the rows are centered first.
+    x = torch.tensor([[1e4, 0.0], [1e4, 1.0]], dtype=dtype, device=DEVICE)
+    assert float(hyperloss.uniform_loss(x, 2.0, backend="triton")) == pytest.approx(-2.0, rel=1e-6)
+    cross = hyperloss.uniform_loss(x[:1], 2.0, queue=x[1:], intra_batch=False, backend="triton")
+    assert float(cross) == pytest.approx(-2.0, rel=1e-6)
+
+    x = torch.tensor([[12345.0, 0.0], [12345.0, 3.0]], dtype=dtype, device=DEVICE, requires_grad=True)
+    loss = hyperloss.uniform_loss(x, 50.0, backend="triton")
+    assert float(loss.detach()) == pytest.approx(-450.0, rel=1e-6)
+    (grad,) = torch.autograd.grad(loss, x)
+    want = torch.tensor([[0.0, 300.0], [0.0, -300.0]], dtype=torch.float64)
+    assert_close_scaled(grad.cpu(), want, 1e-6, "d loss / dx at a common offset")
+    check_uniform(x, 50.0)
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        torch.float16,
+        pytest.param(torch.bfloat16, marks=pytest.mark.skipif(INTERPRET, reason="the interpreter has no bfloat16")),
+    ],
+)
+def test_half_precision_inputs_at_a_common_offset(dtype):
+    # 16-bit rows keep exact 16-bit dot operands: their center is rounded to the input dtype where x - c is exact.
+    shift = torch.linspace(300.0, 900.0, 24, dtype=torch.float64)
+    x = (features(40, 24, seed=90) + shift).to(dtype).to(DEVICE).requires_grad_()
+    got = hyperloss.uniform_loss(x, 2.0, backend="triton")
+    want, (want_grad,) = uniform_reference(x, 2.0)
+    budget = score_error_budget(torch.float32, 2.0, x)  # exact products, float32 sums
+    assert abs(float(got.detach()) - float(want)) <= budget + VALUE_REL[torch.float32] * (1 + abs(float(want)))
+    (grad,) = torch.autograd.grad(got, x)
+    assert grad.dtype == dtype
+    floor = uniform_grad_scale(x, 2.0)
+    assert_close_scaled(grad.cpu(), want_grad, 2 * torch.finfo(dtype).eps, "16-bit gradient", floor=floor)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(
+    n=st.integers(1, 40),
+    k=st.integers(0, 20),
+    d=st.integers(1, 24),
+    t=st.floats(0.1, 20.0),
+    spread=st.sampled_from([1e-3, 1.0, 1e3]),
+    offset=st.sampled_from([0.0, 1.0, 1e2, 1e4, 1e6]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    intra_batch=st.booleans(),
+    queue_grad=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_translation_invariance(n, k, d, t, spread, offset, dtype, intra_batch, queue_grad, seed):
+    """Rows (and the queue) shifted by one vector up to 1e6 times their spread: still the float64 loss of the
+    shifted inputs, within the error of the Gram form on *centered* rows (helpers.score_error_budget)."""
+    if k == 0:
+        n, intra_batch = max(n, 2), True
+    g = torch.Generator().manual_seed(seed)
+    shift = torch.randn(d, generator=g, dtype=torch.float64)
+    shift = shift / shift.norm() * offset * spread
+    t = t / spread**2  # scores of order 1
+    x = (features(n, d, seed=seed, scale=spread) + shift).to(dtype).to(DEVICE)
+    queue = (features(k, d, seed=seed + 1, scale=spread) + shift).to(dtype).to(DEVICE) if k else None
+    check_uniform(x, t, queue, intra_batch=intra_batch and n >= 2, queue_grad=queue_grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_loss_near_zero(monkeypatch, dtype):
+    # N = 1000 unit rows at t = 1e-6: every exp(-t d) is within 4e-6 of 1 and the loss is -2.0e-6. Plain sums of
+    # terms near 1 (and a float32 combine) lose it, or even make it positive.
+    if INTERPRET:
+        _with_blocks(monkeypatch, triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}))  # fewer numpy steps
+    x = _feats(1000, 32, seed=70, dtype=dtype).requires_grad_()
+    got = hyperloss.uniform_loss(x, 1e-6, backend="triton")
+    want, (want_grad,) = uniform_reference(x, 1e-6)
+    assert -3e-6 < float(want) < -1e-6
+    value = float(got.detach())
+    assert value < 0
+    assert abs(value - float(want)) <= (1e-4 if dtype == torch.float32 else 1e-9) * abs(float(want))
+    (grad,) = torch.autograd.grad(got, x)
+    assert_close_scaled(grad.cpu(), want_grad, GRAD_REL[dtype], "d loss / dx near 0")
+    with torch.no_grad():
+        plain = hyperloss.uniform_loss(x, 1e-6, backend="triton")  # the j > i sweep
+    assert abs(float(plain) - float(want)) <= (1e-4 if dtype == torch.float32 else 1e-9) * abs(float(want))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("t", [1e-5, 1e-8])
+def test_loss_near_zero_with_queue(dtype, t):
+    x, queue = _feats(77, 9, seed=71, dtype=dtype), _feats(23, 9, seed=72, dtype=dtype)
+    for q, intra in ((None, True), (queue, True), (queue, False)):
+        want, _ = _oracle(x, t, q, intra)
+        got = check_uniform(x, t, q, intra_batch=intra)
+        assert got < 0
+        # float64: lse - log|P| itself rounds at ~eps * log|P| (1e-15 here).
+        tol = 1e-4 * abs(float(want)) if dtype == torch.float32 else 1e-9 * abs(float(want)) + 1e-14
+        assert abs(got - float(want)) <= tol
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scale", "t"),
+    [
+        (torch.float32, 1e-20, 1e39),  # t above float32's range; t' = t 4^E is not
+        (torch.float32, 1e20, 1e-39),  # squared norms above float32's range
+        (torch.float64, 1e-150, 1e300),  # t 4^E would under- and t' d overflow float64 if formed directly
+        (torch.float64, 1e150, 1e-300),
+    ],
+)
+def test_any_finite_t(dtype, scale, t):
+    x = _feats(30, 8, seed=73, dtype=dtype, scale=scale)
+    queue = _feats(11, 8, seed=74, dtype=dtype, scale=scale)
+    value = check_uniform(x, t)
+    assert -10 < value < 0
+    check_uniform(x, t, queue)
+    check_uniform(x, t, queue, intra_batch=False)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy under the interpreter: inf * 0 in masked lanes
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("t", [1e39, 1e300])
+def test_huge_t_is_never_nan(dtype, t):
+    # Duplicated unit rows: the float64 loss is log(#duplicate pairs / #pairs). Through the Gram form a duplicate
+    # pair's distance is 0 only up to rounding (~ eps ||x||^2), which at such t may still drop it (documented);
+    # whatever is resolved, the result is a finite log-mean-exp <= 0 with finite gradients, never NaN.
+    base = _feats(9, 8, seed=75, dtype=dtype)
+    x = torch.cat([base, base[:3]]).requires_grad_()
+    loss = hyperloss.uniform_loss(x, t, backend="triton")
+    assert torch.isfinite(loss) and float(loss.detach()) <= 0
+    (grad,) = torch.autograd.grad(loss, x)
+    assert not torch.isnan(grad).any()
+    lse, gx, gq = hl_triton.uniform_lse(x, base, as_scalar_tensor(t), True, True, True)
+    assert not torch.isnan(lse) and not torch.isnan(gx).any() and not torch.isnan(gq).any()
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy under the interpreter: t' d overflows to -inf, as meant
+def test_rows_of_norm_1e19_in_float32():
+    # D = 1: squared norms ~1e38 (and 4e38 for their sums) are at float32's limit.
+    x = torch.tensor([[1e19], [-1e19], [3e18]], device=DEVICE)
+    value = check_uniform(x, 2.0)
+    assert value == pytest.approx(-9.8e37, rel=1e-6)
+    assert check_uniform(x, 1e-38) == pytest.approx(-1.3026132888, rel=1e-6)
+    check_uniform(_feats(25, 16, seed=76, scale=1e19), 1e-38, _feats(7, 16, seed=77, scale=1e19))
+
+
+def test_long_rows_with_offset():
+    # Long rows go through the chunked path (D in chunks, dot products added in float64 per fold of columns; 600
+    # columns are 19 folds under the interpreter).
+    d = 600 if INTERPRET else 20000
+    x = _feats(20, d, seed=78) + 100.0
+    queue = _feats(9, d, seed=79) + 100.0
+    check_uniform(x, 2.0)
+    check_uniform(x, 2.0, queue)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Interpreter limits and torch's precision settings
+
+
+@pytest.mark.skipif(not INTERPRET, reason="the interpreter's limits")
+def test_interpreter_refuses_bfloat16_and_rounded_products():
+    x = _feats(10, 4, seed=80)
+    with pytest.raises(NotImplementedError, match=r"interpreter.*bfloat16"):
+        hyperloss.uniform_loss(x.bfloat16(), backend="triton")
+    with pytest.raises(NotImplementedError, match=r"interpreter.*bfloat16"):
+        hyperloss.align_loss(x.bfloat16(), x.bfloat16(), backend="triton")
+    for precision in ("tf32", "bf16", "high", "medium"):
+        with pytest.raises(NotImplementedError, match="interpreter"):
+            hl_triton.uniform_lse(x, None, as_scalar_tensor(2.0), True, True, False, precision=precision)
+    for precision in ("ieee", "highest"):  # exact float32 products run
+        hl_triton.uniform_lse(x, None, as_scalar_tensor(2.0), True, True, False, precision=precision)
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"), reason="torch < 2.9")
+def test_new_fp32_precision_api_does_not_crash():
+    # Once the new API says "tf32", torch.get_float32_matmul_precision() raises RuntimeError.
+    saved_legacy = torch.get_float32_matmul_precision()
+    saved_new = torch.backends.cuda.matmul.fp32_precision
+    x = _feats(12, 5, seed=81)
+    try:
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        assert resolve_precision(torch.float32, None) == "tf32"
+        assert resolve_precision(torch.float32, "ieee") == "ieee"
+        if INTERPRET:
+            with pytest.raises(NotImplementedError, match="tf32"):
+                hyperloss.uniform_loss(x, backend="triton")
+        else:
+            check_uniform(x, 2.0, precision="tf32")
+            hyperloss.uniform_loss(x, backend="triton")
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+        assert resolve_precision(torch.float32, None) == "ieee"
+        check_uniform(x, 2.0)
+        torch.backends.cuda.matmul.fp32_precision = "none"  # back to the legacy setting
+        torch.set_float32_matmul_precision("high")
+        assert resolve_precision(torch.float32, None) == "tf32"
+    finally:
+        torch.set_float32_matmul_precision(saved_legacy)
+        torch.backends.cuda.matmul.fp32_precision = saved_new
+    assert torch.get_float32_matmul_precision() == saved_legacy
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # GPU only
 
 
