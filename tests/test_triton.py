@@ -300,6 +300,22 @@ def test_other_block_shapes(monkeypatch, block_m, block_n):
     test_loss_only_equals_loss_with_gradient()
 
 
+def test_size_bucket_traces_without_a_guard():
+    # Under torch.compile(dynamic=True) the autotuning key must not specialize the graph on the batch size.
+    from torch._dynamo.source import ConstantSource
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    for n in (2, 1024, 1025, 3000, 1 << 20):
+        env = ShapeEnv()
+        symbolic = env.create_symintnode(env.create_symbol(n, ConstantSource("n")), hint=n)
+        bucket = hl_triton._runtime.size_bucket(symbolic)
+        assert not env.guards
+        assert int(bucket.node.hint if isinstance(bucket, torch.SymInt) else bucket) == hl_triton._runtime.size_bucket(
+            n
+        )
+    assert [hl_triton._runtime.size_bucket(n) for n in (2, 1024, 1025, 2048, 2049)] == [10, 10, 11, 11, 12]
+
+
 ALIGN_SHAPES = [(37, 5), (20, 33), (9, 1)]  # d = 33 takes the two-pass path under the interpreter (> 32)
 
 
@@ -652,3 +668,32 @@ def test_gpu_torch_compile_fullgraph():
     assert float(got) == pytest.approx(float(want), rel=1e-6)
     for g, w in zip(got_grads, want_grads, strict=True):
         assert_close_scaled(g, w, 1e-5, "compiled gradient")
+
+
+@gpu
+@pytest.mark.gpu
+def test_gpu_torch_compile_dynamic_traces_once_for_every_size_t_and_alpha():
+    """As tests/test_api.py for the CPU backends: t and alpha are read at run time, log|P| and the autotuning key
+    are symbolic in N (sizes on both sides of the 1024-row autotuning bucket)."""
+    import torch._dynamo.testing
+
+    def step(x, y, queue, t, alpha):
+        uniform = hyperloss.uniform_loss(x, t, backend="triton")
+        uniform = uniform + hyperloss.uniform_loss(y, t, queue=queue, backend="triton")
+        return hyperloss.align_loss(x, y, alpha, backend="triton") + uniform
+
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
+    compiled = torch.compile(step, fullgraph=True, dynamic=True, backend=counter)
+    queue = _feats(70, 32, seed=63)
+    for n in (300, 301, 1100, 2500):
+        for t, alpha in ((2.0, 2.0), (0.7, 1.5)):
+            x = _feats(n, 32, seed=n).requires_grad_()
+            y = _feats(n, 32, seed=n + 1)
+            got = compiled(x, y, queue, t, alpha)
+            (got_grad,) = torch.autograd.grad(got, x)
+            want = step(x, y, queue, t, alpha)
+            (want_grad,) = torch.autograd.grad(want, x)
+            assert float(got) == pytest.approx(float(want), rel=1e-6, abs=1e-7)
+            assert_close_scaled(got_grad, want_grad, 1e-5, "compiled gradient")
+    assert counter.frame_count == 1

@@ -46,13 +46,20 @@ def maybe_autotune(kernel, configs: list[triton.Config], key: list[str], interpr
     return triton.autotune(configs=configs, key=key, **kwargs)(kernel)
 
 
-def size_bucket(n: int) -> int:
+def size_bucket(n: int | torch.SymInt) -> int | torch.SymInt:
     """A coarse size class for autotuning keys: tune once per power-of-two range of rows, 1024 and fewer together.
 
     Keying on the exact row count would re-tune for every batch size; not keying on it at all would keep the
-    blocks tuned on a small first call (a test) for a large one (training).
+    blocks tuned on a small first call (a test) for a large one (training). A symbolic size (torch.compile with
+    dynamic shapes) gets the same number as a sum of comparisons, which traces without a guard: bit_length would
+    specialize the graph on the exact batch size.
     """
-    return max(n - 1, 1023).bit_length()
+    if isinstance(n, int):
+        return max(n - 1, 1023).bit_length()
+    bucket = 10
+    for k in range(10, 48):
+        bucket = bucket + torch.sym_ite(n - 1 >= 2**k, 1, 0)
+    return bucket
 
 
 # ---------------------------------------------------------------------------------------------------------------
