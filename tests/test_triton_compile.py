@@ -96,7 +96,7 @@ def test_preparation_kernels_compile_for_sm90(elem, operand, parts):
     kernel = prepare_module._column_sums_kernel
     types = {name: "i32" for name in kernel.arg_names}
     types.update(src_ptr=f"*{elem}", bounds_ptr=f"*{elem}", scales_ptr="*fp64", out_ptr="*fp64", stride_n="i64")
-    _compile(kernel, types, dict(NUM_PARTS=parts, ROWS_PER_PROGRAM=8192, BLOCK_R=256, BLOCK_C=64))
+    _compile(kernel, types, dict(NUM_PARTS=parts, ROWS_PER_PROGRAM=8192, BLOCK_R=64, BLOCK_C=64))
     kernel = prepare_module._stats_kernel
     types = {name: "i32" for name in kernel.arg_names}
     types.update({name: "*fp64" for name in ("partials_ptr", "partials2_ptr", "center_ptr", "scales_ptr", "info_ptr")})
@@ -145,7 +145,7 @@ def test_kernels_compile_with_sizes_of_one():
         (prepare_module._first_kernel, dict(D=1, NUM_PARTS=2, SCALE_DOWN=True, BLOCK_C=64)),
         (
             prepare_module._column_sums_kernel,
-            dict(n_rows=1, D=1, NUM_PARTS=2, ROWS_PER_PROGRAM=8192, BLOCK_R=256, BLOCK_C=64),
+            dict(n_rows=1, D=1, NUM_PARTS=2, ROWS_PER_PROGRAM=8192, BLOCK_R=64, BLOCK_C=64),
         ),
         (
             prepare_module._stats_kernel,

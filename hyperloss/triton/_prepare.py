@@ -33,11 +33,13 @@ from torch.library import wrap_triton
 
 from ._runtime import INTERPRET, frexp_exponent, mul_pow2, pow2
 
-_STAT_ROWS = 64 if INTERPRET else 256  # rows per step of the column sums
+_STAT_ROWS = 64  # rows per step of the column sums
 _STAT_COLS = 16 if INTERPRET else 64
 _ROWS_PER_PROGRAM = 256 if INTERPRET else 8192  # rows per program of the column sums (partial sums per group)
 _PREP_ROWS = 16 if INTERPRET else 32
 _PREP_COLS = 64 if INTERPRET else 128
+# Float64 element-wise work: 8 warps keep it to ~16 values per thread (no register spills).
+_WARPS = 8
 _INF = tl.constexpr(float("inf"))
 
 
@@ -230,8 +232,9 @@ def _centered(v, scales, center, dtype):
     out = torch.empty((n, d), dtype=dtype, device=v.device)
     norms = torch.empty(n, dtype=torch.float64, device=v.device)
     wrap_triton(_center_kernel)[(triton.cdiv(n, _PREP_ROWS),)](
-        v, v.stride(0), v.stride(1), n, d, scales, center, out, norms, BLOCK_R=_PREP_ROWS, BLOCK_C=_PREP_COLS
-    )
+        v, v.stride(0), v.stride(1), n, d, scales, center, out, norms,
+        BLOCK_R=_PREP_ROWS, BLOCK_C=_PREP_COLS, num_warps=_WARPS,
+    )  # fmt: skip
     return out, norms
 
 
@@ -254,6 +257,7 @@ def prepare(x: torch.Tensor, queue: torch.Tensor | None, operand_dtype: torch.dt
         wrap_triton(_column_sums_kernel)[(triton.cdiv(d, _STAT_COLS), groups)](
             v, v.stride(0), v.stride(1), v.shape[0], d, bounds, scales, partials[-1],
             NUM_PARTS=len(parts), ROWS_PER_PROGRAM=_ROWS_PER_PROGRAM, BLOCK_R=_STAT_ROWS, BLOCK_C=_STAT_COLS,
+            num_warps=_WARPS,
         )  # fmt: skip
     second = partials[1] if queue is not None else partials[0]
     center = torch.empty(d, dtype=torch.float64, device=x.device)

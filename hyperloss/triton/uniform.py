@@ -565,7 +565,7 @@ def _sweep(
 def _finish_grad(v, acc, dref, sums, consts, info, comb) -> torch.Tensor:
     n, d = v.shape
     wrap_triton(_grad_kernel)[(triton.cdiv(n, _GRAD_ROWS),)](
-        v, acc, dref, sums, n, d, consts, info, comb, BLOCK_R=_GRAD_ROWS, BLOCK_C=_GRAD_COLS
+        v, acc, dref, sums, n, d, consts, info, comb, BLOCK_R=_GRAD_ROWS, BLOCK_C=_GRAD_COLS, num_warps=8
     )
     return acc
 
@@ -609,7 +609,7 @@ def triton_uniform_lse(
     lse = torch.empty((), dtype=torch.float64, device=x.device)
     comb = torch.empty(2, dtype=torch.float64, device=x.device)
     wrap_triton(_combine_kernel)[(1,)](
-        dref, sums, n, k, consts, prep.info, lse, comb, SELF_MODE=self_mode, BLOCK=_FINISH_ROWS
+        dref, sums, n, k, consts, prep.info, lse, comb, SELF_MODE=self_mode, BLOCK=_FINISH_ROWS, num_warps=8
     )
     gx = _finish_grad(prep.x, acc, dref, sums, consts, prep.info, comb) if grad_x else x.new_empty(0, dtype=dtype)
     if grad_queue:
