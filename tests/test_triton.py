@@ -89,18 +89,6 @@ def _feats(n, d, seed, dtype=torch.float32, **kw):
     return features(n, d, seed=seed, dtype=dtype, **kw).to(DEVICE)
 
 
-def _oracle(x, t, queue=None, intra_batch=True):
-    """Value and gradients in float64 from direct differences. With a queue, helpers.uniform_reference goes through
-    torch.cdist, which switches to a Gram matrix above 25 rows and cancels at a common offset: the dense
-    log-sum-exp (reference.direct_sq_dists) is used instead."""
-    if queue is None:
-        return uniform_reference(x, t)
-    x64 = x.detach().cpu().double().requires_grad_()
-    q64 = queue.detach().cpu().double().requires_grad_()
-    value = reference.dense_uniform_loss(x64, t, queue=q64, intra_batch=intra_batch)
-    return value.detach(), torch.autograd.grad(value, (x64, q64))
-
-
 def check_uniform(x, t, queue=None, intra_batch=True, queue_grad=True, precision=None):
     """Value and gradients of the Triton loss (public API; ``precision`` through the primitive) vs float64."""
     kind = _kind(x.dtype, precision)
@@ -119,7 +107,7 @@ def check_uniform(x, t, queue=None, intra_batch=True, queue_grad=True, precision
         assert lse.dtype == torch.float64 and lse.shape == ()
         got = log_mean_from_lse(lse, x.shape[0], k, intra_batch, compute_dtype(x.dtype))
         grads = [gx] + ([gq] if queue is not None and queue_grad else [])
-    want, want_grads = _oracle(x, t, queue, intra_batch)
+    want, want_grads = uniform_reference(x, t, queue, intra_batch)
     got = got.detach()
     assert got.dtype == compute_dtype(x.dtype)
     assert got.shape == ()
@@ -449,7 +437,7 @@ def test_loss_near_zero(monkeypatch, dtype):
 def test_loss_near_zero_with_queue(dtype, t):
     x, queue = _feats(77, 9, seed=71, dtype=dtype), _feats(23, 9, seed=72, dtype=dtype)
     for q, intra in ((None, True), (queue, True), (queue, False)):
-        want, _ = _oracle(x, t, q, intra)
+        want, _ = uniform_reference(x, t, q, intra)
         got = check_uniform(x, t, q, intra_batch=intra)
         assert got < 0
         # float64: lse - log|P| itself rounds at ~eps * log|P| (1e-15 here).
