@@ -10,6 +10,7 @@ Drop-in for the paper's two functions (same names, arguments and values), with f
 """
 
 from . import reference
+from ._version import __version__
 from ._dispatch import BackendStatus, backends
 from .functional import align_loss, uniform_loss
 from .modules import AlignLoss, AlignUniformLoss, UniformLoss
@@ -18,10 +19,10 @@ __all__ = [
     "AlignLoss",
     "AlignUniformLoss",
     "BackendStatus",
+    "__version__",
     "UniformLoss",
     "align_loss",
     "backends",
     "reference",
     "uniform_loss",
 ]
-__version__ = "0.1.0"

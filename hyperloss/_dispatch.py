@@ -35,8 +35,8 @@ _BACKENDS = {
     b.name: b
     for b in (
         _Backend("triton", "triton", ("cuda", "cpu"), "fused Triton GPU kernels (CPU only under TRITON_INTERPRET=1)"),
-        _Backend("cuda", "native", ("cuda",), "CUDA C++ kernels, hyperloss._C built with CUDA", "available_cuda"),
-        _Backend("cpu", "native", ("cpu",), "native C++ CPU kernels (OpenMP), hyperloss._C", "available_cpu"),
+        _Backend("cuda", "native", ("cuda",), "CUDA C++ kernels (csrc/cuda), libhyperloss built with CUDA", "available_cuda"),
+        _Backend("cpu", "native", ("cpu",), "native C++ CPU kernels (csrc/cpu, OpenMP; AVX2/AVX-512 chosen at run time), libhyperloss", "available_cpu"),
         _Backend("reference", "reference", ("*",), "chunked pure-PyTorch fallback, any device"),
     )
 }
