@@ -5,7 +5,7 @@
 Spawns `world` Gloo processes on this machine (CPU) and times hyperloss.distributed.uniform_loss forward +
 backward on the global batch of N rows split evenly, next to hyperloss.uniform_loss on the whole batch in one
 process. Each rank uses cores / world threads, the single process all cores, so the comparison is per machine.
-Writes bench/results/distributed-<host-cpu>-<date>.json.
+Writes bench/results/distributed-<host-cpu>-<date>.json (-2, -3, ... for a later run the same day).
 """
 
 from __future__ import annotations
@@ -112,7 +112,11 @@ def main() -> None:
                 cpu = line.split(":", 1)[1].strip()
                 break
     slug = "".join(c if c.isalnum() else "-" for c in cpu.lower()).strip("-")
-    out = Path(args.out) / f"distributed-{slug}-{date.today().isoformat()}.json"
+    out = base = Path(args.out) / f"distributed-{slug}-{date.today().isoformat()}.json"
+    k = 1
+    while out.exists():  # a later run the same day: -2, -3, ... (no run overwrites another)
+        k += 1
+        out = base.with_name(f"{base.stem}-{k}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(

@@ -15,7 +15,7 @@
 # Environment:
 #   PYTHON                   interpreter to use (default: python3)
 #   GPU_CHECK_SECONDS        total time to plan for (default 540)
-#   HYPERLOSS_BENCH_ARGS     benchmark arguments; unset: a short sweep of the acceptance sizes; set and empty: the
+#   HYPERLOSS_BENCH_ARGS     benchmark arguments; unset: a short sweep of the headline sizes; set and empty: the
 #                            benchmark's own full default sweep (much longer than 10 minutes on a GPU)
 set -u -o pipefail
 
@@ -152,7 +152,7 @@ fi
 # --- 3. benchmark -------------------------------------------------------------------------------------------
 if "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('hyperloss.bench') is None)" 2>/dev/null; then
     if [[ -z "${HYPERLOSS_BENCH_ARGS+set}" ]]; then
-        # The acceptance sizes (uniformity N = 65536 / 262144, alignment N = 2^20) against the paper's code.
+        # The headline sizes (uniformity N = 65536 / 262144, alignment N = 2^20) against the paper's code.
         HYPERLOSS_BENCH_ARGS="--impls paper triton cuda --n 65536 262144 1048576 --budget 1 --timeout 60"
     fi
     # shellcheck disable=SC2086  # the arguments are meant to split

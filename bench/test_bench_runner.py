@@ -56,3 +56,9 @@ def test_summary_statistics() -> None:
     s = runner.summarize([4.0, 1.0, 3.0, 2.0, 100.0])
     assert s["median_ms"] == 3.0 and s["min_ms"] == 1.0 and s["max_ms"] == 100.0 and s["reps"] == 5
     assert s["q1_ms"] == 2.0 and s["q3_ms"] == 4.0
+
+
+def test_ceilings_are_the_median_of_repeats_with_their_spread() -> None:
+    measured = runner.probe("cpu", ("matmul_fp32_highest", "copy"), small=True)["measured"]
+    for ceiling in measured.values():
+        assert ceiling["value"] > 0 and ceiling["spread"] >= 0 and ceiling["repeats"] >= 1

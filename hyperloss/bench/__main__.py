@@ -101,7 +101,10 @@ def _replot(path: Path, out: Path | None, plots: bool) -> int:
     for row in rows:  # derived figures follow the current definitions
         report.derive(row, doc["results"], doc["ceilings"])
         doc["results"].append(row)
-    paths = report.write_files(doc, out or path.parent, plots=plots)
+    out = out or path.parent
+    # The run's own files are redrawn in place; elsewhere a new name, as for a new run.
+    name = path.stem if out.resolve() == path.parent.resolve() else None
+    paths = report.write_files(doc, out, plots=plots, name=name)
     print(report.render(doc))
     print("wrote:", *map(str, paths), sep="\n  ")
     return 0
@@ -113,8 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     Returns 1 if a case failed with an error (not out of memory or timeout), 130 if interrupted, else 0.
     """
     args = _parser().parse_args(argv)
+    plots = not args.no_plots
+    if plots and (missing := report.plots_unavailable()):
+        print(f"plots skipped: {missing} (pip install matplotlib, then --replot the JSON)", flush=True)
+        plots = False
     if args.replot:
-        return _replot(args.replot, args.out, not args.no_plots)
+        return _replot(args.replot, args.out, plots)
     device = _device(args.device)
     # Each case runs in a fresh process: keep Triton's autotuning results on disk so that a kernel is tuned once
     # per shape, not once per case (a Triton setting; ignored by versions without it).
@@ -179,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted: writing the {len(doc['results'])} results so far")
         doc["params"]["interrupted"] = True
     out = args.out or (QUICK_OUT if args.quick else Path("bench/results"))
-    paths = report.write_files(doc, out, plots=not args.no_plots)
+    paths = report.write_files(doc, out, plots=plots)
     print()
     print(report.tables(doc))
     print("\n".join(report.summary(doc)))

@@ -69,6 +69,11 @@ def all_impls() -> list[Impl]:
     return [*BASELINES, *hyperloss_impls()]
 
 
+def label(name: str) -> str:
+    """The name users read: hyperloss's backends as "hyperloss (cpu)"; the baselines by their key."""
+    return f"hyperloss ({name})" if any(i.name == name for i in hyperloss_impls()) else name
+
+
 def impl_named(name: str) -> Impl:
     """The implementation called ``name``; ValueError listing the known names otherwise."""
     for impl in all_impls():
@@ -83,11 +88,8 @@ def unavailable_reason(name: str, op: str, device_type: str, dtype: str) -> str 
     impl = impl_named(name)
     if op not in impl.ops:
         return f"{name} has no {op} implementation"
-    if name == "keops":
-        if importlib.util.find_spec("pykeops") is None:
-            return "pykeops is not installed (pip install pykeops)"
-        if dtype == "bf16":
-            return "KeOps has no bfloat16 support"
+    if name == "keops" and importlib.util.find_spec("pykeops") is None:
+        return "pykeops is not installed (pip install pykeops)"
     if impl.backend is not None and impl.backend != "reference":
         try:  # the dispatcher's own rule for what runs where, with its reason
             _dispatch.resolve(impl.backend, torch.device(device_type))
@@ -197,6 +199,27 @@ def make_step(
         return loss.detach()
 
     return step
+
+
+@functools.cache
+def unsupported_dtype(name: str, op: str, device_type: str, dtype: str) -> str | None:
+    """Why baseline ``name`` cannot run ``op`` in ``dtype`` here (torch.pdist has no bfloat16 or float16 kernel on
+    the CPU); None when it can.
+
+    hyperloss's backends take every dtype of DTYPES, and every baseline runs in fp32; the other cases are tried
+    once on a 4 x 2 input (compiled-dense as dense: the same operations, without seconds of compiling).
+    """
+    if name == "keops":
+        return "KeOps has no bfloat16 support" if dtype == "bf16" else None
+    if dtype == "fp32" or impl_named(name).backend is not None:
+        return None
+    device = torch.device(device_type)
+    inputs = make_inputs(op, 4, 2, dtype, device, requires_grad=True)
+    try:
+        make_step(build_loss("dense" if name == "compiled-dense" else name, op), inputs, "fwdbwd", device)()
+    except Exception as error:  # whatever the baseline raises is the reason it is left out
+        return f"no {dtype} support: {type(error).__name__}: {str(error).strip().splitlines()[0]}"
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -53,7 +53,8 @@ class Plan:
     """The cases of a sweep, in run order, and the implementations left out with the reason."""
 
     cases: list[Case]
-    left_out: dict[str, str] = field(default_factory=dict)  # implementation -> why it does not run here
+    # implementation, or "implementation (op, dtype)", -> why it does not run here
+    left_out: dict[str, str] = field(default_factory=dict)
 
 
 def build_plan(
@@ -84,6 +85,7 @@ def build_plan(
         cases.impl_named(name)  # an unknown name is an error, not a silent omission
     names = sorted(set(impls), key=order.index) if impls else order
     plan = Plan(cases=[])
+    by_dtype = {}  # "paper (uniform, bf16)" -> why: listed even where the implementation runs in another dtype
     if quick and not impls:
         for name in SLOW_TO_START:
             names.remove(name)
@@ -93,10 +95,13 @@ def build_plan(
         sizes = tuple(sorted(ns)) if ns else (QUICK_NS[op] if quick else DEFAULT_NS[(device, op)])
         runnable = []
         for name in names:
-            reason = cases.unavailable_reason(name, op, device, dtype)
-            if reason is not None:
+            if not (explicit_dtypes or dtype == "fp32" or cases.impl_named(name).backend not in (None, "reference")):
+                continue
+            if (reason := cases.unavailable_reason(name, op, device, dtype)) is not None:
                 plan.left_out.setdefault(name, reason)
-            elif explicit_dtypes or dtype == "fp32" or cases.impl_named(name).backend not in (None, "reference"):
+            elif (reason := cases.unsupported_dtype(name, op, device, dtype)) is not None:
+                by_dtype[f"{name} ({op}, {dtype})"] = reason
+            else:
                 runnable.append(name)
         # Precision only changes fp32 matrix products; other dtypes run once.
         for precision in precisions if dtype == "fp32" else ("-",):
@@ -104,5 +109,5 @@ def build_plan(
                 plan.cases.extend(Case(op, mode, dtype, precision, d, n, name, device) for name in runnable)
     # An implementation that ran somewhere is not "left out" because one op or dtype does not apply to it.
     ran = {c.impl for c in plan.cases}
-    plan.left_out = {k: v for k, v in plan.left_out.items() if k not in ran}
+    plan.left_out = {k: v for k, v in plan.left_out.items() if k not in ran} | by_dtype
     return plan

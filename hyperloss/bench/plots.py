@@ -57,7 +57,7 @@ def plot_config(doc: dict, rows: list[dict], path: Path) -> Path:
         x = [r["n"] for r in ok]
         ax_time.plot(x, [r["median_ms"] for r in ok], **style)
         ax_mem.plot(x, [max(r["peak_extra_bytes"] / MB, _MIN_MB) for r in ok], **style)
-        handles.append(Line2D([], [], label=impl, **style))
+        handles.append(Line2D([], [], label=cases.label(impl), **style))
         for r in mine:
             if r["status"] in (OK, SKIPPED):
                 continue
@@ -82,7 +82,10 @@ def plot_config(doc: dict, rows: list[dict], path: Path) -> Path:
     if floors:
         floor_style = {"color": "gray", "linestyle": "--", "linewidth": 1.4}
         ax_time.plot(*zip(*floors, strict=True), **floor_style)
-        handles.append(Line2D([], [], label="floor: counted work at\nthe device's ceilings", **floor_style))
+        label = "floor: counted work at\nthe device's ceilings"
+        if any(r.get("floor_fraction", 0) > 1 for r in rows):
+            label += "\n(above a measured time: the\nceiling was measured low)"
+        handles.append(Line2D([], [], label=label, **floor_style))
     if failed_count:
         handles.append(
             Line2D(

@@ -295,7 +295,8 @@ def run_sweep(
 # ----------------------------------------------------------------------------------------------------------------
 # Ceilings: the device's matmul, copy and exp rates, for the floor of each case
 
-# Measured on an NVIDIA H100 80GB HBM3 (shared/ANCHORS.md); used where this suite does not measure a ceiling.
+# Reference figures for an NVIDIA H100 80GB HBM3, kept here (not measured by this suite): used on a GPU for a
+# ceiling this suite does not measure (the exp rate), and for any other ceiling whose measurement failed.
 H100_CEILINGS = {
     "matmul_bf16": 774e12,
     "matmul_fp16": 774e12,
@@ -307,33 +308,14 @@ H100_CEILINGS = {
 }
 
 
-def _best_seconds(fn: Callable[[], object], sync: Callable[[], None], reps: int) -> float:
-    fn()
-    sync()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return best
+def _rate(stmt: str, amount: float, min_run_time: float, **tensors: torch.Tensor) -> dict:
+    """``amount`` per second of ``stmt``: the median over repeated short runs for ``min_run_time`` seconds
+    (``torch.utils.benchmark``, which synchronizes the device), and their spread (half-IQR over the median)."""
+    from torch.utils import benchmark
 
-
-def _matmul_rate(key: str, device: torch.device, size: int) -> float:
-    parts = key.split("_")  # matmul_<dtype>[_<precision>]
-    if len(parts) == 3:
-        torch.set_float32_matmul_precision(parts[2])
-    a = torch.randn(size, size, device=device).to(cases.DTYPES[parts[1]])
-    b = torch.randn(size, size, device=device).to(cases.DTYPES[parts[1]])
-    seconds = _best_seconds(lambda: a @ b, cases.synchronizer(device), reps=5)
-    return 2 * size**3 / seconds
-
-
-def _copy_rate(device: torch.device, nbytes: int) -> float:
-    src = torch.empty(nbytes // 4, device=device)
-    dst = torch.empty_like(src)
-    seconds = _best_seconds(lambda: dst.copy_(src), cases.synchronizer(device), reps=5)
-    return 2 * nbytes / seconds
+    timer = benchmark.Timer(stmt, globals=tensors, num_threads=torch.get_num_threads())
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    return {"value": amount / m.median, "spread": round(m.iqr / 2 / m.median, 4), "repeats": len(m.times)}
 
 
 def cpu_model() -> str:
@@ -350,8 +332,9 @@ def cpu_model() -> str:
 def probe(device_type: str, keys: tuple[str, ...], small: bool) -> dict:
     """Runs in a child: the device's description and its measured ceilings for ``keys``.
 
-    Matmul rates come from one square product per dtype/precision, the copy rate from a device-to-device copy;
-    exp throughput needs a dedicated kernel to measure (torch.exp is memory bound), so it is not measured here.
+    Matmul rates come from square products per dtype/precision, the copy rate from a device-to-device copy, each
+    the median of repeated short runs with its spread; exp throughput needs a dedicated kernel to measure
+    (torch.exp is memory bound), so it is not measured here.
     """
     device = torch.device(device_type)
     info: dict = {"torch_threads": torch.get_num_threads()}
@@ -366,10 +349,16 @@ def probe(device_type: str, keys: tuple[str, ...], small: bool) -> dict:
         )
     size = (2048 if small else 8192) if device_type == "cuda" else (512 if small else 2048)
     nbytes = (1 << 26 if small else 1 << 30) if device_type == "cuda" else (1 << 24 if small else 1 << 28)
+    seconds = 0.1 if small else 1.0  # of repeats per ceiling
     measured = {}
     for key in keys:
         if key.startswith("matmul_"):
-            measured[key] = _matmul_rate(key, device, size)
+            _, dtype, *precision = key.split("_")  # matmul_<dtype>[_<precision>]
+            if precision:
+                torch.set_float32_matmul_precision(precision[0])
+            a, b = (torch.randn(size, size, device=device).to(cases.DTYPES[dtype]) for _ in range(2))
+            measured[key] = _rate("a @ b", 2 * size**3, seconds, a=a, b=b)
         elif key == "copy":
-            measured[key] = _copy_rate(device, nbytes)
+            src = torch.empty(nbytes // 4, device=device)
+            measured[key] = _rate("dst.copy_(src)", 2 * nbytes, seconds, src=src, dst=torch.empty_like(src))
     return {"status": OK, "info": info, "measured": measured, "sizes": {"matmul": size, "copy_bytes": nbytes}}
