@@ -11,7 +11,7 @@ EXT_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*.h csrc/c
 HYPERLOSS_CUDA ?= $(if $(shell command -v nvidia-smi 2>/dev/null),ON,OFF)
 export HYPERLOSS_CUDA
 
-.PHONY: test bench build lint pytest ctest clean
+.PHONY: test bench build lint pytest ctest package-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,7 +47,11 @@ ctest: $(STAMP)
 	cmake --build build-cmake/consumer
 	LD_LIBRARY_PATH=$(CURDIR)/build-cmake/prefix/lib:$(CURDIR)/build-cmake/prefix/lib64 build-cmake/consumer/consumer
 
-test: build lint ctest pytest
+# The sdist and the wheel, each installed into a fresh venv with a default (isolated) pip install, then a smoke test.
+package-check: $(STAMP)
+	PYTHON=$(PY) bash .ci/check_packaging.sh
+
+test: build lint ctest pytest package-check
 
 bench: build
 	$(PY) -m hyperloss.bench
