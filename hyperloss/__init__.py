@@ -6,7 +6,10 @@ Drop-in for the paper's two functions (same names, arguments and values), with f
     import hyperloss
     loss = hyperloss.align_loss(x, y, alpha=2) + hyperloss.uniform_loss(x, t=2)
 
-``hyperloss.backends()`` lists the backends, whether they can run here, and why not.
+``hyperloss.backends()`` lists the backends, whether they can run here, and why not; ``python -m hyperloss`` prints
+that with the versions, the CPU and the CUDA devices. ``hyperloss.distributed`` has the global-batch losses over
+torch.distributed, ``hyperloss.jax`` the losses for JAX arrays, ``hyperloss.reference`` the paper's code and the
+pure-PyTorch definitions.
 """
 
 from . import reference

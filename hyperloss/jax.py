@@ -195,18 +195,31 @@ def _align_bwd(alpha, gx, g):
 _align.defvjp(_align_fwd, _align_bwd)
 
 
-def uniform_loss(x, t: float = 2.0, *, queue=None, intra_batch: bool = True, precision: str = "highest"):
+def uniform_loss(
+    x: jax.Array | np.ndarray,
+    t: float = 2.0,
+    *,
+    queue: jax.Array | np.ndarray | None = None,
+    intra_batch: bool = True,
+    precision: str = "highest",
+) -> jax.Array:
     """Uniformity loss ``log mean_{pairs} exp(-t ||u - v||^2)`` of JAX arrays (see ``hyperloss.uniform_loss``).
 
     Args:
-        x: (N, D) floating-point array.
+        x: (N, D) array (JAX or NumPy): float16, bfloat16, float32 or float64 (16-bit dtypes are computed in float32).
         t: temperature > 0 (a Python number: it is static under jit).
         queue: optional (K, D) array of x's dtype: adds every (x_i, queue_k) pair.
-        intra_batch: include the i < j pairs of x.
+        intra_batch: include the i < j pairs of x (False needs a queue).
         precision: products of float32 inputs on a GPU: "highest" (exact), "high" (tf32), "medium" (bf16).
 
     Returns:
-        A 0-dim array, float64 for float64 inputs and float32 otherwise.
+        A 0-dim array, float64 for float64 inputs and float32 otherwise; differentiable with respect to x and the
+        queue (``jax.custom_vjp``).
+
+    Raises:
+        TypeError: for a non-array input (a torch tensor, say), an unsupported dtype, a queue of another dtype,
+            a non-bool intra_batch or a non-number t.
+        ValueError: for a wrong shape, too few rows, t not finite or <= 0, or an unknown precision.
     """
     if not isinstance(intra_batch, bool):
         raise TypeError(f"intra_batch must be a bool, got {type(intra_batch).__name__}")
@@ -228,8 +241,22 @@ def uniform_loss(x, t: float = 2.0, *, queue=None, intra_batch: bool = True, pre
     return _uniform(x.astype(dtype), queue.astype(dtype), t, intra_batch, _PRECISION[precision])
 
 
-def align_loss(x, y, alpha: float = 2.0):
-    """Alignment loss ``mean_i ||x_i - y_i||^alpha`` of JAX arrays (see ``hyperloss.align_loss``)."""
+def align_loss(x: jax.Array | np.ndarray, y: jax.Array | np.ndarray, alpha: float = 2.0) -> jax.Array:
+    """Alignment loss ``mean_i ||x_i - y_i||^alpha`` of JAX arrays (see ``hyperloss.align_loss``).
+
+    Args:
+        x, y: positive-pair features, (N, D) arrays (JAX or NumPy) of one dtype: float16, bfloat16, float32 or
+            float64 (16-bit dtypes are computed in float32).
+        alpha: exponent > 0 (a Python number: it is static under jit).
+
+    Returns:
+        A 0-dim array, float64 for float64 inputs and float32 otherwise; differentiable with respect to x and y
+        (``jax.custom_vjp``).
+
+    Raises:
+        TypeError: for a non-array input, an unsupported dtype, differing dtypes or a non-number alpha.
+        ValueError: for a wrong or mismatched shape, or alpha not finite or <= 0.
+    """
     _check_features("x", x, torch_api="hyperloss.align_loss")
     _check_features("y", y, torch_api="hyperloss.align_loss")
     if x.shape != y.shape:
