@@ -13,8 +13,8 @@ pure-PyTorch definitions.
 """
 
 from . import reference
-from ._version import __version__
 from ._dispatch import BackendStatus, backends
+from ._version import __version__
 from .functional import align_loss, uniform_loss
 from .modules import AlignLoss, AlignUniformLoss, UniformLoss
 
@@ -22,8 +22,8 @@ __all__ = [
     "AlignLoss",
     "AlignUniformLoss",
     "BackendStatus",
-    "__version__",
     "UniformLoss",
+    "__version__",
     "align_loss",
     "backends",
     "reference",

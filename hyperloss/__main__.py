@@ -68,6 +68,10 @@ def cpu_line() -> str:
     if "flags" in info:
         flags = set(info["flags"].split())
         parts.append(f"AVX2 {'yes' if 'avx2' in flags else 'no'}, AVX-512 {'yes' if 'avx512f' in flags else 'no'}")
+    from . import native
+
+    if native.cpu_isa():
+        parts.append(f"cpu kernels: {native.cpu_isa()}")
     parts.append(f"torch threads {torch.get_num_threads()}")
     return f"{model} ({'; '.join(parts)})"
 
@@ -93,7 +97,12 @@ def _jax_line() -> str:
         importlib.import_module("hyperloss.jax")
     except Exception as error:  # e.g. the FFI library is not built
         return f"{version} (hyperloss.jax unavailable: {error})"
-    return f"{version} (hyperloss.jax available)"
+    from . import jax as hyperloss_jax
+
+    path = (
+        "XLA FFI" if hyperloss_jax.KERNEL_PATH == "ffi" else "jax.pure_callback, CPU only: built without jax's headers"
+    )
+    return f"{version} (hyperloss.jax available, through {path})"
 
 
 def auto_pick(device_type: str) -> str:

@@ -55,7 +55,10 @@ def _declare(library: ctypes.CDLL) -> None:
     status, matrix, size_t, i64 = c.c_int, Matrix, c.c_size_t, c.c_int64
     double_p, void_p = c.POINTER(c.c_double), c.c_void_p
     signatures = {
-        "hl_uniform_lse_cpu": (status, [c.c_int, matrix, matrix, c.c_double, c.c_int, c.c_int, double_p, void_p, void_p]),
+        "hl_uniform_lse_cpu": (
+            status,
+            [c.c_int, matrix, matrix, c.c_double, c.c_int, c.c_int, double_p, void_p, void_p],
+        ),
         "hl_align_cpu": (status, [c.c_int, matrix, matrix, c.c_double, c.c_int, double_p, void_p]),
         "hl_uniform_workspace_bytes_cuda": (size_t, [c.c_int, i64, i64, i64, c.c_int, c.c_int]),
         "hl_uniform_lse_f64_cuda": (
@@ -101,6 +104,6 @@ def check(status: int, what: str) -> None:
     if status == OK:
         return
     message = f"hyperloss: {what}: {lib.hl_status_string(status).decode()}"
-    raise {INVALID_ARGUMENT: ValueError, OUT_OF_MEMORY: MemoryError, UNSUPPORTED: TypeError}.get(
-        status, RuntimeError
-    )(message)
+    raise {INVALID_ARGUMENT: ValueError, OUT_OF_MEMORY: MemoryError, UNSUPPORTED: TypeError}.get(status, RuntimeError)(
+        message
+    )

@@ -57,7 +57,9 @@ KERNEL_PATH = _register_targets()
 
 
 def _host_matrix(a: np.ndarray) -> _lib.Matrix:
-    return _lib.Matrix(a.ctypes.data, a.shape[0], a.shape[1], a.shape[1], 1) if a.shape[0] else _lib.no_matrix(a.shape[1])
+    return (
+        _lib.Matrix(a.ctypes.data, a.shape[0], a.shape[1], a.shape[1], 1) if a.shape[0] else _lib.no_matrix(a.shape[1])
+    )
 
 
 def _host_uniform(x, queue, *, t: float, intra_batch: bool, with_grad: bool):

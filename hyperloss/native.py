@@ -22,7 +22,12 @@ from ._validation import compute_dtype
 
 # torch.get_float32_matmul_precision() -> hl_precision of the C API (float32 inputs on the GPU).
 _PRECISION = {"highest": _lib.PRECISION_IEEE, "high": _lib.PRECISION_TF32, "medium": _lib.PRECISION_BF16}
-_DTYPE = {torch.float32: _lib.FLOAT32, torch.float64: _lib.FLOAT64, torch.float16: _lib.FLOAT16, torch.bfloat16: _lib.BFLOAT16}
+_DTYPE = {
+    torch.float32: _lib.FLOAT32,
+    torch.float64: _lib.FLOAT64,
+    torch.float16: _lib.FLOAT16,
+    torch.bfloat16: _lib.BFLOAT16,
+}
 
 
 def available_cpu() -> tuple[bool, str]:
@@ -33,7 +38,10 @@ def available_cuda() -> tuple[bool, str]:
     if LOAD_ERROR is not None:
         return False, LOAD_ERROR
     if not _lib.lib.hl_has_cuda():
-        return False, "libhyperloss was built without CUDA kernels (no CUDA toolkit at build time, or HYPERLOSS_CUDA=OFF)"
+        return (
+            False,
+            "libhyperloss was built without CUDA kernels (no CUDA toolkit at build time, or HYPERLOSS_CUDA=OFF)",
+        )
     if not torch.cuda.is_available():
         return False, "no CUDA device"
     return True, ""

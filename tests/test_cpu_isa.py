@@ -26,7 +26,6 @@ X86 = platform.machine().lower() in ("x86_64", "amd64")
 ISAS = ("generic", "avx2", "avx512")
 
 
-
 @pytest.fixture
 def isa(request, monkeypatch):
     monkeypatch.setenv("HYPERLOSS_CPU_ISA", request.param)
@@ -88,6 +87,9 @@ def test_an_unknown_or_unsupported_set_falls_back():
     code = "import hyperloss.native as n; print(n.cpu_isa())"
     for wanted in ("avx1024", ""):
         out = subprocess.run(
-            [sys.executable, "-c", code], env={**os.environ, "HYPERLOSS_CPU_ISA": wanted}, capture_output=True, text=True
+            [sys.executable, "-c", code],
+            env={**os.environ, "HYPERLOSS_CPU_ISA": wanted},
+            capture_output=True,
+            text=True,
         )
         assert out.stdout.strip() in ISAS, out.stderr
