@@ -1,5 +1,11 @@
-// Status strings, and the CUDA entry points of a build without CUDA (they report HL_ERR_UNSUPPORTED).
+// Status strings, the version, and the CUDA entry points of a build without CUDA (they report HL_ERR_UNSUPPORTED).
 #include "hyperloss/hyperloss.h"
+
+#ifndef HYPERLOSS_VERSION
+#error "the build defines HYPERLOSS_VERSION (read from hyperloss/_version.py, the one place it is written)"
+#endif
+
+extern "C" const char* hl_version(void) { return HYPERLOSS_VERSION; }
 
 extern "C" const char* hl_status_string(hl_status status) {
   switch (status) {
@@ -17,6 +23,10 @@ extern "C" int hl_has_cuda(void) { return 0; }
 extern "C" size_t hl_uniform_workspace_bytes_cuda(hl_dtype, int64_t, int64_t, int64_t, int, int) { return 0; }
 extern "C" hl_status hl_uniform_lse_cuda(hl_dtype, hl_precision, hl_matrix, hl_matrix, double, int, void*, void*,
                                          void*, void*, size_t, void*) {
+  return HL_ERR_UNSUPPORTED;
+}
+extern "C" hl_status hl_uniform_lse_f64_cuda(hl_dtype, hl_precision, hl_matrix, hl_matrix, double, int, double*,
+                                             void*, void*, void*, size_t, void*) {
   return HL_ERR_UNSUPPORTED;
 }
 extern "C" size_t hl_align_workspace_bytes_cuda(hl_dtype, int64_t) { return 0; }

@@ -6,11 +6,15 @@ Drop-in for the paper's two functions (same names, arguments and values), with f
     import hyperloss
     loss = hyperloss.align_loss(x, y, alpha=2) + hyperloss.uniform_loss(x, t=2)
 
-``hyperloss.backends()`` lists the backends, whether they can run here, and why not.
+``hyperloss.backends()`` lists the backends, whether they can run here, and why not; ``python -m hyperloss`` prints
+that with the versions, the CPU and the CUDA devices. ``hyperloss.distributed`` has the global-batch losses over
+torch.distributed, ``hyperloss.jax`` the losses for JAX arrays, ``hyperloss.reference`` the paper's code and the
+pure-PyTorch definitions.
 """
 
 from . import reference
 from ._dispatch import BackendStatus, backends
+from ._version import __version__
 from .functional import align_loss, uniform_loss
 from .modules import AlignLoss, AlignUniformLoss, UniformLoss
 
@@ -19,9 +23,9 @@ __all__ = [
     "AlignUniformLoss",
     "BackendStatus",
     "UniformLoss",
+    "__version__",
     "align_loss",
     "backends",
     "reference",
     "uniform_loss",
 ]
-__version__ = "0.1.0"

@@ -35,8 +35,16 @@ _BACKENDS = {
     b.name: b
     for b in (
         _Backend("triton", "triton", ("cuda", "cpu"), "fused Triton GPU kernels (CPU only under TRITON_INTERPRET=1)"),
-        _Backend("cuda", "native", ("cuda",), "CUDA C++ kernels, hyperloss._C built with CUDA", "available_cuda"),
-        _Backend("cpu", "native", ("cpu",), "native C++ CPU kernels (OpenMP), hyperloss._C", "available_cpu"),
+        _Backend(
+            "cuda", "native", ("cuda",), "CUDA C++ kernels (csrc/cuda), libhyperloss built with CUDA", "available_cuda"
+        ),
+        _Backend(
+            "cpu",
+            "native",
+            ("cpu",),
+            "native C++ CPU kernels (csrc/cpu, OpenMP; AVX2/AVX-512 chosen at run time), libhyperloss",
+            "available_cpu",
+        ),
         _Backend("reference", "reference", ("*",), "chunked pure-PyTorch fallback, any device"),
     )
 }
@@ -44,7 +52,15 @@ _AUTO_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpu", "referenc
 
 
 class BackendStatus(NamedTuple):
-    """One row of ``hyperloss.backends()``."""
+    """One row of ``hyperloss.backends()``.
+
+    Attributes:
+        name: what ``backend=`` takes ("triton", "cuda", "cpu", "reference").
+        available: whether it can run in this process.
+        devices: the tensor device types it runs on ("*": any).
+        description: what it is.
+        reason: why it is unavailable ("" when available).
+    """
 
     name: str
     available: bool
@@ -66,7 +82,11 @@ def _availability(name: str) -> tuple[bool, str]:
 
 
 def backends() -> list[BackendStatus]:
-    """Lists every backend, whether it can run here, and if not, why."""
+    """Lists every backend, whether it can run here, and if not, why.
+
+    Returns:
+        One ``BackendStatus`` per backend, in the order "auto" prefers them.
+    """
     rows = []
     for b in _BACKENDS.values():
         ok, reason = _availability(b.name)

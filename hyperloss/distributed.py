@@ -187,8 +187,19 @@ def _reduce_scatter_rows(full: torch.Tensor, sizes: list[int], rank: int, group)
 def balanced_row_ranges(n: int, k: int, intra_batch: bool, world: int) -> list[tuple[int, int]]:
     """Contiguous row ranges, one per rank, with about equal numbers of pairs.
 
-    Row i owns its pairs (i, j > i) and (i, queue_k): (n - 1 - i) * intra_batch + k of them. Raises ValueError
-    for n < 0, k < 0 or world < 1.
+    Row i owns its pairs (i, j > i) and (i, queue_k): (n - 1 - i) * intra_batch + k of them.
+
+    Args:
+        n: rows of the global batch (>= 0).
+        k: rows of the queue (>= 0; 0 without one).
+        intra_batch: whether the i < j pairs within the batch count.
+        world: number of ranks (>= 1).
+
+    Returns:
+        ``world`` pairs (start, stop), in rank order: consecutive, covering [0, n), some possibly empty.
+
+    Raises:
+        ValueError: for n < 0, k < 0 or world < 1.
     """
     n, k, world = (operator.index(v) for v in (n, k, world))
     for name, value, least in (("n", n, 0), ("k", k, 0), ("world", world, 1)):
@@ -343,7 +354,8 @@ def uniform_loss(
         group: the process group (default: the world).
 
     Returns:
-        The same 0-dim loss on every rank. Collective: every rank of the group must call it.
+        The same 0-dim loss on every rank (float64 for float64 inputs, float32 otherwise). Collective: every rank
+        of the group must call it.
 
     Raises:
         RuntimeError: without an initialized process group (before any work).
@@ -372,6 +384,9 @@ def align_loss(
         x_local, y_local: this rank's positive pairs (n_r, D); ranks may hold different numbers of rows (even none).
         alpha, backend: as in ``hyperloss.align_loss``.
         group: the process group (default: the world).
+
+    Returns:
+        The same 0-dim loss on every rank: float64 for float64 inputs, float32 otherwise.
 
     Raises:
         RuntimeError: without an initialized process group (before any work).

@@ -9,47 +9,90 @@ float64 needs ``jax_enable_x64``).
 The uniformity handlers return the loss itself, lse - log|P| formed in float64 in C++ (and never above 0): near 0
 the loss is far smaller than log|P|, and subtracting here in float32 would keep none of its digits.
 
-The FFI library ``hyperloss/_jax_ffi*.so`` is built by setup.py when jax is installed at build time; its CPU
-handlers always, its CUDA handlers where the build has CUDA (a CUDA build of torch and a toolkit).
+Two ways into the kernels, the same results:
+- XLA FFI handlers (``hyperloss/libhyperloss_jax.so``, CPU and, where the library has CUDA, GPU): built when jax
+  is installed at build time (``pip install --no-build-isolation .`` in an environment with jax; `make build`);
+- otherwise ``jax.pure_callback`` into the C library's CPU kernels (a plain ``pip install ".[jax]"`` builds without
+  jax's headers): CPU arrays only, one host round trip per call. ``KERNEL_PATH`` says which one is in use.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-from pathlib import Path
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _lib
 from ._validation import check_positive
 
 __all__ = ["align_loss", "uniform_loss"]
 
 
-def _register_targets() -> None:
-    libraries = sorted(Path(__file__).parent.glob("_jax_ffi*.so"))
+def _register_targets() -> str:
+    """Registers the FFI handlers and returns "ffi", or returns "callback" where the FFI library is not built."""
+    libraries = _lib.candidates("libhyperloss_jax.so")
     if not libraries:
-        raise ImportError(
-            "hyperloss._jax_ffi is not built: install jax first, then rebuild with "
-            "`pip install --no-build-isolation -e .` (setup.py builds it only where jax is importable)"
-        )
+        if _lib.LOAD_ERROR is not None:
+            raise ImportError(f"hyperloss.jax needs the C library: {_lib.LOAD_ERROR}")
+        return "callback"
     library = ctypes.cdll.LoadLibrary(str(libraries[0]))
     for target, symbol in (("hyperloss_uniform_loss", "HyperlossUniformLoss"), ("hyperloss_align", "HyperlossAlign")):
         handler = getattr(library, symbol, None)
         if handler is None:  # a library built from older sources (its uniformity handler returned lse)
             raise ImportError(
-                f"{libraries[0].name} has no {symbol} handler: it was built from older sources; rebuild it with "
-                "`pip install --no-build-isolation -e .`"
+                f"{libraries[0].name} has no {symbol} handler: it was built from older sources; rebuild it"
             )
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform="cpu")
         on_gpu = getattr(library, symbol + "Cuda", None)  # only in a build with CUDA
         if on_gpu is not None:
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(on_gpu), platform="CUDA")
+    return "ffi"
 
 
-_register_targets()
+KERNEL_PATH = _register_targets()
+
+
+def _host_matrix(a: np.ndarray) -> _lib.Matrix:
+    return (
+        _lib.Matrix(a.ctypes.data, a.shape[0], a.shape[1], a.shape[1], 1) if a.shape[0] else _lib.no_matrix(a.shape[1])
+    )
+
+
+def _host_uniform(x, queue, *, t: float, intra_batch: bool, with_grad: bool):
+    """The FFI handler's contract on the host: (loss = min(lse - log|P|, 0) in double, grad_x, grad_queue)."""
+    x, queue = np.ascontiguousarray(x), np.ascontiguousarray(queue)
+    code = _lib.FLOAT64 if x.dtype == np.float64 else _lib.FLOAT32
+    gx = np.empty(x.shape if with_grad else (0,), x.dtype)
+    gq = np.empty(queue.shape if with_grad else (0,), x.dtype)
+    lse = ctypes.c_double()
+    _lib.check(
+        _lib.lib.hl_uniform_lse_cpu(
+            code, _host_matrix(x), _host_matrix(queue), t, intra_batch, 0, ctypes.byref(lse),
+            gx.ctypes.data if gx.size else None, gq.ctypes.data if gq.size and queue.shape[0] else None,
+        ),
+        "uniform_lse",
+    )  # fmt: skip
+    pairs = (x.shape[0] * (x.shape[0] - 1) // 2 if intra_batch else 0) + x.shape[0] * queue.shape[0]
+    loss = min(lse.value - math.log(pairs), 0.0) if not math.isnan(lse.value) else lse.value
+    return np.asarray(loss, x.dtype), gx, gq
+
+
+def _host_align(x, y, *, alpha: float, with_grad: bool):
+    x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
+    code = _lib.FLOAT64 if x.dtype == np.float64 else _lib.FLOAT32
+    gx = np.empty(x.shape if with_grad else (0,), x.dtype)
+    loss = ctypes.c_double()
+    _lib.check(
+        _lib.lib.hl_align_cpu(
+            code, _host_matrix(x), _host_matrix(y), alpha, 0, ctypes.byref(loss), gx.ctypes.data if gx.size else None
+        ),
+        "align",
+    )
+    return np.asarray(loss.value, x.dtype), gx
 
 
 def _compute_dtype(dtype) -> jnp.dtype:
@@ -95,6 +138,9 @@ def _uniform_call(x, queue, t: float, intra_batch: bool, precision: int, with_gr
         jax.ShapeDtypeStruct((n, d) if with_grad else (0,), x.dtype),
         jax.ShapeDtypeStruct(queue.shape if with_grad else (0,), x.dtype),
     )
+    if KERNEL_PATH == "callback":
+        host = functools.partial(_host_uniform, t=t, intra_batch=intra_batch, with_grad=with_grad)
+        return jax.pure_callback(host, shapes, x, queue, vmap_method="sequential")
     call = jax.ffi.ffi_call("hyperloss_uniform_loss", shapes, vmap_method="sequential")
     return call(
         x,
@@ -127,6 +173,9 @@ _uniform.defvjp(_uniform_fwd, _uniform_bwd)
 
 def _align_call(x, y, alpha: float, with_grad: bool):
     shapes = (jax.ShapeDtypeStruct((), x.dtype), jax.ShapeDtypeStruct(x.shape if with_grad else (0,), x.dtype))
+    if KERNEL_PATH == "callback":
+        host = functools.partial(_host_align, alpha=alpha, with_grad=with_grad)
+        return jax.pure_callback(host, shapes, x, y, vmap_method="sequential")
     call = jax.ffi.ffi_call("hyperloss_align", shapes, vmap_method="sequential")
     return call(x, y, alpha=np.float64(alpha), with_grad=np.bool_(with_grad))
 
@@ -148,18 +197,31 @@ def _align_bwd(alpha, gx, g):
 _align.defvjp(_align_fwd, _align_bwd)
 
 
-def uniform_loss(x, t: float = 2.0, *, queue=None, intra_batch: bool = True, precision: str = "highest"):
+def uniform_loss(
+    x: jax.Array | np.ndarray,
+    t: float = 2.0,
+    *,
+    queue: jax.Array | np.ndarray | None = None,
+    intra_batch: bool = True,
+    precision: str = "highest",
+) -> jax.Array:
     """Uniformity loss ``log mean_{pairs} exp(-t ||u - v||^2)`` of JAX arrays (see ``hyperloss.uniform_loss``).
 
     Args:
-        x: (N, D) floating-point array.
+        x: (N, D) array (JAX or NumPy): float16, bfloat16, float32 or float64 (16-bit dtypes are computed in float32).
         t: temperature > 0 (a Python number: it is static under jit).
         queue: optional (K, D) array of x's dtype: adds every (x_i, queue_k) pair.
-        intra_batch: include the i < j pairs of x.
+        intra_batch: include the i < j pairs of x (False needs a queue).
         precision: products of float32 inputs on a GPU: "highest" (exact), "high" (tf32), "medium" (bf16).
 
     Returns:
-        A 0-dim array, float64 for float64 inputs and float32 otherwise.
+        A 0-dim array, float64 for float64 inputs and float32 otherwise; differentiable with respect to x and the
+        queue (``jax.custom_vjp``).
+
+    Raises:
+        TypeError: for a non-array input (a torch tensor, say), an unsupported dtype, a queue of another dtype,
+            a non-bool intra_batch or a non-number t.
+        ValueError: for a wrong shape, too few rows, t not finite or <= 0, or an unknown precision.
     """
     if not isinstance(intra_batch, bool):
         raise TypeError(f"intra_batch must be a bool, got {type(intra_batch).__name__}")
@@ -181,8 +243,22 @@ def uniform_loss(x, t: float = 2.0, *, queue=None, intra_batch: bool = True, pre
     return _uniform(x.astype(dtype), queue.astype(dtype), t, intra_batch, _PRECISION[precision])
 
 
-def align_loss(x, y, alpha: float = 2.0):
-    """Alignment loss ``mean_i ||x_i - y_i||^alpha`` of JAX arrays (see ``hyperloss.align_loss``)."""
+def align_loss(x: jax.Array | np.ndarray, y: jax.Array | np.ndarray, alpha: float = 2.0) -> jax.Array:
+    """Alignment loss ``mean_i ||x_i - y_i||^alpha`` of JAX arrays (see ``hyperloss.align_loss``).
+
+    Args:
+        x, y: positive-pair features, (N, D) arrays (JAX or NumPy) of one dtype: float16, bfloat16, float32 or
+            float64 (16-bit dtypes are computed in float32).
+        alpha: exponent > 0 (a Python number: it is static under jit).
+
+    Returns:
+        A 0-dim array, float64 for float64 inputs and float32 otherwise; differentiable with respect to x and y
+        (``jax.custom_vjp``).
+
+    Raises:
+        TypeError: for a non-array input, an unsupported dtype, differing dtypes or a non-number alpha.
+        ValueError: for a wrong or mismatched shape, or alpha not finite or <= 0.
+    """
     _check_features("x", x, torch_api="hyperloss.align_loss")
     _check_features("y", y, torch_api="hyperloss.align_loss")
     if x.shape != y.shape:

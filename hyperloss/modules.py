@@ -11,7 +11,13 @@ from ._validation import check_bool, check_positive, check_weight
 
 
 class AlignLoss(nn.Module):
-    """``align_loss(x, y, alpha)`` as a module."""
+    """``align_loss(x, y, alpha)`` as a module.
+
+    Args:
+        alpha: exponent > 0 (the paper uses 2); checked here, at construction.
+        backend: "auto" (HYPERLOSS_BACKEND overrides it) or one of ``hyperloss.backends()``; whether it runs on the
+            inputs' device is checked per call.
+    """
 
     def __init__(self, alpha: float = 2.0, *, backend: str = "auto") -> None:
         super().__init__()
@@ -19,6 +25,14 @@ class AlignLoss(nn.Module):
         self.backend = check_backend_name(backend)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The alignment loss of the positive pairs (x_i, y_i).
+
+        Args:
+            x, y: features, shape (N, D), same dtype and device (see ``hyperloss.align_loss``).
+
+        Returns:
+            A 0-dim tensor: float64 for float64 inputs, float32 otherwise.
+        """
         return F.align_loss(x, y, self.alpha, backend=self.backend)
 
     def extra_repr(self) -> str:
@@ -26,7 +40,15 @@ class AlignLoss(nn.Module):
 
 
 class UniformLoss(nn.Module):
-    """``uniform_loss(x, t, queue=..., intra_batch=...)`` as a module."""
+    """``uniform_loss(x, t, queue=..., intra_batch=...)`` as a module.
+
+    Args:
+        t: temperature > 0 (the paper uses 2); checked here, at construction.
+        intra_batch: include the pairs x_i, x_j with i < j. False needs a queue in every call (without one it
+            leaves no pairs: ValueError).
+        backend: "auto" (HYPERLOSS_BACKEND overrides it) or one of ``hyperloss.backends()``; whether it runs on the
+            inputs' device is checked per call.
+    """
 
     def __init__(self, t: float = 2.0, *, intra_batch: bool = True, backend: str = "auto") -> None:
         super().__init__()
@@ -35,6 +57,16 @@ class UniformLoss(nn.Module):
         self.backend = check_backend_name(backend)
 
     def forward(self, x: torch.Tensor, queue: torch.Tensor | None = None) -> torch.Tensor:
+        """The uniformity loss of x's rows (and of their pairs with the queue, if any).
+
+        Args:
+            x: features, shape (N, D) (see ``hyperloss.uniform_loss``).
+            queue: optional (K, D) features of x's dtype and device, e.g. a MoCo memory bank: adds every
+                (x_i, queue_k) pair.
+
+        Returns:
+            A 0-dim tensor: float64 for float64 inputs, float32 otherwise.
+        """
         return F.uniform_loss(x, self.t, queue=queue, intra_batch=self.intra_batch, backend=self.backend)
 
     def extra_repr(self) -> str:
@@ -42,7 +74,17 @@ class UniformLoss(nn.Module):
 
 
 class AlignUniformLoss(nn.Module):
-    """The paper's recipe: ``align_weight * align(x, y) + uniform_weight * (uniform(x) + uniform(y)) / 2``."""
+    """The paper's recipe: ``align_weight * align(x, y) + uniform_weight * (uniform(x) + uniform(y)) / 2``.
+
+    Args:
+        align_weight: weight of the alignment term: any finite number (0 switches the term off).
+        uniform_weight: weight of the uniformity term: any finite number (0 switches the term off).
+        alpha: exponent of the alignment loss, > 0 (the paper uses 2).
+        t: temperature of the uniformity loss, > 0 (the paper uses 2).
+        backend: "auto" (HYPERLOSS_BACKEND overrides it) or one of ``hyperloss.backends()``, for all three losses.
+
+    Every argument is checked here, at construction.
+    """
 
     def __init__(
         self,
@@ -61,6 +103,15 @@ class AlignUniformLoss(nn.Module):
         self.backend = check_backend_name(backend)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The weighted sum of the alignment of (x_i, y_i) and the mean uniformity of x and of y.
+
+        Args:
+            x, y: features of two views of the same N inputs, shape (N, D), same dtype and device; usually
+                L2-normalized.
+
+        Returns:
+            A 0-dim tensor: float64 for float64 inputs, float32 otherwise.
+        """
         align = F.align_loss(x, y, self.alpha, backend=self.backend)
         uniform = (
             F.uniform_loss(x, self.t, backend=self.backend) + F.uniform_loss(y, self.t, backend=self.backend)

@@ -1,29 +1,33 @@
-"""The native backends: "cpu" (C++ kernels of csrc/cpu) and "cuda" (CUDA kernels of csrc/cuda, where built).
+"""The native backends: "cpu" (the C++ kernels of csrc/cpu) and "cuda" (the CUDA kernels of csrc/cuda, where the
+C library was built with them).
 
-Both are reached through the torch ops of hyperloss._C (``torch.ops.hyperloss.uniform_lse`` / ``align``), which
-dispatch on the device. This module loads the extension (recording why when it cannot), registers the ops' fake
-implementations for torch.compile, and exposes the backend primitives with the signatures of
-``hyperloss.reference``.
+Both are torch custom ops over the C API of libhyperloss (loaded by ``hyperloss._lib``), with their fake
+implementations beside them so that torch.compile and torch.export trace them:
+  hyperloss::uniform_lse(x, queue, t, intra_batch, grad_x, grad_queue, precision) -> (lse, grad_x, grad_queue)
+  hyperloss::align(x, y, alpha, grad_x) -> (loss, grad_x)
+t and alpha are 0-dim float64 CPU tensors (one compiled graph for every value), lse is float64, absent gradients
+are empty tensors (an op returns tensors). ``uniform_lse`` and ``align`` below are the backend primitives, with
+the signatures of ``hyperloss.reference``.
 """
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 
+from . import _lib
+from ._lib import LOAD_ERROR
 from ._validation import compute_dtype
 
-try:
-    from . import _C  # noqa: F401  (registers torch.ops.hyperloss.*)
-
-    LOAD_ERROR: str | None = None
-except ImportError as error:  # the package still works through the Triton and reference backends
-    LOAD_ERROR = (
-        f"the C++ extension hyperloss._C is not built or failed to load ({error}); "
-        "build it with `pip install --no-build-isolation -e .` (or `make build`)"
-    )
-
 # torch.get_float32_matmul_precision() -> hl_precision of the C API (float32 inputs on the GPU).
-_PRECISION = {"highest": 0, "high": 1, "medium": 2}
+_PRECISION = {"highest": _lib.PRECISION_IEEE, "high": _lib.PRECISION_TF32, "medium": _lib.PRECISION_BF16}
+_DTYPE = {
+    torch.float32: _lib.FLOAT32,
+    torch.float64: _lib.FLOAT64,
+    torch.float16: _lib.FLOAT16,
+    torch.bfloat16: _lib.BFLOAT16,
+}
 
 
 def available_cpu() -> tuple[bool, str]:
@@ -33,29 +37,121 @@ def available_cpu() -> tuple[bool, str]:
 def available_cuda() -> tuple[bool, str]:
     if LOAD_ERROR is not None:
         return False, LOAD_ERROR
-    if not torch._C._dispatch_has_kernel_for_dispatch_key("hyperloss::uniform_lse", "CUDA"):
-        return False, (
-            "hyperloss._C was built without CUDA kernels (they need a CUDA build of torch and a CUDA toolkit "
-            "at build time)"
+    if not _lib.lib.hl_has_cuda():
+        return (
+            False,
+            "libhyperloss was built without CUDA kernels (no CUDA toolkit at build time, or HYPERLOSS_CUDA=OFF)",
         )
     if not torch.cuda.is_available():
         return False, "no CUDA device"
     return True, ""
 
 
-if LOAD_ERROR is None:
+def cpu_isa() -> str:
+    """The instruction set the CPU kernels use here: "avx512", "avx2" or "generic" ("" without the library)."""
+    return "" if LOAD_ERROR is not None else _lib.lib.hl_cpu_isa().decode()
 
-    @torch.library.register_fake("hyperloss::uniform_lse")
-    def _uniform_lse_fake(x, queue, t, intra_batch, grad_x, grad_queue, precision=0):
-        dtype = compute_dtype(x.dtype)
-        gx = x.new_empty(x.shape if grad_x else (0,), dtype=dtype)
-        gq = x.new_empty(queue.shape if grad_queue and queue is not None else (0,), dtype=dtype)
-        return x.new_empty((), dtype=torch.float64), gx, gq
 
-    @torch.library.register_fake("hyperloss::align")
-    def _align_fake(x, y, alpha, grad_x):
-        dtype = compute_dtype(x.dtype)
-        return x.new_empty((), dtype=dtype), x.new_empty(x.shape if grad_x else (0,), dtype=dtype)
+def _matrix(t: torch.Tensor | None, cols: int) -> _lib.Matrix:
+    if t is None:
+        return _lib.no_matrix(cols)
+    return _lib.Matrix(t.data_ptr(), t.shape[0], t.shape[1], t.stride(0), t.stride(1))
+
+
+def _pointer(t: torch.Tensor) -> int | None:
+    return t.data_ptr() if t.numel() else None
+
+
+def _cpu_input(t: torch.Tensor) -> torch.Tensor:
+    """The CPU kernels take float32 or float64: other float dtypes are converted to float32."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+@torch.library.custom_op("hyperloss::uniform_lse", mutates_args=(), device_types="cpu")
+def _uniform_lse(
+    x: torch.Tensor,
+    queue: torch.Tensor | None,
+    t: torch.Tensor,
+    intra_batch: bool,
+    grad_x: bool,
+    grad_queue: bool,
+    precision: int = 0,  # float32 products are exact on the CPU
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x, queue = _cpu_input(x), None if queue is None else _cpu_input(queue)
+    gx = torch.empty(x.shape if grad_x else (0,), dtype=x.dtype)
+    gq = torch.empty(queue.shape if grad_queue and queue is not None else (0,), dtype=x.dtype)
+    lse = ctypes.c_double()
+    status = _lib.lib.hl_uniform_lse_cpu(
+        _DTYPE[x.dtype], _matrix(x, x.shape[1]), _matrix(queue, x.shape[1]), float(t), intra_batch,
+        torch.get_num_threads(), ctypes.byref(lse), _pointer(gx), _pointer(gq),
+    )  # fmt: skip
+    _lib.check(status, "uniform_lse")
+    return torch.tensor(lse.value, dtype=torch.float64), gx, gq
+
+
+@_uniform_lse.register_kernel("cuda")
+def _uniform_lse_cuda(x, queue, t, intra_batch, grad_x, grad_queue, precision=0):
+    # Inputs stay in their dtype (the kernels convert float16/bfloat16 on load); outputs in the compute dtype.
+    dtype = compute_dtype(x.dtype)
+    k = 0 if queue is None else queue.shape[0]
+    with torch.cuda.device(x.device):
+        lse = torch.empty((), dtype=torch.float64, device=x.device)
+        gx = torch.empty(x.shape if grad_x else (0,), dtype=dtype, device=x.device)
+        gq = torch.empty(queue.shape if grad_queue and queue is not None else (0,), dtype=dtype, device=x.device)
+        code = _DTYPE[x.dtype]
+        size = _lib.lib.hl_uniform_workspace_bytes_cuda(code, x.shape[0], k, x.shape[1], gx.numel() > 0, gq.numel() > 0)
+        workspace = torch.empty(size, dtype=torch.uint8, device=x.device)
+        status = _lib.lib.hl_uniform_lse_f64_cuda(
+            code, precision, _matrix(x, x.shape[1]), _matrix(queue, x.shape[1]), float(t), intra_batch,
+            lse.data_ptr(), _pointer(gx), _pointer(gq), workspace.data_ptr(), size,
+            torch.cuda.current_stream(x.device).cuda_stream,
+        )  # fmt: skip
+    _lib.check(status, "uniform_lse (CUDA)")
+    return lse, gx, gq
+
+
+@_uniform_lse.register_fake
+def _uniform_lse_fake(x, queue, t, intra_batch, grad_x, grad_queue, precision=0):
+    dtype = compute_dtype(x.dtype)
+    gx = x.new_empty(x.shape if grad_x else (0,), dtype=dtype)
+    gq = x.new_empty(queue.shape if grad_queue and queue is not None else (0,), dtype=dtype)
+    return x.new_empty((), dtype=torch.float64), gx, gq
+
+
+@torch.library.custom_op("hyperloss::align", mutates_args=(), device_types="cpu")
+def _align(x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, grad_x: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = _cpu_input(x), _cpu_input(y)
+    gx = torch.empty(x.shape if grad_x else (0,), dtype=x.dtype)
+    loss = ctypes.c_double()
+    status = _lib.lib.hl_align_cpu(
+        _DTYPE[x.dtype], _matrix(x, x.shape[1]), _matrix(y, y.shape[1]), float(alpha), torch.get_num_threads(),
+        ctypes.byref(loss), _pointer(gx),
+    )  # fmt: skip
+    _lib.check(status, "align")
+    return torch.tensor(loss.value, dtype=x.dtype), gx
+
+
+@_align.register_kernel("cuda")
+def _align_cuda(x, y, alpha, grad_x):
+    dtype = compute_dtype(x.dtype)
+    with torch.cuda.device(x.device):
+        loss = torch.empty((), dtype=dtype, device=x.device)
+        gx = torch.empty(x.shape if grad_x else (0,), dtype=dtype, device=x.device)
+        code = _DTYPE[x.dtype]
+        size = _lib.lib.hl_align_workspace_bytes_cuda(code, x.shape[0])
+        workspace = torch.empty(size, dtype=torch.uint8, device=x.device)
+        status = _lib.lib.hl_align_cuda(
+            code, _matrix(x, x.shape[1]), _matrix(y, y.shape[1]), float(alpha), loss.data_ptr(), _pointer(gx),
+            workspace.data_ptr(), size, torch.cuda.current_stream(x.device).cuda_stream,
+        )  # fmt: skip
+    _lib.check(status, "align (CUDA)")
+    return loss, gx
+
+
+@_align.register_fake
+def _align_fake(x, y, alpha, grad_x):
+    dtype = compute_dtype(x.dtype)
+    return x.new_empty((), dtype=dtype), x.new_empty(x.shape if grad_x else (0,), dtype=dtype)
 
 
 def uniform_lse(
@@ -73,7 +169,7 @@ def uniform_lse(
     ``precision`` ("highest", "high", "medium") picks the products of float32 inputs on CUDA; None follows
     ``torch.get_float32_matmul_precision()``. The CPU kernels always compute exact float32 products.
     """
-    code = 0
+    code = _lib.PRECISION_IEEE
     if x.is_cuda:
         code = _PRECISION[precision or torch.get_float32_matmul_precision()]
     lse, gx, gq = torch.ops.hyperloss.uniform_lse(x, queue, t, intra_batch, grad_x, grad_queue, code)

@@ -23,12 +23,28 @@ from ._validation import compute_dtype
 
 
 def paper_align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = 2) -> torch.Tensor:
-    """The paper's alignment loss: ``(x - y).norm(p=2, dim=1).pow(alpha).mean()``."""
+    """The paper's alignment loss: ``(x - y).norm(p=2, dim=1).pow(alpha).mean()``.
+
+    Args:
+        x, y: positive-pair features, shape (N, D).
+        alpha: exponent.
+
+    Returns:
+        A 0-dim tensor of x's dtype; autograd through torch (NaN gradients for equal rows when alpha < 1).
+    """
     return (x - y).norm(p=2, dim=1).pow(alpha).mean()
 
 
 def paper_uniform_loss(x: torch.Tensor, t: float = 2) -> torch.Tensor:
-    """The paper's uniformity loss: ``torch.pdist(x, p=2).pow(2).mul(-t).exp().mean().log()``."""
+    """The paper's uniformity loss: ``torch.pdist(x, p=2).pow(2).mul(-t).exp().mean().log()``.
+
+    Args:
+        x: features, shape (N, D), N >= 2.
+        t: temperature.
+
+    Returns:
+        A 0-dim tensor of x's dtype; -inf where every exp underflows. Materializes the N (N - 1) / 2 distances.
+    """
     return torch.pdist(x, p=2).pow(2).mul(-t).exp().mean().log()
 
 
@@ -36,7 +52,17 @@ def paper_uniform_loss_with_queue(
     x: torch.Tensor, queue: torch.Tensor, t: float = 2, intra_batch: bool = True
 ) -> torch.Tensor:
     """The queue form in the paper's style: every (x_i, q_k) distance, plus the i<j ones when ``intra_batch``.
-    Distances by direct differences, as pdist takes them (cdist's default switches to the Gram form)."""
+    Distances by direct differences, as pdist takes them (cdist's default switches to the Gram form).
+
+    Args:
+        x: features, shape (N, D).
+        queue: (K, D) features of x's dtype and device.
+        t: temperature.
+        intra_batch: include the i < j pairs of x.
+
+    Returns:
+        A 0-dim tensor of x's dtype; -inf where every exp underflows. Materializes every distance.
+    """
     sq_dists = torch.cdist(x, queue, p=2, compute_mode="donot_use_mm_for_euclid_dist").pow(2).flatten()
     if intra_batch:
         sq_dists = torch.cat([torch.pdist(x, p=2).pow(2), sq_dists])
@@ -48,13 +74,30 @@ def paper_uniform_loss_with_queue(
 
 
 def dense_align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = 2) -> torch.Tensor:
-    """mean_i (||x_i - y_i||^2)^(alpha/2), with no square root (finite gradients for equal rows when alpha >= 2)."""
+    """mean_i (||x_i - y_i||^2)^(alpha/2), with no square root (finite gradients for equal rows when alpha >= 2).
+
+    Args:
+        x, y: positive-pair features, shape (N, D).
+        alpha: exponent.
+
+    Returns:
+        A 0-dim tensor of x's dtype; autograd through torch (also to higher orders).
+    """
     return (x - y).pow(2).sum(dim=1).pow(alpha / 2).mean()
 
 
 def direct_sq_dists(a: torch.Tensor, b: torch.Tensor, rows_per_block: int = 64) -> torch.Tensor:
     """||a_i - b_j||^2 by direct differences (never through the Gram matrix, which cancels when the rows share a
-    large common component), in row blocks so that no N x N x D tensor exists at once; differentiable."""
+    large common component), in row blocks so that no N x N x D tensor exists at once; differentiable.
+
+    Args:
+        a: (N, D) rows.
+        b: (M, D) rows of a's dtype and device.
+        rows_per_block: rows of ``a`` per block (memory: rows_per_block x M x D elements at once).
+
+    Returns:
+        The (N, M) squared distances, in a's dtype.
+    """
     blocks = [
         (a[start : start + rows_per_block, None, :] - b[None, :, :]).pow(2).sum(-1)
         for start in range(0, a.shape[0], rows_per_block)
@@ -69,6 +112,16 @@ def dense_uniform_loss(
     finite where the paper's code gives -inf, and exact for rows with a large common offset.
 
     Materializes the N x N (and N x K) scores: for small inputs and tests only.
+
+    Args:
+        x: features, shape (N, D).
+        t: temperature.
+        queue: optional (K, D) features of x's dtype and device: adds every (x_i, queue_k) pair.
+        intra_batch: include the i < j pairs of x (at least one of these and the queue must give pairs).
+
+    Returns:
+        A 0-dim tensor of x's dtype; autograd through torch (also to higher orders). In float64 it is the
+        definition every backend is tested against.
     """
     scores = []
     if intra_batch:
@@ -105,6 +158,14 @@ def centered_and_scaled(
     ||u||^2 + ||v||^2 - 2 u.v cancels only on the spread of the rows, not on their common offset, and no squared norm
     overflows. Computed in float64 (after a first power-of-two scale, so that centering cannot overflow); detached:
     the backends differentiate analytically.
+
+    Args:
+        x: (N, D) rows.
+        queue: optional (K, D) rows; c is the mean of the rows of x and the queue together.
+        dtype: the dtype of the returned rows.
+
+    Returns:
+        (x', queue' or None, E): the centered, scaled rows in ``dtype``, and E as a 0-dim float64 tensor.
     """
     rows = x.detach() if queue is None else torch.cat([x.detach(), queue.detach()])
     wide = rows.to(torch.float64)
@@ -185,6 +246,18 @@ def uniform_lse(
     Two sweeps over row blocks of centered, scaled rows x' = (x - c) 2^-E (log-sum-exp, then the weights
     exp(s - lse)); with t' = t 4^E the gradient of pair (i, j) with weight w is -2t' w (x'_i - x'_j) in x'
     coordinates, 2^-E times that in x's.
+
+    Args:
+        x: (N, D) features (checked by the caller).
+        queue: optional (K, D) features of x's dtype and device.
+        t: temperature, a 0-dim float64 tensor.
+        intra_batch: include the i < j pairs of x.
+        grad_x: also compute d lse / dx.
+        grad_queue: also compute d lse / d queue (ignored without a queue).
+
+    Returns:
+        (lse, grad_x or None, grad_queue or None): lse a 0-dim float64 tensor, the gradients in the compute dtype
+        (float64 for float64 inputs, else float32). NaN where any input element is not finite.
     """
     dtype = compute_dtype(x.dtype)
     xs, qs, exponent = centered_and_scaled(x, queue, dtype)
@@ -238,6 +311,15 @@ def align(
     ``alpha`` is a 0-dim float64 tensor.
 
     A zero distance has a zero gradient for every alpha (no square root, no 0 * inf).
+
+    Args:
+        x, y: (N, D) positive-pair features (checked by the caller).
+        alpha: exponent, a 0-dim float64 tensor.
+        grad_x: also compute d loss / dx (d loss / dy is its negative).
+
+    Returns:
+        (loss, grad_x or None): the 0-dim loss and the (N, D) gradient, in the compute dtype (float64 for float64
+        inputs, else float32).
     """
     dtype = compute_dtype(x.dtype)
     diff = x.to(dtype) - y.to(dtype)

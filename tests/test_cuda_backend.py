@@ -1,6 +1,6 @@
-"""backend="cuda" (the CUDA C++ kernels in hyperloss._C) on a GPU against the float64 reference.
+"""backend="cuda" (the CUDA C++ kernels of libhyperloss) on a GPU against the float64 reference.
 
-Skipped where hyperloss._C has no CUDA kernels or no GPU is present; the same kernels are also checked without
+Skipped where libhyperloss has no CUDA kernels or no GPU is present; the same kernels are also checked without
 torch by the C++ test csrc/tests/test_cuda.cpp (ctest)."""
 
 from __future__ import annotations

@@ -216,3 +216,33 @@ def test_rejects_other_array_types_and_dtypes():
     # NumPy arrays of a supported dtype work, under jit too.
     xn = np.asarray(_unit_rows(5, 3, seed=4), np.float32)
     assert float(hj.uniform_loss(xn)) == pytest.approx(float(jax.jit(hj.uniform_loss)(jnp.asarray(xn))), rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_callback_path_matches_the_reference(monkeypatch, dtype):
+    """Without the FFI library (a plain `pip install ".[jax]"` builds none) the C kernels are reached through
+    jax.pure_callback: the same values and gradients, under jit, with a queue, and for alignment."""
+    monkeypatch.setattr(hj, "KERNEL_PATH", "callback")
+    x = features(40, 7, seed=11, dtype=torch.float64)
+    queue = features(9, 7, seed=12, dtype=torch.float64)
+    want, want_grads = uniform_reference(x, 2.0, queue)
+    fn = jax.jit(jax.value_and_grad(lambda a, b: hj.uniform_loss(a, 2.0, queue=b), (0, 1)))
+    value, grads = fn(jnp.asarray(x.numpy().astype(dtype)), jnp.asarray(queue.numpy().astype(dtype)))
+    value_tol, grad_tol = TOL[dtype]
+    assert value.dtype == dtype
+    assert abs(float(value) - want.item()) <= value_tol * (1 + abs(want.item()))
+    for got, w in zip(grads, want_grads, strict=True):
+        assert _max_rel(got, w.numpy()) <= grad_tol
+    near_zero = float(jax.jit(lambda a: hj.uniform_loss(a, 1e-6))(jnp.asarray(_unit_rows(300, 8, 1).astype(dtype))))
+    assert near_zero <= 0 and abs(near_zero - _direct_loss(_unit_rows(300, 8, 1).astype(dtype), 1e-6)) <= 1e-4 * abs(
+        near_zero
+    )
+    y = features(40, 7, seed=13, dtype=torch.float64)
+    align, (gx, _) = jax.jit(jax.value_and_grad(lambda a, b: hj.align_loss(a, b, 1.5), (0, 1)))(
+        jnp.asarray(x.numpy().astype(dtype)), jnp.asarray(y.numpy().astype(dtype))
+    )
+    x64 = x.clone().requires_grad_()
+    want_align = reference.paper_align_loss(x64, y, 1.5)
+    (want_gx,) = torch.autograd.grad(want_align, x64)
+    assert abs(float(align) - want_align.item()) <= value_tol * (1 + want_align.item())
+    assert _max_rel(gx, want_gx.numpy()) <= grad_tol

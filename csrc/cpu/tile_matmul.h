@@ -4,12 +4,9 @@
 // with Q rows contiguous and readable (zero-padded) up to the next multiple of kColBlock<T>, so the inner loops
 // have fixed trip counts and vectorize. Any number of rows (blocks of kRowBlock, then a shorter block) and of
 // columns (the last, partial column block is computed whole and stored in part).
-#pragma once
-
-#include <algorithm>
-#include <cstdint>
-
-namespace hyperloss::cpu {
+//
+// Included inside each instruction set's namespace by uniform_tile.inc (no namespace, no std code of its own: every
+// function here must be compiled, and named, once per instruction set).
 
 constexpr int64_t kRowBlock = 4;
 template <typename T>
@@ -31,7 +28,7 @@ inline void row_block_product(int64_t cols, int64_t depth, const T* __restrict__
         for (int64_t c = 0; c < NR; ++c) acc[r][c] += pr * qk[c];
       }
     }
-    const int64_t width = std::min(NR, cols - c0);
+    const int64_t width = cols - c0 < NR ? cols - c0 : NR;
     for (int64_t r = 0; r < MR; ++r) {
       T* out = C + r * c_row + c0;
       if (width == NR) {
@@ -60,5 +57,3 @@ void tile_matmul(int64_t rows, int64_t cols, int64_t depth, const T* __restrict_
     default: break;
   }
 }
-
-}  // namespace hyperloss::cpu

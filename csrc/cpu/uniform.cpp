@@ -29,14 +29,11 @@
 #include "hyperloss/hyperloss.h"
 #include "page_buffer.h"
 #include "threads.h"
-#include "tile_matmul.h"
-#include "vec_exp.h"
+#include "tile_kernels.h"
 
 namespace hyperloss::cpu {
 namespace {
 
-constexpr int64_t kTile = 64;            // rows on each side of a pair tile (a multiple of kColBlock)
-constexpr int64_t kDepthChunk = 256;     // Gram columns per pass; longer rows add their chunks in double
 constexpr double kRescaleMargin = 16.0;  // e-folds a tile's maximum may exceed a block's shift before rescaling
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
@@ -85,7 +82,7 @@ Prepared<T> prepare(const Rows<T>& in, int64_t cols, int threads) {
   const int64_t n = in.count();
   out.rows = n;
   out.cols = cols;
-  out.padded_cols = round_up(cols, kColBlock<T>);
+  out.padded_cols = round_up(cols, 64 / static_cast<int64_t>(sizeof(T)));  // whole 64-byte column blocks
 
   // 1. Finite check and the largest magnitude, for a first scale that keeps the centering below from overflowing.
   double max_abs = 0;
@@ -230,12 +227,12 @@ class UniformKernel {
     {
       const int me = omp_get_thread_num();
       T* e = scratch.data() + me * scratch_size;
-      T* side = e + kTile * kTile;
-      double* gram = gram_scratch.empty() ? nullptr : gram_scratch.data() + me * kTile * kTile;
+      const TileScratch<T> mine{e, e + kTile * kTile,
+                                gram_scratch.empty() ? nullptr : gram_scratch.data() + me * kTile * kTile};
       for (int64_t r = 0; r < schedule_.rounds(); ++r) {
         const int64_t tiles = schedule_.tiles_in(r);
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t k = 0; k < tiles; ++k) process(schedule_.tile(r, k), e, side, gram);
+        for (int64_t k = 0; k < tiles; ++k) process(schedule_.tile(r, k), mine);
       }
     }
     double shift = -kInf, max_score = -kInf;
@@ -304,104 +301,47 @@ class UniformKernel {
     return std::exp(score - s.shift);
   }
 
-  void process(const Tile& tile, T* e, T* side, double* gram) {
+  void process(const Tile& tile, const TileScratch<T>& scratch) {
     const Block& bi = blocks_[tile.i];
     const Block& bj = blocks_[tile.j];
     const bool diagonal = tile.i == tile.j;
-    const int64_t vi = bi.rows, vj = bj.rows, jw = round_up(vj, kColBlock<T>);
-    const int64_t pc = x_.padded_cols;
-    const T* xi = x_.row(bi.start);
-    const T* xj = x_.row(bj.start);
-
-    // Gram tile g_ij = x'_i . x'_j, the j side transposed chunk by chunk so that the product runs along j.
-    const bool chunked = needs_double_gram();
-    if (chunked) std::fill(gram, gram + kTile * kTile, 0.0);
-    for (int64_t c0 = 0; c0 < pc; c0 += kDepthChunk) {
-      const int64_t depth = std::min(kDepthChunk, pc - c0);
-      for (int64_t c = 0; c < depth; ++c) {
-        T* dst = side + c * kTile;
-        for (int64_t j = 0; j < vj; ++j) dst[j] = xj[j * pc + c0 + c];
-        for (int64_t j = vj; j < jw; ++j) dst[j] = T(0);
-      }
-      if (c0 == 0 || chunked)
-        tile_matmul<T, false>(vi, jw, depth, xi + c0, pc, 1, side, kTile, e, kTile);
-      else
-        tile_matmul<T, true>(vi, jw, depth, xi + c0, pc, 1, side, kTile, e, kTile);
-      if (chunked)
-        for (int64_t i = 0; i < vi; ++i)
-          for (int64_t j = 0; j < jw; ++j) gram[i * kTile + j] += e[i * kTile + j];
-    }
-    if (chunked)
-      for (int64_t i = 0; i < vi; ++i)
-        for (int64_t j = 0; j < jw; ++j) e[i * kTile + j] = static_cast<T>(gram[i * kTile + j]);
-
-    // Squared distances, +inf where the pair does not exist (padding, j <= i on the diagonal), and their minimum.
-    const T inf = std::numeric_limits<T>::infinity();
-    const T* ni = x_.sq_norms.data() + bi.start;
-    const T* nj = x_.sq_norms.data() + bj.start;
-    T d_min = inf;
-    for (int64_t i = 0; i < vi; ++i) {
-      T* ei = e + i * kTile;
-      const int64_t first_j = diagonal ? i + 1 : 0;
-#pragma omp simd reduction(min : d_min)
-      for (int64_t j = 0; j < jw; ++j) {
-        T d = ni[i] + nj[j] - T(2) * ei[j];
-        d = d < T(0) ? T(0) : d;
-        d = (j < vj && j >= first_j) ? d : inf;
-        ei[j] = d;
-        d_min = d < d_min ? d : d_min;
-      }
-    }
-    if (d_min == inf) return;  // no pair in this tile (a one-row diagonal block)
+    const TileView<T> view{x_.row(bi.start),
+                           x_.row(bj.start),
+                           x_.sq_norms.data() + bi.start,
+                           x_.sq_norms.data() + bj.start,
+                           bi.rows,
+                           bj.rows,
+                           x_.padded_cols,
+                           diagonal};
+    const T d_min = kernels_.distances(view, scratch);
+    if (d_min == std::numeric_limits<T>::infinity()) return;  // no pair in this tile (a one-row diagonal block)
     // The tile's largest score, in double: t' d may be far outside T's range.
     const double tile_max = d_min == T(0) ? 0.0 : -(t_scaled_ * static_cast<double>(d_min));
     if (tile_max == -kInf) return;  // t' overflows double: these terms vanish next to any finite score
-
-    // e_ij = exp(-t' (d_ij - d_min)). t' may be inf in T (then only the closest pairs count, as they should); the
-    // closest pairs get exactly 1 and absent pairs 0 without forming inf * 0.
-    // A row's total is summed both as sum e and as its count minus sum (1 - e), and the smaller sum is used: when
-    // every e is near 1 (small t: the loss is near 0), 1 - e is exact and keeps the digits a plain sum loses.
-    T row_sums[kTile], col_sums[kTile] = {};
-    double tile_total = 0;
-    const T tc = t_scaled_c_;
-    for (int64_t i = 0; i < vi; ++i) {
-      T* ei = e + i * kTile;
-      T row_total = 0, row_missing = 0;
-#pragma omp simd reduction(+ : row_total, row_missing)
-      for (int64_t j = 0; j < jw; ++j) {
-        const bool valid = ei[j] != inf;
-        const T excess = ei[j] - d_min;
-        const T arg = excess == T(0) ? T(0) : -(tc * excess);
-        const T v = valid ? vec_exp<T>(arg) : T(0);
-        ei[j] = v;
-        row_total += v;
-        row_missing += valid ? T(1) - v : T(0);
-        col_sums[j] += v;
-      }
-      row_sums[i] = row_total;
-      const int64_t count = diagonal ? std::max<int64_t>(vj - 1 - i, 0) : vj;
-      tile_total += row_total <= row_missing ? static_cast<double>(row_total)
-                                             : static_cast<double>(count) - static_cast<double>(row_missing);
-    }
+    T row_sums[kTile], col_sums[kTile];
+    const double tile_total = kernels_.exponentials(view, scratch.e, d_min, t_scaled_c_, row_sums, col_sums);
 
     const double factor_i = raise_shift(tile.i, tile_max);
     BlockSums& si = sums_[tile.i];
     si.total += factor_i * tile_total;
     si.max_score = std::max(si.max_score, tile_max);
     const double factor_j = diagonal ? factor_i : raise_shift(tile.j, tile_max);
-    const int64_t cols = x_.cols;
+    const int64_t cols = x_.cols, pc = x_.padded_cols;
     // Row side: w_i += sum_j e_ij, acc_i += sum_j e_ij x'_j.  Column side: w_j += sum_i e_ij, acc_j += sum_i e_ij x'_i.
     if (T* acc = accumulator(bi)) {
-      for (int64_t i = 0; i < vi; ++i) weights_[bi.start + i] += factor_i * row_sums[i];
-      tile_matmul<T, true>(vi, cols, vj, e, kTile, 1, xj, pc, acc, cols, static_cast<T>(factor_i));
+      for (int64_t i = 0; i < bi.rows; ++i) weights_[bi.start + i] += factor_i * row_sums[i];
+      kernels_.accumulate(bi.rows, cols, bj.rows, scratch.e, kTile, 1, view.xj, pc, acc, cols,
+                          static_cast<T>(factor_i));
     }
     if (T* acc = accumulator(bj)) {
-      for (int64_t j = 0; j < vj; ++j) weights_[bj.start + j] += factor_j * col_sums[j];
-      tile_matmul<T, true>(vj, cols, vi, e, 1, kTile, xi, pc, acc, cols, static_cast<T>(factor_j));
+      for (int64_t j = 0; j < bj.rows; ++j) weights_[bj.start + j] += factor_j * col_sums[j];
+      kernels_.accumulate(bj.rows, cols, bi.rows, scratch.e, 1, kTile, view.xi, pc, acc, cols,
+                          static_cast<T>(factor_j));
     }
   }
 
   const Prepared<T>& x_;
+  const TileKernels<T>& kernels_ = tile_kernels(T());
   int64_t rows_a_;
   T* grad_a_;
   T* grad_b_;

@@ -4,12 +4,8 @@
 // Taylor polynomial (degree 7 for float: error < 5e-9; degree 13 for double: < 2e-16). Results below the smallest
 // normal number flush to 0: in our sums each term is relative to a shift at most a few dozen e-folds above it, so
 // such terms are far below one ulp of the total. NaN stays NaN.
-#pragma once
-
-#include <cstdint>
-#include <cmath>
-
-namespace hyperloss::cpu {
+//
+// Included inside each instruction set's namespace by uniform_tile.inc (see tile_matmul.h).
 
 template <typename T>
 struct ExpTraits;
@@ -48,6 +44,9 @@ __attribute__((always_inline)) inline T taylor_exp(T r) {
   }
 }
 
+__attribute__((always_inline)) inline float floor_of(float x) { return __builtin_floorf(x); }
+__attribute__((always_inline)) inline double floor_of(double x) { return __builtin_floor(x); }
+
 template <typename T>
 __attribute__((always_inline)) inline T vec_exp(T x) {
   using Tr = ExpTraits<T>;
@@ -55,7 +54,7 @@ __attribute__((always_inline)) inline T vec_exp(T x) {
   // Local copies: a conditional over the static members themselves would select between their addresses.
   const T lo = Tr::kMin, hi = Tr::kMax;
   const T clamped = x < lo ? lo : (x > hi ? hi : x);
-  const T n = std::floor(clamped * T(1.4426950408889634) + T(0.5));
+  const T n = floor_of(clamped * T(1.4426950408889634) + T(0.5));
   const T r = (clamped - n * Tr::kLn2Hi) - n * Tr::kLn2Lo;
   // Horner form of sum_{k <= degree} r^k / k!
   const T p = taylor_exp<T, 1, Tr::kDegree>(r);
@@ -66,5 +65,3 @@ __attribute__((always_inline)) inline T vec_exp(T x) {
   result = x > hi ? T(__builtin_inf()) : result;
   return x != x ? x : result;
 }
-
-}  // namespace hyperloss::cpu

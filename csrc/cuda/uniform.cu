@@ -788,3 +788,13 @@ extern "C" hl_status hl_uniform_lse_cuda(hl_dtype dtype, hl_precision precision,
   return hyperloss::cuda::uniform_lse(dtype, precision, a, b, t, intra_batch, results, grad_a, grad_b, workspace,
                                       workspace_bytes, stream);
 }
+
+extern "C" hl_status hl_uniform_lse_f64_cuda(hl_dtype dtype, hl_precision precision, hl_matrix a, hl_matrix b,
+                                             double t, int intra_batch, double* lse_out, void* grad_a, void* grad_b,
+                                             void* workspace, size_t workspace_bytes, void* stream) {
+  hyperloss::cuda::UniformResults results;
+  results.lse_f64 = lse_out;
+  if (lse_out == nullptr) return HL_ERR_INVALID_ARGUMENT;
+  return hyperloss::cuda::uniform_lse(dtype, precision, a, b, t, intra_batch, results, grad_a, grad_b, workspace,
+                                      workspace_bytes, stream);
+}

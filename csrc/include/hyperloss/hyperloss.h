@@ -76,12 +76,24 @@ size_t hl_uniform_workspace_bytes_cuda(hl_dtype dtype, int64_t rows_a, int64_t r
 hl_status hl_uniform_lse_cuda(hl_dtype dtype, hl_precision precision, hl_matrix a, hl_matrix b, double t,
                               int intra_batch, void* lse_out, void* grad_a, void* grad_b, void* workspace,
                               size_t workspace_bytes, void* stream);
+/* The same with lse written as one double (device memory) for every dtype: for float32 inputs the float lse_out
+ * of hl_uniform_lse_cuda drops the digits of a loss lse - log|P| near 0. */
+hl_status hl_uniform_lse_f64_cuda(hl_dtype dtype, hl_precision precision, hl_matrix a, hl_matrix b, double t,
+                                  int intra_batch, double* lse_out, void* grad_a, void* grad_b, void* workspace,
+                                  size_t workspace_bytes, void* stream);
 size_t hl_align_workspace_bytes_cuda(hl_dtype dtype, int64_t rows);
 hl_status hl_align_cuda(hl_dtype dtype, hl_matrix x, hl_matrix y, double alpha, void* loss_out, void* grad_x,
                         void* workspace, size_t workspace_bytes, void* stream);
 
 /* Whether this build has the CUDA kernels. */
 int hl_has_cuda(void);
+
+/* The instruction set the CPU kernels use on this machine now: "avx512", "avx2" or "generic". The best one the CPU
+ * has is chosen at run time; the environment variable HYPERLOSS_CPU_ISA may name a lower one (read on each call). */
+const char* hl_cpu_isa(void);
+
+/* The library's version, "major.minor.patch" (the Python package's version). */
+const char* hl_version(void);
 
 /* A static, human-readable message for a status code. */
 const char* hl_status_string(hl_status status);

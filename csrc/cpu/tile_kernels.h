@@ -1,0 +1,65 @@
+// The arithmetic of one tile of pairs, the part of the uniformity kernel worth vectorizing for each instruction set.
+// It is compiled once per instruction set (uniform_tile.inc, included by tile_generic.cpp, tile_avx2.cpp and
+// tile_avx512.cpp, each in a namespace of its own and with its own compiler flags) and chosen at run time
+// (isa.cpp), so one build runs on any x86-64 CPU and uses AVX2 or AVX-512 where present. This header holds only
+// types and declarations: no code that a compiler could emit once per instruction set and let the linker mix up.
+#pragma once
+
+#include <cstdint>
+
+namespace hyperloss::cpu {
+
+constexpr int64_t kTile = 64;         // rows on each side of a pair tile (a multiple of every column block)
+constexpr int64_t kDepthChunk = 256;  // Gram columns per pass; longer rows add their chunks in double
+
+// One tile of pairs: packed rows [xi, xi + vi) against [xj, xj + vj) (vi, vj <= kTile), and their squared norms
+// (readable kTile entries past each start). `diagonal`: xi == xj, only the pairs j > i exist.
+template <typename T>
+struct TileView {
+  const T* xi;
+  const T* xj;
+  const T* ni;
+  const T* nj;
+  int64_t vi, vj, padded_cols;
+  bool diagonal;
+};
+
+// Per-thread scratch: e (kTile x kTile), side (kDepthChunk x kTile), gram (kTile x kTile doubles, or null when the
+// rows fit one depth chunk).
+template <typename T>
+struct TileScratch {
+  T* e;
+  T* side;
+  double* gram;
+};
+
+template <typename T>
+struct TileKernels {
+  // e := squared distances of the tile's pairs (+inf where a pair does not exist); returns their minimum.
+  T (*distances)(const TileView<T>& tile, const TileScratch<T>& scratch);
+  // e := exp(-t (d - d_min)) (0 for absent pairs, 1 for the closest); row_sums[i], col_sums[j] (kTile each, filled);
+  // returns the tile's total in double (each row's sum taken as sum e, or as its count minus sum (1 - e) where that
+  // keeps more digits).
+  double (*exponentials)(const TileView<T>& tile, T* e, T d_min, T t, T* row_sums, T* col_sums);
+  // C[r][c] += alpha * sum_k P[r * p_row + k * p_depth] * Q[k * q_row + c], r < rows, c < cols; Q readable up to
+  // the next multiple of 64 bytes of columns.
+  void (*accumulate)(int64_t rows, int64_t cols, int64_t depth, const T* P, int64_t p_row, int64_t p_depth,
+                     const T* Q, int64_t q_row, T* C, int64_t c_row, T alpha);
+};
+
+// The kernels for the instruction set chosen at run time (see isa.cpp).
+const TileKernels<float>& tile_kernels(float);
+const TileKernels<double>& tile_kernels(double);
+
+// Each instruction set's kernels (defined in tile_<isa>.cpp).
+#define HYPERLOSS_DECLARE_TILE_KERNELS(isa)       \
+  namespace isa {                                 \
+  extern const TileKernels<float> kFloatKernels;   \
+  extern const TileKernels<double> kDoubleKernels; \
+  }
+HYPERLOSS_DECLARE_TILE_KERNELS(generic)
+HYPERLOSS_DECLARE_TILE_KERNELS(avx2)
+HYPERLOSS_DECLARE_TILE_KERNELS(avx512)
+#undef HYPERLOSS_DECLARE_TILE_KERNELS
+
+}  // namespace hyperloss::cpu
