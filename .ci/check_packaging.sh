@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds an sdist and a wheel from this checkout and installs each into a fresh venv the way users do: the default,
 # isolated `pip install` (CPU torch preinstalled, as users have it). Then a smoke test outside the checkout: the
-# `cpu` backend is there and one loss matches the paper's formula. Also checks that the isolated build fetched no
+# `cpu` backend is there and one loss matches the paper's formula (and, for the wheel installed with its `jax`
+# extra, hyperloss.jax gives it too). Also checks that the isolated build fetched no
 # torch of its own. Run by `make test` (CI); about 3-5 minutes on 2 cores.
 #
 # The CUDA kernels are left out here (HYPERLOSS_CUDA=OFF): compiling them for sm_90 takes minutes, `make ctest`
@@ -29,10 +30,18 @@ x = torch.nn.functional.normalize(torch.randn(300, 16, dtype=torch.float64), dim
 got, want = hyperloss.uniform_loss(x, 2.0, backend="cpu").item(), reference.paper_uniform_loss(x, 2.0).item()
 assert abs(got - want) <= 1e-12 * abs(want), (got, want)
 print("smoke test passed:", hyperloss.__version__, "torch", torch.__version__, "cpu isa", hyperloss.native.cpu_isa())
+try:
+    import jax
+except ImportError:
+    sys.exit(0)
+import hyperloss.jax as hj
+jax_value = float(hj.uniform_loss(jax.numpy.asarray(x.float().numpy()), 2.0))
+assert abs(jax_value - want) <= 1e-5 * abs(want), (jax_value, want)
+print("hyperloss.jax works, through", hj.KERNEL_PATH)
 '
 for kind in sdist wheel; do
     artifact=$(ls "$WORK"/dist/*.tar.gz)
-    [ "$kind" = wheel ] && artifact=$(ls "$WORK"/dist/*.whl)
+    [ "$kind" = wheel ] && artifact="$(ls "$WORK"/dist/*.whl)[jax]"  # the jax extra: hyperloss.jax must work too
     echo "== $kind: fresh venv, $TORCH, then pip install $(basename "$artifact")"
     "$PYTHON" -m venv "$WORK/venv-$kind"
     "$WORK/venv-$kind/bin/pip" install --quiet "$TORCH" numpy 2>&1 | grep -v "^WARNING: Location" || true
