@@ -6,6 +6,8 @@ alpha never forces a recompile.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 _SECOND_DERIVATIVE = (
@@ -30,9 +32,17 @@ def as_scalar_tensor(value: float | torch.Tensor) -> torch.Tensor:
     read it at run time, so torch.compile traces one graph for every value."""
     if isinstance(value, torch.Tensor):
         return value.detach().to(device="cpu", dtype=torch.float64).reshape(())
+    if not torch.compiler.is_compiling():
+        return _eager_scalar(float(value))
     # zeros + value, not torch.full/torch.tensor: inductor specializes a float used as a fill value (one compiled
     # graph per value) but keeps it symbolic in arithmetic.
     return torch.zeros((), dtype=torch.float64) + value
+
+
+@functools.lru_cache(maxsize=64)
+def _eager_scalar(value: float) -> torch.Tensor:
+    """Eager calls reuse one tensor per value (t and alpha rarely change): the backends only read it."""
+    return torch.full((), value, dtype=torch.float64)
 
 
 def log_mean_from_lse(lse: torch.Tensor, n: int, k: int, intra_batch: bool, dtype: torch.dtype) -> torch.Tensor:

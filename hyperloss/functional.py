@@ -15,11 +15,10 @@ from ._validation import check_align_args, check_uniform_args, compute_dtype
 
 class _UniformLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, queue, t, intra_batch, backend, grad_enabled):
-        # needs_input_grad says True under torch.no_grad too: the caller's grad mode decides whether to pay for
-        # the gradient.
-        grad_x = grad_enabled and ctx.needs_input_grad[0]
-        grad_queue = grad_enabled and queue is not None and ctx.needs_input_grad[1]
+    def forward(ctx, x, queue, t, intra_batch, backend):
+        # Applied only where a graph is built (see uniform_loss): needs_input_grad says True under no_grad too.
+        grad_x = ctx.needs_input_grad[0]
+        grad_queue = queue is not None and ctx.needs_input_grad[1]
         lse, gx, gq = _dispatch.LOADED[backend].uniform_lse(x, queue, t, intra_batch, grad_x, grad_queue)
         ctx.save_for_backward(gx, gq)
         ctx.dtypes = (x.dtype, None if queue is None else queue.dtype)
@@ -31,13 +30,13 @@ class _UniformLoss(torch.autograd.Function):
         gx, gq = ctx.saved_tensors
         x_dtype, q_dtype = ctx.dtypes
         grad_x, grad_q = scale_saved_grad(grad_output, gx, x_dtype), scale_saved_grad(grad_output, gq, q_dtype)
-        return grad_x, grad_q, None, None, None, None
+        return grad_x, grad_q, None, None, None
 
 
 class _AlignLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, y, alpha, backend, grad_enabled):
-        need_grad = grad_enabled and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
+    def forward(ctx, x, y, alpha, backend):
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         loss, gx = _dispatch.LOADED[backend].align(x, y, alpha, need_grad)
         ctx.save_for_backward(gx)
         ctx.dtype = x.dtype
@@ -48,7 +47,7 @@ class _AlignLoss(torch.autograd.Function):
         (gx,) = ctx.saved_tensors
         grad_x = scale_saved_grad(grad_output, gx, ctx.dtype)  # y has x's dtype; its gradient is the opposite
         grad_y = -grad_x if ctx.needs_input_grad[1] else None
-        return (grad_x if ctx.needs_input_grad[0] else None), grad_y, None, None, None
+        return (grad_x if ctx.needs_input_grad[0] else None), grad_y, None, None
 
 
 def align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0, *, backend: str = "auto") -> torch.Tensor:
@@ -67,7 +66,9 @@ def align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0, *, backend:
     """
     alpha = check_align_args(x, y, alpha)
     name = _dispatch.resolve(backend, x.device)
-    return _AlignLoss.apply(x, y, as_scalar_tensor(alpha), name, torch.is_grad_enabled())
+    if not (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)):  # no graph to build: skip autograd
+        return _dispatch.LOADED[name].align(x, y, as_scalar_tensor(alpha), False)[0]
+    return _AlignLoss.apply(x, y, as_scalar_tensor(alpha), name)
 
 
 def uniform_loss(
@@ -97,4 +98,8 @@ def uniform_loss(
     """
     t = check_uniform_args(x, t, queue, intra_batch)
     name = _dispatch.resolve(backend, x.device)
-    return _UniformLoss.apply(x, queue, as_scalar_tensor(t), intra_batch, name, torch.is_grad_enabled())
+    if not (torch.is_grad_enabled() and (x.requires_grad or (queue is not None and queue.requires_grad))):
+        lse, _, _ = _dispatch.LOADED[name].uniform_lse(x, queue, as_scalar_tensor(t), intra_batch, False, False)
+        k = 0 if queue is None else queue.shape[0]
+        return log_mean_from_lse(lse, x.shape[0], k, intra_batch, compute_dtype(x.dtype))
+    return _UniformLoss.apply(x, queue, as_scalar_tensor(t), intra_batch, name)

@@ -47,7 +47,8 @@ hl_status align(const hl_matrix& x, const hl_matrix& y, double alpha, int num_th
   constexpr int64_t kChunk = 256;
   const int64_t chunks = (rows + kChunk - 1) / kChunk;
   std::vector<double> partial(chunks, 0.0);
-#pragma omp parallel for num_threads(num_threads) schedule(static)
+  // Small inputs on the calling thread: forking the team costs more than the work.
+#pragma omp parallel for num_threads(num_threads) schedule(static) if (rows * cols >= (1 << 16))
   for (int64_t k = 0; k < chunks; ++k) {
     double sum = 0;
     for (int64_t r = k * kChunk; r < std::min(rows, (k + 1) * kChunk); ++r) {

@@ -39,12 +39,13 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 
 int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
 
-// x * 2^-e, exact; a multiplication where 2^-e is a normal double (the usual case), else ldexp.
+// x * 2^-e, exact: a multiplication where 2^-e is a normal double (the usual case), else ldexp.
 struct PowerOfTwoScale {
   int exponent;
   double factor;
-  explicit PowerOfTwoScale(int e) : exponent(e), factor(std::ldexp(1.0, -e)) {}
-  double operator()(double v) const { return std::abs(exponent) < 1000 ? v * factor : std::ldexp(v, -exponent); }
+  bool multiply;
+  explicit PowerOfTwoScale(int e) : exponent(e), factor(std::ldexp(1.0, -e)), multiply(e > -1000 && e < 1000) {}
+  double operator()(double v) const { return multiply ? v * factor : std::ldexp(v, -exponent); }
 };
 
 int exponent_of(double magnitude) {  // e with magnitude * 2^-e in [0.5, 1); 0 for 0
@@ -58,12 +59,27 @@ template <typename T>
 struct Rows {
   hl_matrix a, b;
   int64_t count() const { return a.rows + (b.data ? b.rows : 0); }
-  double at(int64_t r, int64_t c) const {
-    const hl_matrix& m = r < a.rows ? a : b;
-    const int64_t row = r < a.rows ? r : r - a.rows;
-    return static_cast<double>(static_cast<const T*>(m.data)[row * m.row_stride + c * m.col_stride]);
+  const hl_matrix& side(int64_t r) const { return r < a.rows ? a : b; }
+  const T* row(int64_t r) const {
+    const hl_matrix& m = side(r);
+    return static_cast<const T*>(m.data) + (r < a.rows ? r : r - a.rows) * m.row_stride;
   }
 };
+
+// f(c, x[r][c]) for c in [c0, c0 + width), as a double; a unit-stride loop where the columns are contiguous.
+template <typename T, typename F>
+inline void for_each_in_row(const Rows<T>& in, int64_t r, int64_t c0, int64_t width, F&& f) {
+  const T* p = in.row(r);
+  const int64_t stride = in.side(r).col_stride;
+  if (stride == 1) {
+    for (int64_t c = c0; c < c0 + width; ++c) f(c, static_cast<double>(p[c]));
+  } else {
+    for (int64_t c = c0; c < c0 + width; ++c) f(c, static_cast<double>(p[c * stride]));
+  }
+}
+
+// Below this many elements the passes over the input run on one thread: forking costs more than they do.
+constexpr int64_t kParallelElements = 1 << 15;
 
 // Both sides of the pair set, centered, scaled and packed: x' = (x - c) 2^-exponent, padded_cols wide (zeros).
 template <typename T>
@@ -87,13 +103,18 @@ Prepared<T> prepare(const Rows<T>& in, int64_t cols, int threads) {
   // 1. Finite check and the largest magnitude, for a first scale that keeps the centering below from overflowing.
   double max_abs = 0;
   bool finite = true;
-#pragma omp parallel for num_threads(threads) reduction(max : max_abs) reduction(&& : finite)
-  for (int64_t r = 0; r < n; ++r)
-    for (int64_t c = 0; c < cols; ++c) {
-      const double v = in.at(r, c);
-      finite = finite && std::isfinite(v);
-      max_abs = std::max(max_abs, std::abs(v));
-    }
+  const bool parallel = n * cols >= kParallelElements;
+#pragma omp parallel for num_threads(threads) if (parallel) reduction(max : max_abs) reduction(&& : finite)
+  for (int64_t r = 0; r < n; ++r) {
+    double row_max = 0;  // NaN compares false: caught by the finite test
+    bool row_finite = true;
+    for_each_in_row(in, r, 0, cols, [&](int64_t, double v) {
+      row_finite = row_finite && std::isfinite(v);
+      row_max = std::max(row_max, std::abs(v));
+    });
+    finite = finite && row_finite;
+    max_abs = std::max(max_abs, row_max);
+  }
   out.finite = finite;
   if (!finite) return out;
   const PowerOfTwoScale first(exponent_of(max_abs));
@@ -105,32 +126,43 @@ Prepared<T> prepare(const Rows<T>& in, int64_t cols, int threads) {
   out.sq_norms.assign(n + kTile, T(0));
   constexpr int64_t kCenterCols = 16;
   double max_dev = 0;
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(max : max_dev)
+#pragma omp parallel for num_threads(threads) if (parallel) schedule(static) reduction(max : max_dev)
   for (int64_t c0 = 0; c0 < cols; c0 += kCenterCols) {
     const int64_t width = std::min(kCenterCols, cols - c0);
     double center[kCenterCols] = {};
     for (int64_t r = 0; r < n; ++r)
-      for (int64_t c = 0; c < width; ++c) center[c] += first(in.at(r, c0 + c));
+      for_each_in_row(in, r, c0, width, [&](int64_t c, double v) { center[c - c0] += first(v); });
     for (int64_t c = 0; c < width; ++c) center[c] /= static_cast<double>(n);
-    for (int64_t r = 0; r < n; ++r)
-      for (int64_t c = 0; c < width; ++c) {
-        const T v = static_cast<T>(first(in.at(r, c0 + c)) - center[c]);
-        out.data[r * out.padded_cols + c0 + c] = v;
-        max_dev = std::max(max_dev, std::abs(static_cast<double>(v)));
-      }
+    double block_max = 0;
+    for (int64_t r = 0; r < n; ++r) {
+      T* dst = out.data.data() + r * out.padded_cols;
+      for_each_in_row(in, r, c0, width, [&](int64_t c, double v) {
+        const T centered = static_cast<T>(first(v) - center[c - c0]);
+        dst[c] = centered;
+        block_max = std::max(block_max, std::abs(static_cast<double>(centered)));
+      });
+    }
+    max_dev = std::max(max_dev, block_max);
   }
 
   // 3. Scale by a power of two so that the largest magnitude is ~1 (exact), and take squared norms in double.
   const int second_exponent = exponent_of(max_dev);
   out.exponent = first.exponent + second_exponent;
   const PowerOfTwoScale second(second_exponent);
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(threads) if (parallel) schedule(static)
   for (int64_t r = 0; r < n; ++r) {
     T* row = out.data.data() + r * out.padded_cols;
     double norm = 0;
-    for (int64_t c = 0; c < cols; ++c) {
-      row[c] = static_cast<T>(second(row[c]));
-      norm += static_cast<double>(row[c]) * row[c];
+    if (second.multiply) {
+      for (int64_t c = 0; c < cols; ++c) {
+        row[c] = static_cast<T>(row[c] * second.factor);
+        norm += static_cast<double>(row[c]) * row[c];
+      }
+    } else {
+      for (int64_t c = 0; c < cols; ++c) {
+        row[c] = static_cast<T>(second(row[c]));
+        norm += static_cast<double>(row[c]) * row[c];
+      }
     }
     out.sq_norms[r] = static_cast<T>(norm);
   }
