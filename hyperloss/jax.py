@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _lib
+from ._precision import HL_PRECISION, PRECISIONS
 from ._validation import check_positive
 
 __all__ = ["align_loss", "uniform_loss"]
@@ -127,10 +128,6 @@ def _check_features(name: str, x, min_rows: int = 1, *, torch_api: str) -> None:
         raise ValueError(f"{name} needs at least one feature column (D >= 1), got shape {tuple(x.shape)}")
 
 
-# Products of float32 inputs on the GPU (hl_precision), by torch's names: exact, tf32, bf16.
-_PRECISION = {"highest": 0, "high": 1, "medium": 2}
-
-
 def _uniform_call(x, queue, t: float, intra_batch: bool, precision: int, with_grad: bool):
     n, d = x.shape
     shapes = (
@@ -212,7 +209,7 @@ def uniform_loss(
         t: temperature > 0 (a Python number: it is static under jit).
         queue: optional (K, D) array of x's dtype: adds every (x_i, queue_k) pair.
         intra_batch: include the i < j pairs of x (False needs a queue).
-        precision: products of float32 inputs on a GPU: "highest" (exact), "high" (tf32), "medium" (bf16).
+        precision: products of float32 inputs on a GPU: "highest"/"ieee" (exact), "high"/"tf32", "medium"/"bf16".
 
     Returns:
         A 0-dim array, float64 for float64 inputs and float32 otherwise; differentiable with respect to x and the
@@ -238,9 +235,9 @@ def uniform_loss(
         if queue.shape[1] != x.shape[1]:
             raise ValueError(f"queue has {queue.shape[1]} features per row but x has {x.shape[1]}")
     t = check_positive("t", t)
-    if precision not in _PRECISION:
-        raise ValueError(f"precision must be one of {sorted(_PRECISION)}, got {precision!r}")
-    return _uniform(x.astype(dtype), queue.astype(dtype), t, intra_batch, _PRECISION[precision])
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    return _uniform(x.astype(dtype), queue.astype(dtype), t, intra_batch, HL_PRECISION[PRECISIONS[precision]])
 
 
 def align_loss(x: jax.Array | np.ndarray, y: jax.Array | np.ndarray, alpha: float = 2.0) -> jax.Array:

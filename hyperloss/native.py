@@ -20,10 +20,9 @@ import torch
 
 from . import _lib
 from ._lib import LOAD_ERROR
+from ._precision import HL_PRECISION, resolve_precision
 from ._validation import compute_dtype
 
-# torch.get_float32_matmul_precision() -> hl_precision of the C API (float32 inputs on the GPU).
-_PRECISION = {"highest": _lib.PRECISION_IEEE, "high": _lib.PRECISION_TF32, "medium": _lib.PRECISION_BF16}
 _DTYPE = {
     torch.float32: _lib.FLOAT32,
     torch.float64: _lib.FLOAT64,
@@ -180,12 +179,13 @@ def uniform_lse(
     """See ``hyperloss.reference.uniform_lse``: same contract (t a 0-dim float64 tensor, lse in float64), native
     one-pass kernels.
 
-    ``precision`` ("highest", "high", "medium") picks the products of float32 inputs on CUDA; None follows
-    ``torch.get_float32_matmul_precision()``. The CPU kernels always compute exact float32 products.
+    ``precision`` ("ieee"/"highest", "tf32"/"high", "bf16"/"medium") picks the products of float32 inputs on CUDA;
+    None follows torch's float32 matmul setting (``hyperloss._precision``). The CPU kernels always compute exact
+    float32 products.
     """
     code = _lib.PRECISION_IEEE
     if x.is_cuda:
-        code = _PRECISION[precision or torch.get_float32_matmul_precision()]
+        code = HL_PRECISION[resolve_precision(x.dtype, precision)]
     lse, gx, gq = torch.ops.hyperloss.uniform_lse(x, queue, t, intra_batch, grad_x, grad_queue, code)
     return lse, (gx if grad_x else None), (gq if grad_queue and queue is not None else None)
 

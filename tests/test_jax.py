@@ -102,7 +102,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="features per row"):
         hj.uniform_loss(x, queue=jnp.ones((2, 2), jnp.float32))
     with pytest.raises(ValueError, match="precision must be one of"):
-        hj.uniform_loss(x, precision="tf32")
+        hj.uniform_loss(x, precision="fp8")
     with pytest.raises(ValueError, match="same shape"):
         hj.align_loss(x, x[:2])
     with pytest.raises(ValueError, match="alpha must be finite and > 0"):

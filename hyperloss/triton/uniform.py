@@ -42,6 +42,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._common import as_scalar_tensor, num_pairs
+from .._precision import resolve_precision
 from .._validation import compute_dtype
 from ._prepare import prepare
 from ._runtime import INTERPRET, check_interpretable, exp2, log2, maybe_autotune, mul_pow2, size_bucket
@@ -61,8 +62,6 @@ _FOLD_D = 32 if INTERPRET else 256
 _NEAR_ONE = tl.constexpr(1.0 / 32)
 
 # float32 operand precision per torch name (and our own names for precision=).
-_PRECISIONS = {"highest": "ieee", "high": "tf32", "medium": "bf16", "ieee": "ieee", "tf32": "tf32", "bf16": "bf16"}
-
 # The first config is also the one used untuned (HYPERLOSS_TRITON_AUTOTUNE=0): moderate registers for any D.
 _CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
@@ -334,44 +333,6 @@ _rows_kernel = maybe_autotune(
 
 # ---------------------------------------------------------------------------------------------------------------
 # Precision
-
-
-def _read_torch_fp32_precision() -> str:
-    """torch's float32 matmul setting as one of our names, never raising.
-
-    torch >= 2.9 has a second API, ``torch.backends.cuda.matmul.fp32_precision`` ("ieee", "tf32", or "none" to
-    inherit); once it is set to "tf32", ``torch.get_float32_matmul_precision()`` raises. The new setting wins when
-    it says something; the legacy "medium" (which the new API reads as "tf32") still allows bfloat16.
-    """
-    try:
-        legacy = torch.get_float32_matmul_precision()
-    except RuntimeError:
-        legacy = None
-    try:
-        new = torch.backends.cuda.matmul.fp32_precision
-    except (AttributeError, RuntimeError):
-        new = "none"
-    if new == "ieee":
-        return "ieee"
-    if new == "tf32":
-        return "bf16" if legacy == "medium" else "tf32"
-    return _PRECISIONS.get(legacy, "ieee")
-
-
-@torch.compiler.assume_constant_result
-def _torch_fp32_precision() -> str:
-    # Read once per trace under torch.compile (dynamo cannot trace these getters).
-    return _read_torch_fp32_precision()
-
-
-def resolve_precision(dtype: torch.dtype, precision: str | None) -> str:
-    """The operand precision for ``dtype`` inputs: "ieee", "tf32" or "bf16" for float32 (``precision``, or torch's
-    float32 matmul setting when None); "native" for the other dtypes (their own dot, exact for float64)."""
-    if precision is not None and precision not in _PRECISIONS:
-        raise ValueError(f"precision must be None or one of {', '.join(map(repr, _PRECISIONS))}, got {precision!r}")
-    if dtype != torch.float32:
-        return "native"
-    return _PRECISIONS[precision] if precision is not None else _torch_fp32_precision()
 
 
 def _operand_dtype(dtype: torch.dtype, precision: str) -> torch.dtype:
