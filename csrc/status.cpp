@@ -1,11 +1,7 @@
 // Status strings, the version, and the CUDA entry points of a build without CUDA (they report HL_ERR_UNSUPPORTED).
 #include "hyperloss/hyperloss.h"
 
-#ifndef HYPERLOSS_VERSION
-#error "the build defines HYPERLOSS_VERSION (read from hyperloss/_version.py, the one place it is written)"
-#endif
-
-extern "C" const char* hl_version(void) { return HYPERLOSS_VERSION; }
+extern "C" const char* hl_version(void) { return HYPERLOSS_VERSION_STRING; }
 
 extern "C" const char* hl_status_string(hl_status status) {
   switch (status) {

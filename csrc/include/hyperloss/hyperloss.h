@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hyperloss/version.h" /* HYPERLOSS_VERSION_MAJOR/_MINOR/_PATCH/_STRING, generated at build time */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -92,7 +94,8 @@ int hl_has_cuda(void);
  * has is chosen at run time; the environment variable HYPERLOSS_CPU_ISA may name a lower one (read on each call). */
 const char* hl_cpu_isa(void);
 
-/* The library's version, "major.minor.patch" (the Python package's version). */
+/* The library's version, "major.minor.patch" (the Python package's version): HYPERLOSS_VERSION_STRING of the build,
+ * against which a program compiled with another header can be checked. */
 const char* hl_version(void);
 
 /* A static, human-readable message for a status code. */

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <string>
 
 int main() {
   // Three unit vectors: (1, 0), (0, 1), (0.6, 0.8); squared distances 2, 0.8, 0.4.
@@ -12,7 +13,9 @@ int main() {
   const hl_status status = hl_uniform_lse_cpu(HL_FLOAT32, hl_matrix{x, 3, 2, 2, 1}, hl_matrix{nullptr, 0, 2, 0, 0},
                                               2.0, 1, 0, &lse, nullptr, nullptr);
   const double want = std::log(std::exp(-4.0) + std::exp(-1.6) + std::exp(-0.8));
-  std::printf("%s: lse %.6f (want %.6f), CUDA kernels %s\n", hl_status_string(status), lse, want,
+  std::printf("%s: lse %.6f (want %.6f), hyperloss %s (header %s), CPU kernels %s, CUDA kernels %s\n",
+              hl_status_string(status), lse, want, hl_version(), HYPERLOSS_VERSION_STRING, hl_cpu_isa(),
               hl_has_cuda() ? "built" : "absent");
-  return status == HL_OK && std::fabs(lse - want) < 1e-5 ? 0 : 1;
+  const bool same_version = std::string(hl_version()) == HYPERLOSS_VERSION_STRING;
+  return status == HL_OK && std::fabs(lse - want) < 1e-5 && same_version ? 0 : 1;
 }
