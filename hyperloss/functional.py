@@ -13,6 +13,12 @@ from ._common import as_scalar_tensor, log_mean_from_lse, scale_saved_grad
 from ._validation import check_align_args, check_uniform_args, compute_dtype
 
 
+def _log_mean(lse: torch.Tensor, x: torch.Tensor, queue: torch.Tensor | None, intra_batch: bool) -> torch.Tensor:
+    """The loss from a backend's lse, in x's compute dtype."""
+    k = 0 if queue is None else queue.shape[0]
+    return log_mean_from_lse(lse, x.shape[0], k, intra_batch, compute_dtype(x.dtype))
+
+
 class _UniformLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, queue, t, intra_batch, backend):
@@ -22,8 +28,7 @@ class _UniformLoss(torch.autograd.Function):
         lse, gx, gq = _dispatch.LOADED[backend].uniform_lse(x, queue, t, intra_batch, grad_x, grad_queue)
         ctx.save_for_backward(gx, gq)
         ctx.dtypes = (x.dtype, None if queue is None else queue.dtype)
-        k = 0 if queue is None else queue.shape[0]
-        return log_mean_from_lse(lse, x.shape[0], k, intra_batch, compute_dtype(x.dtype))
+        return _log_mean(lse, x, queue, intra_batch)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -100,6 +105,5 @@ def uniform_loss(
     name = _dispatch.resolve(backend, x.device)
     if not (torch.is_grad_enabled() and (x.requires_grad or (queue is not None and queue.requires_grad))):
         lse, _, _ = _dispatch.LOADED[name].uniform_lse(x, queue, as_scalar_tensor(t), intra_batch, False, False)
-        k = 0 if queue is None else queue.shape[0]
-        return log_mean_from_lse(lse, x.shape[0], k, intra_batch, compute_dtype(x.dtype))
+        return _log_mean(lse, x, queue, intra_batch)
     return _UniformLoss.apply(x, queue, as_scalar_tensor(t), intra_batch, name)

@@ -63,6 +63,16 @@ def _pointer(t: torch.Tensor) -> int | None:
     return t.data_ptr() if t.numel() else None
 
 
+def _gradient_outputs(
+    x: torch.Tensor, queue: torch.Tensor | None, grad_x: bool, grad_queue: bool, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The op's gradient outputs on x's device: x's (and the queue's) shape where asked for, else empty. One rule for
+    the CPU and CUDA implementations and the fake."""
+    gx = x.new_empty(x.shape if grad_x else (0,), dtype=dtype)
+    gq = x.new_empty(queue.shape if grad_queue and queue is not None else (0,), dtype=dtype)
+    return gx, gq
+
+
 def _cpu_input(t: torch.Tensor) -> torch.Tensor:
     """The CPU kernels take float32 or float64: other float dtypes are converted to float32."""
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
@@ -86,8 +96,7 @@ def _uniform_lse_cpu(
     precision: int = 0,  # float32 products are exact on the CPU
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x, queue = _cpu_input(x), None if queue is None else _cpu_input(queue)
-    gx = torch.empty(x.shape if grad_x else (0,), dtype=x.dtype)
-    gq = torch.empty(queue.shape if grad_queue and queue is not None else (0,), dtype=x.dtype)
+    gx, gq = _gradient_outputs(x, queue, grad_x, grad_queue, x.dtype)
     lse = ctypes.c_double()
     status = _lib.lib.hl_uniform_lse_cpu(
         _DTYPE[x.dtype], _matrix(x, x.shape[1]), _matrix(queue, x.shape[1]), float(t), intra_batch,
@@ -103,8 +112,7 @@ def _uniform_lse_cuda(x, queue, t, intra_batch, grad_x, grad_queue, precision=0)
     k = 0 if queue is None else queue.shape[0]
     with torch.cuda.device(x.device):
         lse = torch.empty((), dtype=torch.float64, device=x.device)
-        gx = torch.empty(x.shape if grad_x else (0,), dtype=dtype, device=x.device)
-        gq = torch.empty(queue.shape if grad_queue and queue is not None else (0,), dtype=dtype, device=x.device)
+        gx, gq = _gradient_outputs(x, queue, grad_x, grad_queue, dtype)
         code = _DTYPE[x.dtype]
         size = _lib.lib.hl_uniform_workspace_bytes_cuda(code, x.shape[0], k, x.shape[1], gx.numel() > 0, gq.numel() > 0)
         workspace = torch.empty(size, dtype=torch.uint8, device=x.device)
@@ -119,10 +127,9 @@ def _uniform_lse_cuda(x, queue, t, intra_batch, grad_x, grad_queue, precision=0)
 
 @torch.library.register_fake("hyperloss::uniform_lse", lib=_OPS)
 def _uniform_lse_fake(x, queue, t, intra_batch, grad_x, grad_queue, precision=0):
-    dtype = compute_dtype(x.dtype)
-    gx = x.new_empty(x.shape if grad_x else (0,), dtype=dtype)
-    gq = x.new_empty(queue.shape if grad_queue and queue is not None else (0,), dtype=dtype)
-    return x.new_empty((), dtype=torch.float64), gx, gq
+    return x.new_empty((), dtype=torch.float64), *_gradient_outputs(
+        x, queue, grad_x, grad_queue, compute_dtype(x.dtype)
+    )
 
 
 def _align_cpu(
