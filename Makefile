@@ -4,8 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.deps-installed
-EXT_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*.h csrc/cpu/*.inc csrc/cuda/*.cu csrc/cuda/*.cuh \
-	csrc/cuda/*.h csrc/jax/*.cpp csrc/include/hyperloss/*.h) CMakeLists.txt pyproject.toml hyperloss/_version.py
+# The build's inputs for the rebuild check (CMakeLists.txt alone lists the sources).
+EXT_SOURCES := $(shell find csrc -type f) CMakeLists.txt pyproject.toml hyperloss/_version.py
 # The CUDA kernels are built where a GPU driver is present (override: make build HYPERLOSS_CUDA=ON); elsewhere they
 # cannot run, and `make ctest` still compiles them (and checks them on a GPU).
 HYPERLOSS_CUDA ?= $(if $(shell command -v nvidia-smi 2>/dev/null),ON,OFF)

@@ -29,7 +29,7 @@ assert rows["cpu"].available, rows["cpu"].reason
 x = torch.nn.functional.normalize(torch.randn(300, 16, dtype=torch.float64), dim=1)
 got, want = hyperloss.uniform_loss(x, 2.0, backend="cpu").item(), reference.paper_uniform_loss(x, 2.0).item()
 assert abs(got - want) <= 1e-12 * abs(want), (got, want)
-print("smoke test passed:", hyperloss.__version__, "torch", torch.__version__, "cpu isa", hyperloss.native.cpu_isa())
+print("smoke test passed:", hyperloss.__version__, "torch", torch.__version__, "cpu isa", hyperloss.backends.native.cpu_isa())
 try:
     import jax
 except ImportError:

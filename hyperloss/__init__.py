@@ -6,15 +6,16 @@ Drop-in for the paper's two functions (same names, arguments and values), with f
     import hyperloss
     loss = hyperloss.align_loss(x, y, alpha=2) + hyperloss.uniform_loss(x, t=2)
 
-``hyperloss.backends()`` lists the backends, whether they can run here, and why not; ``python -m hyperloss`` prints
+``hyperloss.backends()`` lists the backends, whether they can run here, and why not (``hyperloss.backends`` is
+also the registry: ``register()`` adds one); ``python -m hyperloss`` prints
 that with the versions, the CPU and the CUDA devices. ``hyperloss.distributed`` has the global-batch losses over
 torch.distributed, ``hyperloss.jax`` the losses for JAX arrays, ``hyperloss.reference`` the paper's code and the
 pure-PyTorch definitions.
 """
 
-from . import reference
-from ._dispatch import BackendStatus, backends
+from . import backends, reference
 from ._version import __version__
+from .backends import BackendStatus
 from .functional import align_loss, uniform_loss
 from .modules import AlignLoss, AlignUniformLoss, UniformLoss
 

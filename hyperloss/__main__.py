@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 
 import hyperloss
-from hyperloss import _dispatch
+from hyperloss import backends
 
 _NOT_INSTALLED = "not installed"
 
@@ -68,7 +68,7 @@ def cpu_line() -> str:
     if "flags" in info:
         flags = set(info["flags"].split())
         parts.append(f"AVX2 {'yes' if 'avx2' in flags else 'no'}, AVX-512 {'yes' if 'avx512f' in flags else 'no'}")
-    from . import native
+    from .backends import native
 
     if native.cpu_isa():
         parts.append(f"cpu kernels: {native.cpu_isa()}")
@@ -108,7 +108,7 @@ def _jax_line() -> str:
 def auto_pick(device_type: str) -> str:
     """What ``backend="auto"`` resolves to for tensors on ``device_type`` (HYPERLOSS_BACKEND included)."""
     try:
-        return _dispatch.resolve("auto", torch.device(device_type))
+        return backends.resolve("auto", torch.device(device_type))
     except (ValueError, TypeError) as error:  # e.g. HYPERLOSS_BACKEND names an unknown or unusable backend
         return f"error: {error}"
 

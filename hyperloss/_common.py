@@ -10,16 +10,13 @@ import functools
 
 import torch
 
+from ._contract import num_pairs
+
 _SECOND_DERIVATIVE = (
     "hyperloss computes analytic first derivatives only; second derivatives (create_graph=True through "
     "align_loss/uniform_loss) are not supported. Use hyperloss.reference.dense_uniform_loss / "
     "dense_align_loss for higher-order gradients on small inputs."
 )
-
-
-def num_pairs(n: int, k: int, intra_batch: bool) -> int:
-    """|P|: the i<j pairs within n rows (when ``intra_batch``) plus the n*k cross pairs with a k-row queue."""
-    return (n * (n - 1) // 2 if intra_batch else 0) + n * k
 
 
 def log_num_pairs(n: int, k: int, intra_batch: bool, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 
 PRECISIONS = {"highest": "ieee", "high": "tf32", "medium": "bf16", "ieee": "ieee", "tf32": "tf32", "bf16": "bf16"}
+# What a dot of each input dtype ends up using (the names above after resolution; "native": the dtype's own).
+OPERAND_PRECISIONS = ("ieee", "tf32", "bf16", "native")
 # The C API's hl_precision codes.
 HL_PRECISION = {"ieee": 0, "tf32": 1, "bf16": 2, "native": 0}
 
@@ -43,11 +45,44 @@ def _torch_fp32_precision() -> str:
     return _read_torch_fp32_precision()
 
 
+def check_precision(precision: object) -> str | None:
+    """Checks that ``precision`` is None or a name of the table; returns it."""
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision must be None or one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
+    return precision
+
+
 def resolve_precision(dtype: torch.dtype, precision: str | None) -> str:
     """The operand precision for ``dtype`` inputs: "ieee", "tf32" or "bf16" for float32 (``precision``, or torch's
     float32 matmul setting when None); "native" for the other dtypes (their own dot, exact for float64)."""
-    if precision is not None and precision not in PRECISIONS:
-        raise ValueError(f"precision must be None or one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
+    check_precision(precision)
     if dtype != torch.float32:
         return "native"
     return PRECISIONS[precision] if precision is not None else _torch_fp32_precision()
+
+
+# jax_default_matmul_precision values (its Precision levels and dot algorithm presets) in our names. Unset,
+# "default" and "fastest" mean JAX's default, which computes float32 dots with TF32 on recent NVIDIA GPUs.
+_JAX_SETTINGS = {
+    "float32": "ieee",
+    "highest": "ieee",
+    "F32_F32_F32": "ieee",
+    "tensorfloat32": "tf32",
+    "high": "tf32",
+    "TF32_TF32_F32": "tf32",
+    "bfloat16": "bf16",
+    "BF16_BF16_F32": "bf16",
+}
+
+
+def resolve_jax_precision(dtype: str, precision: str | None) -> str:
+    """``resolve_precision`` for JAX arrays (``dtype`` a name such as "float32"): None follows JAX's
+    ``jax_default_matmul_precision`` as its own dots do."""
+    check_precision(precision)
+    if dtype != "float32":
+        return "native"
+    if precision is not None:
+        return PRECISIONS[precision]
+    import jax  # only JAX callers get here
+
+    return _JAX_SETTINGS.get(str(jax.config.jax_default_matmul_precision), "tf32")

@@ -47,8 +47,9 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 
-from . import _dispatch
+from . import backends
 from ._common import as_scalar_tensor, log_mean_from_lse, num_pairs, scale_saved_grad
+from ._precision import OPERAND_PRECISIONS, check_precision, resolve_precision
 from ._validation import SUPPORTED_DTYPES, check_align_args, check_uniform_args, compute_dtype
 
 __all__ = ["align_loss", "balanced_row_ranges", "uniform_loss"]
@@ -103,6 +104,10 @@ def _show_dtype(value: float) -> str:
 
 def _show_bool(value: float) -> str:
     return str(bool(value))
+
+
+def _show_precision(value: float) -> str:
+    return OPERAND_PRECISIONS[int(value)]
 
 
 def _show_queue_rows(value: float) -> str:
@@ -219,7 +224,7 @@ def balanced_row_ranges(n: int, k: int, intra_batch: bool, world: int) -> list[t
 
 class _DistributedUniform(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x_local, queue, t, intra_batch, backend, group, grad_enabled):
+    def forward(ctx, x_local, queue, t, intra_batch, backend, precision, group, grad_enabled):
         world, rank = _world(group)
         # needs_input_grad says True under torch.no_grad too: the caller's grad mode decides.
         need_x = grad_enabled and ctx.needs_input_grad[0]
@@ -232,6 +237,13 @@ class _DistributedUniform(torch.autograd.Function):
             _Same("queue rows K", -1 if queue is None else k, _show_queue_rows),
             _Same("intra_batch", intra_batch, _show_bool),
             _Same("t", float(t), repr),
+            # Resolved, so that torch's float32 matmul setting is compared too.
+            _Same(
+                "precision",
+                OPERAND_PRECISIONS.index(resolve_precision(x_local.dtype, precision)),
+                _show_precision,
+                unless_others_differ=True,  # follows from the dtype where those differ
+            ),
             _Same("x_local requires grad", need_x, _show_bool),
             _Same("queue requires grad", need_queue, _show_bool),
             _Same(
@@ -255,13 +267,14 @@ class _DistributedUniform(torch.autograd.Function):
         own_pairs = num_pairs(rows.shape[0], 0 if cross is None else cross.shape[0], intra_batch)
         grad_rows = need_x or need_queue
         if own_pairs:
-            lse, g_rows, g_cross = _dispatch.LOADED[backend].uniform_lse(
+            lse, g_rows, g_cross = backends.get(backend).uniform_lse(
                 rows,
                 cross,
                 as_scalar_tensor(t),
                 intra_batch and rows.shape[0] >= 2,
                 grad_rows,
                 grad_rows and cross is not None,
+                precision,
             )
             lse = lse.to(device=x_all.device, dtype=torch.float64).reshape(())
         else:
@@ -298,7 +311,7 @@ class _DistributedUniform(torch.autograd.Function):
         x_dtype, q_dtype = ctx.dtypes
         grad_x = scale_saved_grad(grad_output, gx, x_dtype)
         grad_q = scale_saved_grad(grad_output, gq, q_dtype)
-        return grad_x, grad_q, None, None, None, None, None
+        return grad_x, grad_q, None, None, None, None, None, None
 
 
 class _DistributedAlign(torch.autograd.Function):
@@ -308,7 +321,7 @@ class _DistributedAlign(torch.autograd.Function):
         n_local = x_local.shape[0]
         dtype = compute_dtype(x_local.dtype)
         if n_local:
-            loss, gx = _dispatch.LOADED[backend].align(x_local, y_local, as_scalar_tensor(alpha), need_grad)
+            loss, gx = backends.get(backend).align(x_local, y_local, as_scalar_tensor(alpha), need_grad)
         else:  # no rows here: a zero loss term and an empty gradient
             loss = x_local.new_zeros((), dtype=dtype)
             gx = x_local.new_zeros(x_local.shape, dtype=dtype) if need_grad else None
@@ -344,12 +357,13 @@ def uniform_loss(
     intra_batch: bool = True,
     group: dist.ProcessGroup | None = None,
     backend: str = "auto",
+    precision: str | None = None,
 ) -> torch.Tensor:
     """Uniformity loss of the global batch (every rank's ``x_local`` concatenated in rank order).
 
     Args:
         x_local: this rank's rows (n_r, D); ranks may hold different numbers of rows (even none).
-        t, intra_batch, backend: as in ``hyperloss.uniform_loss``.
+        t, intra_batch, backend, precision: as in ``hyperloss.uniform_loss``.
         queue: optional (K, D) features, the same tensor on every rank (a MoCo queue is); it may require grad.
         group: the process group (default: the world).
 
@@ -360,14 +374,16 @@ def uniform_loss(
     Raises:
         RuntimeError: without an initialized process group (before any work).
         ValueError: on every rank, where the ranks disagree on D, the dtype, the queue's presence, rows K or
-            contents (a bit-exact checksum), ``intra_batch``, ``t``, or whether ``x_local`` or the queue requires
-            grad; the message names each such argument with its value on each rank. Also where the global batch
-            has no pairs. Invalid arguments on one rank raise there only (the others then time out).
+            contents (a bit-exact checksum), ``intra_batch``, ``t``, the float32 precision (after torch's
+            setting), or whether ``x_local`` or the queue requires grad; the message names each such argument
+            with its value on each rank. Also where the global batch has no pairs. Invalid arguments on one rank
+            raise there only (the others then time out).
     """
     _world(group)
     t = check_uniform_args(x_local, t, queue, intra_batch, x_name="x_local", min_rows=0)
-    name = _dispatch.resolve(backend, x_local.device)
-    return _DistributedUniform.apply(x_local, queue, t, intra_batch, name, group, torch.is_grad_enabled())
+    check_precision(precision)
+    name = backends.resolve(backend, x_local.device)
+    return _DistributedUniform.apply(x_local, queue, t, intra_batch, name, precision, group, torch.is_grad_enabled())
 
 
 def align_loss(
@@ -395,5 +411,5 @@ def align_loss(
     """
     _world(group)
     alpha = check_align_args(x_local, y_local, alpha, names=("x_local", "y_local"), min_rows=0)
-    name = _dispatch.resolve(backend, x_local.device)
+    name = backends.resolve(backend, x_local.device)
     return _DistributedAlign.apply(x_local, y_local, alpha, name, group, torch.is_grad_enabled())

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from . import _dispatch
+from . import backends
 from ._common import as_scalar_tensor, log_mean_from_lse, scale_saved_grad
+from ._precision import check_precision
 from ._validation import check_align_args, check_uniform_args, compute_dtype
 
 
@@ -21,11 +22,11 @@ def _log_mean(lse: torch.Tensor, x: torch.Tensor, queue: torch.Tensor | None, in
 
 class _UniformLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, queue, t, intra_batch, backend):
+    def forward(ctx, x, queue, t, intra_batch, backend, precision):
         # Applied only where a graph is built (see uniform_loss): needs_input_grad says True under no_grad too.
         grad_x = ctx.needs_input_grad[0]
         grad_queue = queue is not None and ctx.needs_input_grad[1]
-        lse, gx, gq = _dispatch.LOADED[backend].uniform_lse(x, queue, t, intra_batch, grad_x, grad_queue)
+        lse, gx, gq = backends.get(backend).uniform_lse(x, queue, t, intra_batch, grad_x, grad_queue, precision)
         ctx.save_for_backward(gx, gq)
         ctx.dtypes = (x.dtype, None if queue is None else queue.dtype)
         return _log_mean(lse, x, queue, intra_batch)
@@ -35,14 +36,14 @@ class _UniformLoss(torch.autograd.Function):
         gx, gq = ctx.saved_tensors
         x_dtype, q_dtype = ctx.dtypes
         grad_x, grad_q = scale_saved_grad(grad_output, gx, x_dtype), scale_saved_grad(grad_output, gq, q_dtype)
-        return grad_x, grad_q, None, None, None
+        return grad_x, grad_q, None, None, None, None
 
 
 class _AlignLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, alpha, backend):
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        loss, gx = _dispatch.LOADED[backend].align(x, y, alpha, need_grad)
+        loss, gx = backends.get(backend).align(x, y, alpha, need_grad)
         ctx.save_for_backward(gx)
         ctx.dtype = x.dtype
         return loss
@@ -70,9 +71,9 @@ def align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0, *, backend:
         alpha (no square root is taken).
     """
     alpha = check_align_args(x, y, alpha)
-    name = _dispatch.resolve(backend, x.device)
+    name = backends.resolve(backend, x.device)
     if not (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)):  # no graph to build: skip autograd
-        return _dispatch.LOADED[name].align(x, y, as_scalar_tensor(alpha), False)[0]
+        return backends.get(name).align(x, y, as_scalar_tensor(alpha), False)[0]
     return _AlignLoss.apply(x, y, as_scalar_tensor(alpha), name)
 
 
@@ -83,6 +84,7 @@ def uniform_loss(
     queue: torch.Tensor | None = None,
     intra_batch: bool = True,
     backend: str = "auto",
+    precision: str | None = None,
 ) -> torch.Tensor:
     """Uniformity loss of Wang & Isola (2020): ``log mean_{pairs} exp(-t ||u - v||_2^2)``, without an N x N matrix.
 
@@ -94,6 +96,10 @@ def uniform_loss(
             require grad. With a queue the pairs are every (x_i, queue_k).
         intra_batch: include the pairs x_i, x_j with i < j (always true without a queue).
         backend: "auto" (HYPERLOSS_BACKEND overrides it) or one of ``hyperloss.backends()``.
+        precision: how the fused GPU kernels multiply float32 inputs: "highest"/"ieee" (exact), "high"/"tf32",
+            "medium"/"bf16" (tensor cores, float32 accumulation); None follows torch's float32 matmul setting
+            (``torch.backends.cuda.matmul.fp32_precision``, else ``torch.get_float32_matmul_precision()``). Other
+            dtypes, the CPU kernels and the chunked backend ignore it.
 
     Returns:
         A 0-dim tensor (float64 for float64 inputs, float32 otherwise). Equal to the paper's
@@ -102,8 +108,9 @@ def uniform_loss(
         by one vector. NaN if any input element is NaN or infinite.
     """
     t = check_uniform_args(x, t, queue, intra_batch)
-    name = _dispatch.resolve(backend, x.device)
+    check_precision(precision)
+    name = backends.resolve(backend, x.device)
     if not (torch.is_grad_enabled() and (x.requires_grad or (queue is not None and queue.requires_grad))):
-        lse, _, _ = _dispatch.LOADED[name].uniform_lse(x, queue, as_scalar_tensor(t), intra_batch, False, False)
+        lse, _, _ = backends.get(name).uniform_lse(x, queue, as_scalar_tensor(t), intra_batch, False, False, precision)
         return _log_mean(lse, x, queue, intra_batch)
-    return _UniformLoss.apply(x, queue, as_scalar_tensor(t), intra_batch, name)
+    return _UniformLoss.apply(x, queue, as_scalar_tensor(t), intra_batch, name, precision)

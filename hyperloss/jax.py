@@ -26,9 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _lib
-from ._precision import HL_PRECISION, PRECISIONS
-from ._validation import check_positive
+from . import _contract, _lib
+from ._precision import HL_PRECISION, check_precision, resolve_jax_precision
 
 __all__ = ["align_loss", "uniform_loss"]
 
@@ -77,7 +76,7 @@ def _host_uniform(x, queue, *, t: float, intra_batch: bool, with_grad: bool):
         ),
         "uniform_lse",
     )  # fmt: skip
-    pairs = (x.shape[0] * (x.shape[0] - 1) // 2 if intra_batch else 0) + x.shape[0] * queue.shape[0]
+    pairs = _contract.num_pairs(x.shape[0], queue.shape[0], intra_batch)
     loss = min(lse.value - math.log(pairs), 0.0) if not math.isnan(lse.value) else lse.value
     return np.asarray(loss, x.dtype), gx, gq
 
@@ -96,36 +95,24 @@ def _host_align(x, y, *, alpha: float, with_grad: bool):
     return np.asarray(loss.value, x.dtype), gx
 
 
-def _compute_dtype(dtype) -> jnp.dtype:
-    return jnp.float64 if dtype == jnp.float64 else jnp.float32
-
-
-# Input dtypes: float16 and bfloat16 are computed in float32. Not float8 (jnp.issubdtype calls those floating too)
-# or any other.
-_SUPPORTED_DTYPES = tuple(np.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64))
-_DTYPE_NAMES = "float16, bfloat16, float32, float64"
-
-
 def _type_name(x) -> str:
     cls = type(x)
     return cls.__name__ if cls.__module__ == "builtins" else f"{cls.__module__.split('.')[0]}.{cls.__qualname__}"
 
 
-def _check_features(name: str, x, min_rows: int = 1, *, torch_api: str) -> None:
+def _spec(name: str, x, *, torch_api: str) -> tuple[tuple[int, ...], str]:
+    """(shape, dtype name) of a JAX or NumPy array, for the shared rules of ``hyperloss._contract``."""
     # jax.Array covers tracers under jit/grad/vmap too.
     if not isinstance(x, jax.Array | np.ndarray):
         hint = ""
         if type(x).__module__.split(".")[0] == "torch":
             hint = f" — use {torch_api} for torch tensors"
         raise TypeError(f"{name} must be a JAX array (or NumPy array); got {_type_name(x)}{hint}")
-    if x.dtype not in _SUPPORTED_DTYPES:
-        raise TypeError(f"{name} must be a floating-point array ({_DTYPE_NAMES}); got dtype {x.dtype}")
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (N, D), got shape {tuple(x.shape)}")
-    if x.shape[0] < min_rows:
-        raise ValueError(f"{name} needs at least {min_rows} row(s), got shape {tuple(x.shape)}")
-    if x.shape[1] < 1:
-        raise ValueError(f"{name} needs at least one feature column (D >= 1), got shape {tuple(x.shape)}")
+    return tuple(x.shape), np.dtype(x.dtype).name
+
+
+def _compute_dtype(dtype) -> jnp.dtype:
+    return jnp.dtype(_contract.compute_dtype_name(np.dtype(dtype).name))
 
 
 def _uniform_call(x, queue, t: float, intra_batch: bool, precision: int, with_grad: bool):
@@ -200,7 +187,7 @@ def uniform_loss(
     *,
     queue: jax.Array | np.ndarray | None = None,
     intra_batch: bool = True,
-    precision: str = "highest",
+    precision: str | None = None,
 ) -> jax.Array:
     """Uniformity loss ``log mean_{pairs} exp(-t ||u - v||^2)`` of JAX arrays (see ``hyperloss.uniform_loss``).
 
@@ -209,7 +196,8 @@ def uniform_loss(
         t: temperature > 0 (a Python number: it is static under jit).
         queue: optional (K, D) array of x's dtype: adds every (x_i, queue_k) pair.
         intra_batch: include the i < j pairs of x (False needs a queue).
-        precision: products of float32 inputs on a GPU: "highest"/"ieee" (exact), "high"/"tf32", "medium"/"bf16".
+        precision: products of float32 inputs on a GPU: "highest"/"ieee" (exact), "high"/"tf32", "medium"/"bf16";
+            None follows JAX's ``jax_default_matmul_precision`` (``hyperloss._precision.resolve_jax_precision``).
 
     Returns:
         A 0-dim array, float64 for float64 inputs and float32 otherwise; differentiable with respect to x and the
@@ -220,24 +208,14 @@ def uniform_loss(
             a non-bool intra_batch or a non-number t.
         ValueError: for a wrong shape, too few rows, t not finite or <= 0, or an unknown precision.
     """
-    if not isinstance(intra_batch, bool):
-        raise TypeError(f"intra_batch must be a bool, got {type(intra_batch).__name__}")
-    if queue is None and not intra_batch:
-        raise ValueError("intra_batch=False leaves no pairs without a queue")
-    _check_features("x", x, min_rows=2 if queue is None else 1, torch_api="hyperloss.uniform_loss")
+    api = "hyperloss.uniform_loss"
+    x_spec = _spec("x", x, torch_api=api)
+    _contract.check_uniform(x_spec, None if queue is None else _spec("queue", queue, torch_api=api), intra_batch)
+    t = _contract.check_positive("t", t)
+    code = HL_PRECISION[resolve_jax_precision(x_spec[1], check_precision(precision))]
     dtype = _compute_dtype(x.dtype)
-    if queue is None:
-        queue = jnp.zeros((0, x.shape[1]), dtype)
-    else:
-        _check_features("queue", queue, torch_api="hyperloss.uniform_loss")
-        if queue.dtype != x.dtype:
-            raise TypeError(f"queue has dtype {queue.dtype} but x has {x.dtype}")
-        if queue.shape[1] != x.shape[1]:
-            raise ValueError(f"queue has {queue.shape[1]} features per row but x has {x.shape[1]}")
-    t = check_positive("t", t)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    return _uniform(x.astype(dtype), queue.astype(dtype), t, intra_batch, HL_PRECISION[PRECISIONS[precision]])
+    queue = jnp.zeros((0, x.shape[1]), dtype) if queue is None else queue
+    return _uniform(x.astype(dtype), queue.astype(dtype), t, intra_batch, code)
 
 
 def align_loss(x: jax.Array | np.ndarray, y: jax.Array | np.ndarray, alpha: float = 2.0) -> jax.Array:
@@ -256,12 +234,8 @@ def align_loss(x: jax.Array | np.ndarray, y: jax.Array | np.ndarray, alpha: floa
         TypeError: for a non-array input, an unsupported dtype, differing dtypes or a non-number alpha.
         ValueError: for a wrong or mismatched shape, or alpha not finite or <= 0.
     """
-    _check_features("x", x, torch_api="hyperloss.align_loss")
-    _check_features("y", y, torch_api="hyperloss.align_loss")
-    if x.shape != y.shape:
-        raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-    if x.dtype != y.dtype:
-        raise TypeError(f"y has dtype {y.dtype} but x has {x.dtype}")
-    alpha = check_positive("alpha", alpha)
+    api = "hyperloss.align_loss"
+    _contract.check_align(_spec("x", x, torch_api=api), _spec("y", y, torch_api=api))
+    alpha = _contract.check_positive("alpha", alpha)
     dtype = _compute_dtype(x.dtype)
     return _align(x.astype(dtype), y.astype(dtype), alpha)

@@ -6,8 +6,10 @@ import torch
 from torch import nn
 
 from . import functional as F
-from ._dispatch import check_backend_name
-from ._validation import check_bool, check_positive, check_weight
+from ._contract import check_bool
+from ._precision import check_precision
+from ._validation import check_positive, check_weight
+from .backends import check_name as check_backend_name
 
 
 class AlignLoss(nn.Module):
@@ -48,13 +50,17 @@ class UniformLoss(nn.Module):
             leaves no pairs: ValueError).
         backend: "auto" (HYPERLOSS_BACKEND overrides it) or one of ``hyperloss.backends()``; whether it runs on the
             inputs' device is checked per call.
+        precision: products of float32 inputs in the GPU kernels (see ``hyperloss.uniform_loss``).
     """
 
-    def __init__(self, t: float = 2.0, *, intra_batch: bool = True, backend: str = "auto") -> None:
+    def __init__(
+        self, t: float = 2.0, *, intra_batch: bool = True, backend: str = "auto", precision: str | None = None
+    ) -> None:
         super().__init__()
         self.t = float(check_positive("t", t))
         self.intra_batch = check_bool("intra_batch", intra_batch)
         self.backend = check_backend_name(backend)
+        self.precision = check_precision(precision)
 
     def forward(self, x: torch.Tensor, queue: torch.Tensor | None = None) -> torch.Tensor:
         """The uniformity loss of x's rows (and of their pairs with the queue, if any).
@@ -67,10 +73,12 @@ class UniformLoss(nn.Module):
         Returns:
             A 0-dim tensor: float64 for float64 inputs, float32 otherwise.
         """
-        return F.uniform_loss(x, self.t, queue=queue, intra_batch=self.intra_batch, backend=self.backend)
+        return F.uniform_loss(
+            x, self.t, queue=queue, intra_batch=self.intra_batch, backend=self.backend, precision=self.precision
+        )
 
     def extra_repr(self) -> str:
-        return f"t={self.t}, intra_batch={self.intra_batch}, backend={self.backend!r}"
+        return f"t={self.t}, intra_batch={self.intra_batch}, backend={self.backend!r}, precision={self.precision!r}"
 
 
 class AlignUniformLoss(nn.Module):
@@ -82,6 +90,7 @@ class AlignUniformLoss(nn.Module):
         alpha: exponent of the alignment loss, > 0 (the paper uses 2).
         t: temperature of the uniformity loss, > 0 (the paper uses 2).
         backend: "auto" (HYPERLOSS_BACKEND overrides it) or one of ``hyperloss.backends()``, for all three losses.
+        precision: products of float32 inputs in the GPU kernels (see ``hyperloss.uniform_loss``).
 
     Every argument is checked here, at construction.
     """
@@ -94,6 +103,7 @@ class AlignUniformLoss(nn.Module):
         t: float = 2.0,
         *,
         backend: str = "auto",
+        precision: str | None = None,
     ) -> None:
         super().__init__()
         self.align_weight = float(check_weight("align_weight", align_weight))
@@ -101,6 +111,7 @@ class AlignUniformLoss(nn.Module):
         self.alpha = float(check_positive("alpha", alpha))
         self.t = float(check_positive("t", t))
         self.backend = check_backend_name(backend)
+        self.precision = check_precision(precision)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The weighted sum of the alignment of (x_i, y_i) and the mean uniformity of x and of y.
@@ -113,13 +124,12 @@ class AlignUniformLoss(nn.Module):
             A 0-dim tensor: float64 for float64 inputs, float32 otherwise.
         """
         align = F.align_loss(x, y, self.alpha, backend=self.backend)
-        uniform = (
-            F.uniform_loss(x, self.t, backend=self.backend) + F.uniform_loss(y, self.t, backend=self.backend)
-        ) / 2
+        options = {"backend": self.backend, "precision": self.precision}
+        uniform = (F.uniform_loss(x, self.t, **options) + F.uniform_loss(y, self.t, **options)) / 2
         return self.align_weight * align + self.uniform_weight * uniform
 
     def extra_repr(self) -> str:
         return (
             f"align_weight={self.align_weight}, uniform_weight={self.uniform_weight}, alpha={self.alpha}, "
-            f"t={self.t}, backend={self.backend!r}"
+            f"t={self.t}, backend={self.backend!r}, precision={self.precision!r}"
         )

@@ -58,6 +58,9 @@ X = features(8, 4, seed=0, dtype=torch.float32)
         (lambda: hyperloss.AlignUniformLoss(align_weight=float("nan")), ValueError, "align_weight must be finite"),
         (lambda: hyperloss.AlignUniformLoss(uniform_weight="1"), TypeError, "uniform_weight must be a real"),
         (lambda: hyperloss.AlignUniformLoss(t=float("inf")), ValueError, "t must be finite"),
+        (lambda: hyperloss.uniform_loss(X, precision="fp8"), ValueError, "precision must be None or one of"),
+        (lambda: hyperloss.UniformLoss(precision="tf16"), ValueError, "precision must be None or one of"),
+        (lambda: hyperloss.AlignUniformLoss(precision=1), ValueError, "precision must be None or one of"),
     ],
 )
 def test_bad_input_raises_before_any_work(call, error, match):
@@ -69,14 +72,14 @@ def test_unavailable_backend_says_what_is_available():
     unavailable = [b for b in hyperloss.backends() if not b.available]
     if not unavailable:
         pytest.skip("every backend is available here")
-    with pytest.raises(ValueError, match=r"not available: .*Available for cpu: .*reference"):
+    with pytest.raises(ValueError, match=r"not available: .*Available for cpu: .*chunked"):
         hyperloss.uniform_loss(X, backend=unavailable[0].name)
 
 
 def test_backends_lists_each_with_a_reason():
     rows = {b.name: b for b in hyperloss.backends()}
-    assert {"cpu", "triton", "reference"} <= set(rows)
-    assert rows["reference"].available
+    assert {"cpu", "triton", "chunked"} <= set(rows)
+    assert rows["chunked"].available
     for row in rows.values():
         assert row.available == (row.reason == ""), row
         assert row.description
@@ -91,13 +94,13 @@ def test_native_extension_is_built():
 
 
 def test_auto_picks_native_on_cpu_and_env_overrides(monkeypatch):
-    from hyperloss import _dispatch
+    from hyperloss import backends
 
-    expected = "cpu" if "cpu" in CPU_BACKENDS else "reference"
-    assert _dispatch.resolve("auto", X.device) == expected
+    expected = "cpu" if "cpu" in CPU_BACKENDS else "chunked"
+    assert backends.resolve("auto", X.device) == expected
     monkeypatch.setenv("HYPERLOSS_BACKEND", "reference")
-    assert _dispatch.resolve("auto", X.device) == "reference"
-    assert _dispatch.resolve("cpu", X.device) == "cpu" or "cpu" not in CPU_BACKENDS  # explicit beats the env
+    assert backends.resolve("auto", X.device) == "chunked"
+    assert backends.resolve("cpu", X.device) == "cpu" or "cpu" not in CPU_BACKENDS  # explicit beats the env
     monkeypatch.setenv("HYPERLOSS_BACKEND", "bogus")
     with pytest.raises(ValueError, match="unknown HYPERLOSS_BACKEND 'bogus'"):
         hyperloss.uniform_loss(X)

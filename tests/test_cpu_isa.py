@@ -18,7 +18,8 @@ import pytest
 import torch
 
 import hyperloss
-from hyperloss import _lib, native
+from hyperloss import _lib
+from hyperloss.backends import native
 from tests.helpers import assert_close_scaled, features, uniform_reference
 
 pytestmark = pytest.mark.skipif(_lib.LOAD_ERROR is not None, reason=f"no C library: {_lib.LOAD_ERROR}")
@@ -84,7 +85,7 @@ def test_wide_instructions_only_behind_the_dispatch():
 
 
 def test_an_unknown_or_unsupported_set_falls_back():
-    code = "import hyperloss.native as n; print(n.cpu_isa())"
+    code = "from hyperloss.backends import native as n; print(n.cpu_isa())"
     for wanted in ("avx1024", ""):
         out = subprocess.run(
             [sys.executable, "-c", code],

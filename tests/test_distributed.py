@@ -24,10 +24,12 @@ import torch.multiprocessing as mp
 
 import hyperloss
 from hyperloss import distributed as hdist
+from tests.helpers import TOLERANCES
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs Gloo")
 
-TOL = {torch.float64: (1e-10, 1e-9), torch.float32: (2e-5, 2e-4)}  # (value, gradient relative to its max)
+# (value, gradient relative to its max): the tests' one tolerance model (tests/helpers.py).
+TOL = {torch.float64: TOLERANCES["float64"][:2], torch.float32: TOLERANCES["float32"][:2]}
 
 
 def _init(rank: int, world: int, init_file: str, timeout_s: float = 60) -> None:

@@ -16,7 +16,7 @@ import hyperloss
 import hyperloss.distributed
 import hyperloss.reference
 
-# Gaps in files this check may not fix yet (hyperloss/_dispatch.py is being rewritten with the build).
+# Gaps in files this check may not fix yet.
 KNOWN_GAPS: set[str] = set()
 
 _SECTION = r"^\s*{}:\s*$(.*?)(?=^\s*(?:Args|Returns|Raises|Attributes|Examples?|Notes?):\s*$|\Z)"

@@ -11,7 +11,7 @@ import torch
 
 import hyperloss
 from hyperloss import __main__ as cli
-from hyperloss import _dispatch
+from hyperloss import backends
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,8 +50,8 @@ def test_python_m_hyperloss_reports_versions_backends_and_auto():
 
     # What "auto" picks.
     auto = lines.index('backend="auto" picks:')
-    assert lines[auto + 1].split() == ["CPU", "tensors", _dispatch.resolve("auto", torch.device("cpu"))]
-    cuda = _dispatch.resolve("auto", torch.device("cuda")) if torch.cuda.is_available() else "(no CUDA device)"
+    assert lines[auto + 1].split() == ["CPU", "tensors", backends.resolve("auto", torch.device("cpu"))]
+    cuda = backends.resolve("auto", torch.device("cuda")) if torch.cuda.is_available() else "(no CUDA device)"
     assert lines[auto + 2].split()[:2] == ["CUDA", "tensors"] and lines[auto + 2].endswith(cuda)
     assert "HYPERLOSS_BACKEND is not set" in lines
 
@@ -60,7 +60,7 @@ def test_hyperloss_backend_variable_is_reported(monkeypatch):
     monkeypatch.setenv("HYPERLOSS_BACKEND", "reference")
     lines = cli.summary()
     assert 'backend="auto" picks (with HYPERLOSS_BACKEND):' in lines
-    assert "  CPU tensors   reference" in lines
+    assert "  CPU tensors   chunked" in lines
     assert "HYPERLOSS_BACKEND='reference' (overrides backend=\"auto\")" in lines
 
 

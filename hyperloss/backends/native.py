@@ -1,5 +1,5 @@
 """The native backends: "cpu" (the C++ kernels of csrc/cpu) and "cuda" (the CUDA kernels of csrc/cuda, where the
-C library was built with them).
+C library was built with them). The same kernels serve JAX and C/C++ programs through the C API.
 
 Both are torch ops over the C API of libhyperloss (loaded by ``hyperloss._lib``), defined with the low-level
 ``torch.library.Library`` (its dispatch costs ~3 µs a call against ~11 µs for ``torch.library.custom_op``, which
@@ -8,20 +8,21 @@ trace them:
   hyperloss::uniform_lse(x, queue, t, intra_batch, grad_x, grad_queue, precision) -> (lse, grad_x, grad_queue)
   hyperloss::align(x, y, alpha, grad_x) -> (loss, grad_x)
 t and alpha are 0-dim float64 CPU tensors (one compiled graph for every value), lse is float64, absent gradients
-are empty tensors (an op returns tensors). ``uniform_lse`` and ``align`` below are the backend primitives, with
-the signatures of ``hyperloss.reference``.
+are empty tensors (an op returns tensors). ``CPU`` and ``CUDA`` at the end are the two backends (the
+``hyperloss.backends.Backend`` protocol).
 """
 
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 
 import torch
 
-from . import _lib
-from ._lib import LOAD_ERROR
-from ._precision import HL_PRECISION, resolve_precision
-from ._validation import compute_dtype
+from .. import _lib
+from .._lib import LOAD_ERROR
+from .._precision import HL_PRECISION, resolve_precision
+from .._validation import compute_dtype
 
 _DTYPE = {
     torch.float32: _lib.FLOAT32,
@@ -31,11 +32,11 @@ _DTYPE = {
 }
 
 
-def available_cpu() -> tuple[bool, str]:
+def _available_cpu() -> tuple[bool, str]:
     return (LOAD_ERROR is None, LOAD_ERROR or "")
 
 
-def available_cuda() -> tuple[bool, str]:
+def _available_cuda() -> tuple[bool, str]:
     if LOAD_ERROR is not None:
         return False, LOAD_ERROR
     if not _lib.lib.hl_has_cuda():
@@ -174,7 +175,7 @@ _OPS.impl("align", _align_cpu, "CPU")
 _OPS.impl("align", _align_cuda, "CUDA")
 
 
-def uniform_lse(
+def _uniform_lse(
     x: torch.Tensor,
     queue: torch.Tensor | None,
     t: torch.Tensor,
@@ -183,23 +184,38 @@ def uniform_lse(
     grad_queue: bool,
     precision: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """See ``hyperloss.reference.uniform_lse``: same contract (t a 0-dim float64 tensor, lse in float64), native
-    one-pass kernels.
-
-    ``precision`` ("ieee"/"highest", "tf32"/"high", "bf16"/"medium") picks the products of float32 inputs on CUDA;
-    None follows torch's float32 matmul setting (``hyperloss._precision``). The CPU kernels always compute exact
-    float32 products.
-    """
-    code = _lib.PRECISION_IEEE
-    if x.is_cuda:
-        code = HL_PRECISION[resolve_precision(x.dtype, precision)]
+    # The CPU kernels always compute exact float32 products; on CUDA ``precision`` picks them.
+    code = HL_PRECISION[resolve_precision(x.dtype, precision)] if x.is_cuda else _lib.PRECISION_IEEE
     lse, gx, gq = torch.ops.hyperloss.uniform_lse(x, queue, t, intra_batch, grad_x, grad_queue, code)
     return lse, (gx if grad_x else None), (gq if grad_queue and queue is not None else None)
 
 
-def align(
+def _align(
     x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, grad_x: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """See ``hyperloss.reference.align``: same contract, native kernels."""
     loss, gx = torch.ops.hyperloss.align(x, y, alpha, grad_x)
     return loss, (gx if grad_x else None)
+
+
+class NativeBackend:
+    """A backend over libhyperloss's torch ops for one device type (``hyperloss.backends.Backend``)."""
+
+    def __init__(self, name: str, device_type: str, description: str, available: Callable[[], tuple[bool, str]]):
+        self.name, self.description, self.devices = name, description, (device_type,)
+        self.available = available
+        self.uniform_lse, self.align = _uniform_lse, _align
+
+    def runs_on(self, device_type: str) -> bool:
+        return device_type in self.devices
+
+    def auto_rank(self, device_type: str) -> int | None:
+        return 10  # after triton on CUDA; first on the CPU
+
+
+CPU = NativeBackend(
+    "cpu",
+    "cpu",
+    "native C++ CPU kernels (csrc/cpu, OpenMP; AVX2/AVX-512 chosen at run time), libhyperloss",
+    _available_cpu,
+)
+CUDA = NativeBackend("cuda", "cuda", "CUDA C++ kernels (csrc/cuda), libhyperloss built with CUDA", _available_cuda)
