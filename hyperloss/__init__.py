@@ -17,11 +17,12 @@ from . import backends, reference
 from ._version import __version__
 from .backends import BackendStatus
 from .functional import align_loss, uniform_loss
-from .modules import AlignLoss, AlignUniformLoss, UniformLoss
+from .modules import AlignLoss, AlignUniformLoss, AlignUniformParts, UniformLoss
 
 __all__ = [
     "AlignLoss",
     "AlignUniformLoss",
+    "AlignUniformParts",
     "BackendStatus",
     "UniformLoss",
     "__version__",

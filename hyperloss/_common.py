@@ -58,6 +58,33 @@ def scale_saved_grad(grad_output: torch.Tensor, grad: torch.Tensor | None, dtype
     return (grad_output * grad).to(dtype)
 
 
+def temperature_gradient(
+    x: torch.Tensor,
+    queue: torch.Tensor | None,
+    grad_x: torch.Tensor,
+    grad_queue: torch.Tensor | None,
+    t: torch.Tensor,
+) -> torch.Tensor:
+    """d lse / dt (0-dim float64) from the gradients of the same call, with no pass over the pairs.
+
+    lse depends on the rows and t only through t ||u - v||^2, and scaling every row by c maps that to c^2 t; so
+    (Euler's relation for this homogeneity) 2t d lse/dt = sum over the rows of x and the queue of <v - m, d lse/dv>,
+    which is -2t times the pair-weighted mean squared distance. m may be any vector (the gradients sum to 0: the
+    loss is translation invariant); m = the rows' mean keeps a large common offset from cancelling.
+
+    Args:
+        x, queue: the rows (the queue optional).
+        grad_x, grad_queue: d lse / dx and d lse / d queue (the latter where there is a queue).
+        t: the temperature, a 0-dim float64 tensor.
+    """
+    rows = [x] if queue is None else [x, queue]
+    grads = [grad_x] if queue is None else [grad_x, grad_queue]
+    count = sum(r.shape[0] for r in rows)
+    mean = sum(r.detach().sum(0, dtype=torch.float64) for r in rows) / count
+    total = sum(((r.detach().double() - mean) * g.double()).sum() for r, g in zip(rows, grads, strict=True))
+    return total / (2 * t.to(device=total.device, dtype=torch.float64))
+
+
 def poison_nonfinite(
     inputs: tuple[torch.Tensor, ...], lse: torch.Tensor, grads: tuple[torch.Tensor | None, ...]
 ) -> tuple[torch.Tensor, tuple[torch.Tensor | None, ...]]:

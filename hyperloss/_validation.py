@@ -41,16 +41,33 @@ def check_weight(name: str, value: object) -> float:
     return _contract.check_weight(name, value, torch.compiler.is_compiling())
 
 
+def check_temperature(t: object) -> float | torch.Tensor:
+    """t: a real number, or a one-element floating tensor (trainable when it requires grad), finite and > 0.
+
+    A tensor's value is checked in eager mode only (reading it there costs a device sync on a GPU); under
+    torch.compile it is not read, and a t <= 0 or non-finite gives a NaN loss there.
+    """
+    if not isinstance(t, torch.Tensor):
+        return check_positive("t", t)
+    if not t.is_floating_point() or t.numel() != 1:
+        raise TypeError(
+            f"t must be a real number or a one-element floating tensor, got {t.dtype} of shape {tuple(t.shape)}"
+        )
+    if not torch.compiler.is_compiling():
+        check_positive("t", float(t.detach()))
+    return t
+
+
 def check_uniform_args(
     x: object, t: object, queue: object, intra_batch: object, *, x_name: str = "x", min_rows: int | None = None
-) -> float:
+) -> float | torch.Tensor:
     """Checks the arguments of a uniformity loss; returns t."""
     x_spec = _tensor(x_name, x)
     q_spec = None if queue is None else _tensor("queue", queue)
     if queue is not None:
         _same_device("queue", queue, x, x_name)
     _contract.check_uniform(x_spec, q_spec, intra_batch, x_name=x_name, min_rows=min_rows)
-    return check_positive("t", t)
+    return check_temperature(t)
 
 
 def check_align_args(

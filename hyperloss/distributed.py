@@ -48,7 +48,8 @@ import torch
 import torch.distributed as dist
 
 from . import backends
-from ._common import as_scalar_tensor, log_mean_from_lse, num_pairs, scale_saved_grad
+from ._common import as_scalar_tensor, log_mean_from_lse, num_pairs, scale_saved_grad, temperature_gradient
+from ._contract import check_bool
 from ._precision import OPERAND_PRECISIONS, check_precision, resolve_precision
 from ._validation import SUPPORTED_DTYPES, check_align_args, check_uniform_args, compute_dtype
 
@@ -224,11 +225,12 @@ def balanced_row_ranges(n: int, k: int, intra_batch: bool, world: int) -> list[t
 
 class _DistributedUniform(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x_local, queue, t, intra_batch, backend, precision, group, grad_enabled):
+    def forward(ctx, x_local, queue, t, t_scalar, intra_batch, backend, precision, group, grad_enabled):
         world, rank = _world(group)
         # needs_input_grad says True under torch.no_grad too: the caller's grad mode decides.
         need_x = grad_enabled and ctx.needs_input_grad[0]
         need_queue = grad_enabled and queue is not None and ctx.needs_input_grad[1]
+        need_t = grad_enabled and t is not None and ctx.needs_input_grad[2]
         dtype = compute_dtype(x_local.dtype)
         k = 0 if queue is None else queue.shape[0]
         same = [  # one length on every rank, queue or not
@@ -236,7 +238,7 @@ class _DistributedUniform(torch.autograd.Function):
             _Same("dtype", SUPPORTED_DTYPES.index(x_local.dtype), _show_dtype),
             _Same("queue rows K", -1 if queue is None else k, _show_queue_rows),
             _Same("intra_batch", intra_batch, _show_bool),
-            _Same("t", float(t), repr),
+            _Same("t", float(t_scalar), repr),
             # Resolved, so that torch's float32 matmul setting is compared too.
             _Same(
                 "precision",
@@ -246,6 +248,7 @@ class _DistributedUniform(torch.autograd.Function):
             ),
             _Same("x_local requires grad", need_x, _show_bool),
             _Same("queue requires grad", need_queue, _show_bool),
+            _Same("t requires grad", need_t, _show_bool),
             _Same(
                 "queue contents (checksum)",
                 -1 if queue is None else _queue_checksum(queue.detach()),
@@ -265,12 +268,12 @@ class _DistributedUniform(torch.autograd.Function):
         cross = torch.cat(cross_parts) if cross_parts and sum(p.shape[0] for p in cross_parts) else None
         rows = x_all[start:stop]
         own_pairs = num_pairs(rows.shape[0], 0 if cross is None else cross.shape[0], intra_batch)
-        grad_rows = need_x or need_queue
+        grad_rows = need_x or need_queue or need_t
         if own_pairs:
             lse, g_rows, g_cross = backends.get(backend).uniform_lse(
                 rows,
                 cross,
-                as_scalar_tensor(t),
+                t_scalar,
                 intra_batch and rows.shape[0] >= 2,
                 grad_rows,
                 grad_rows and cross is not None,
@@ -283,7 +286,7 @@ class _DistributedUniform(torch.autograd.Function):
         lses = [torch.empty((1,), dtype=torch.float64, device=x_all.device) for _ in range(world)]
         dist.all_gather(lses, lse.reshape(1), group=group)
         total = torch.logsumexp(torch.cat(lses), dim=0)  # float64
-        gx = gq = None
+        gx = gq = dt = None
         if grad_rows:
             weight = torch.exp(lse - total).to(dtype) if own_pairs else x_all.new_zeros((), dtype=dtype)
             full = x_all.new_zeros(x_all.shape, dtype=dtype)
@@ -292,26 +295,34 @@ class _DistributedUniform(torch.autograd.Function):
             later = n - stop if intra_batch else 0
             if g_cross is not None and later:
                 full[stop:] += g_cross[:later] * weight
-            if need_x:
-                gx = _reduce_scatter_rows(full, sizes, rank, group)
-            if need_queue:
-                gq = (
+            local_gq = None
+            if queue is not None:
+                local_gq = (
                     g_cross[later:] * weight
                     if g_cross is not None
                     else torch.zeros(queue.shape, dtype=dtype, device=queue.device)
                 )
+            if need_t:  # this rank's pairs' part of d lse/dt (the relation is linear in the gradients), summed
+                dt = temperature_gradient(x_all, queue, full, local_gq, t_scalar).to(x_all.device).reshape(1)
+                dist.all_reduce(dt, group=group)
+                dt = dt.reshape(())
+            if need_x:
+                gx = _reduce_scatter_rows(full, sizes, rank, group)
+            if need_queue:
+                gq = local_gq
                 dist.all_reduce(gq, group=group)
-        ctx.save_for_backward(gx, gq)
-        ctx.dtypes = (x_local.dtype, None if queue is None else queue.dtype)
+        ctx.save_for_backward(gx, gq, dt)
+        ctx.dtypes = (x_local.dtype, None if queue is None else queue.dtype, None if t is None else t.dtype)
         return log_mean_from_lse(total, n, k, intra_batch, dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
-        gx, gq = ctx.saved_tensors
-        x_dtype, q_dtype = ctx.dtypes
+        gx, gq, dt = ctx.saved_tensors
+        x_dtype, q_dtype, t_dtype = ctx.dtypes
         grad_x = scale_saved_grad(grad_output, gx, x_dtype)
         grad_q = scale_saved_grad(grad_output, gq, q_dtype)
-        return grad_x, grad_q, None, None, None, None, None, None
+        grad_t = scale_saved_grad(grad_output.double(), dt, t_dtype)
+        return grad_x, grad_q, grad_t, None, None, None, None, None, None
 
 
 class _DistributedAlign(torch.autograd.Function):
@@ -351,10 +362,11 @@ class _DistributedAlign(torch.autograd.Function):
 
 def uniform_loss(
     x_local: torch.Tensor,
-    t: float = 2.0,
+    t: float | torch.Tensor = 2.0,
     *,
     queue: torch.Tensor | None = None,
     intra_batch: bool = True,
+    normalize: bool = False,
     group: dist.ProcessGroup | None = None,
     backend: str = "auto",
     precision: str | None = None,
@@ -363,7 +375,8 @@ def uniform_loss(
 
     Args:
         x_local: this rank's rows (n_r, D); ranks may hold different numbers of rows (even none).
-        t, intra_batch, backend, precision: as in ``hyperloss.uniform_loss``.
+        t, intra_batch, normalize, backend, precision: as in ``hyperloss.uniform_loss``; a t tensor that requires
+            grad gets d loss/dt of the global batch, the same on every rank.
         queue: optional (K, D) features, the same tensor on every rank (a MoCo queue is); it may require grad.
         group: the process group (default: the world).
 
@@ -375,15 +388,30 @@ def uniform_loss(
         RuntimeError: without an initialized process group (before any work).
         ValueError: on every rank, where the ranks disagree on D, the dtype, the queue's presence, rows K or
             contents (a bit-exact checksum), ``intra_batch``, ``t``, the float32 precision (after torch's
-            setting), or whether ``x_local`` or the queue requires grad; the message names each such argument
+            setting), or whether ``x_local``, the queue or t requires grad; the message names each such argument
             with its value on each rank. Also where the global batch has no pairs. Invalid arguments on one rank
             raise there only (the others then time out).
     """
     _world(group)
     t = check_uniform_args(x_local, t, queue, intra_batch, x_name="x_local", min_rows=0)
+    check_bool("normalize", normalize)
     check_precision(precision)
     name = backends.resolve(backend, x_local.device)
-    return _DistributedUniform.apply(x_local, queue, t, intra_batch, name, precision, group, torch.is_grad_enabled())
+    if normalize:
+        x_local = torch.nn.functional.normalize(x_local, dim=1)
+        queue = None if queue is None else torch.nn.functional.normalize(queue, dim=1)
+    trainable_t = isinstance(t, torch.Tensor) and t.requires_grad
+    return _DistributedUniform.apply(
+        x_local,
+        queue,
+        t if trainable_t else None,
+        as_scalar_tensor(t),
+        intra_batch,
+        name,
+        precision,
+        group,
+        torch.is_grad_enabled(),
+    )
 
 
 def align_loss(

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 from . import backends
-from ._common import as_scalar_tensor, log_mean_from_lse, scale_saved_grad
+from ._common import as_scalar_tensor, log_mean_from_lse, scale_saved_grad, temperature_gradient
+from ._contract import check_bool
 from ._precision import check_precision
 from ._validation import check_align_args, check_uniform_args, compute_dtype
 
@@ -22,21 +23,26 @@ def _log_mean(lse: torch.Tensor, x: torch.Tensor, queue: torch.Tensor | None, in
 
 class _UniformLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, queue, t, intra_batch, backend, precision):
+    def forward(ctx, x, queue, t, t_scalar, intra_batch, backend, precision):
         # Applied only where a graph is built (see uniform_loss): needs_input_grad says True under no_grad too.
-        grad_x = ctx.needs_input_grad[0]
-        grad_queue = queue is not None and ctx.needs_input_grad[1]
-        lse, gx, gq = backends.get(backend).uniform_lse(x, queue, t, intra_batch, grad_x, grad_queue, precision)
-        ctx.save_for_backward(gx, gq)
-        ctx.dtypes = (x.dtype, None if queue is None else queue.dtype)
+        # t is the caller's tensor where it may need a gradient (else None); t_scalar is what the kernels read.
+        grad_t = t is not None and ctx.needs_input_grad[2]
+        grad_x = ctx.needs_input_grad[0] or grad_t  # d lse/dt is formed from the rows' gradients
+        grad_queue = queue is not None and (ctx.needs_input_grad[1] or grad_t)
+        lse, gx, gq = backends.get(backend).uniform_lse(x, queue, t_scalar, intra_batch, grad_x, grad_queue, precision)
+        dt = temperature_gradient(x, queue, gx, gq, t_scalar) if grad_t else None
+        keep_x, keep_q = ctx.needs_input_grad[0], queue is not None and ctx.needs_input_grad[1]
+        ctx.save_for_backward(gx if keep_x else None, gq if keep_q else None, dt)
+        ctx.dtypes = (x.dtype, None if queue is None else queue.dtype, None if t is None else t.dtype)
         return _log_mean(lse, x, queue, intra_batch)
 
     @staticmethod
     def backward(ctx, grad_output):
-        gx, gq = ctx.saved_tensors
-        x_dtype, q_dtype = ctx.dtypes
+        gx, gq, dt = ctx.saved_tensors
+        x_dtype, q_dtype, t_dtype = ctx.dtypes
         grad_x, grad_q = scale_saved_grad(grad_output, gx, x_dtype), scale_saved_grad(grad_output, gq, q_dtype)
-        return grad_x, grad_q, None, None, None, None
+        grad_t = scale_saved_grad(grad_output.double(), dt, t_dtype)
+        return grad_x, grad_q, grad_t, None, None, None, None
 
 
 class _AlignLoss(torch.autograd.Function):
@@ -56,13 +62,16 @@ class _AlignLoss(torch.autograd.Function):
         return (grad_x if ctx.needs_input_grad[0] else None), grad_y, None, None
 
 
-def align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0, *, backend: str = "auto") -> torch.Tensor:
+def align_loss(
+    x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0, *, normalize: bool = False, backend: str = "auto"
+) -> torch.Tensor:
     """Alignment loss of Wang & Isola (2020): ``mean_i ||x_i - y_i||_2 ** alpha``.
 
     Args:
         x, y: positive-pair features, shape (N, D), same dtype and device; float16, bfloat16, float32 or float64
             (float16 and bfloat16 are computed in float32). Rows are usually L2-normalized.
         alpha: exponent > 0 (the paper uses 2).
+        normalize: L2-normalize the rows of x and y first, with its gradient (one more pass over the rows).
         backend: "auto" (the best kernel for the device; the environment variable HYPERLOSS_BACKEND overrides it),
             or one of ``hyperloss.backends()``.
 
@@ -71,7 +80,10 @@ def align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0, *, backend:
         alpha (no square root is taken).
     """
     alpha = check_align_args(x, y, alpha)
+    check_bool("normalize", normalize)
     name = backends.resolve(backend, x.device)
+    if normalize:
+        x, y = torch.nn.functional.normalize(x, dim=1), torch.nn.functional.normalize(y, dim=1)
     if not (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)):  # no graph to build: skip autograd
         return backends.get(name).align(x, y, as_scalar_tensor(alpha), False)[0]
     return _AlignLoss.apply(x, y, as_scalar_tensor(alpha), name)
@@ -79,10 +91,11 @@ def align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0, *, backend:
 
 def uniform_loss(
     x: torch.Tensor,
-    t: float = 2.0,
+    t: float | torch.Tensor = 2.0,
     *,
     queue: torch.Tensor | None = None,
     intra_batch: bool = True,
+    normalize: bool = False,
     backend: str = "auto",
     precision: str | None = None,
 ) -> torch.Tensor:
@@ -91,10 +104,14 @@ def uniform_loss(
     Args:
         x: features, shape (N, D); float16, bfloat16, float32 or float64 (float16 and bfloat16 are computed in
             float32).
-        t: temperature > 0 (the paper uses 2); any value finite as a float64.
+        t: temperature > 0 (the paper uses 2): a number finite as a float64, or a one-element floating tensor. A
+            tensor that requires grad gets d loss/dt (a trainable temperature) from the same kernel call, at the
+            cost of one pass over the rows.
         queue: optional (K, D) features, e.g. a MoCo memory bank, same dtype and device as x; it may or may not
             require grad. With a queue the pairs are every (x_i, queue_k).
         intra_batch: include the pairs x_i, x_j with i < j (always true without a queue).
+        normalize: L2-normalize the rows of x (and of the queue) first, with its gradient, as lightly's
+            HypersphereLoss does (one more pass over the rows).
         backend: "auto" (HYPERLOSS_BACKEND overrides it) or one of ``hyperloss.backends()``.
         precision: how the fused GPU kernels multiply float32 inputs: "highest"/"ieee" (exact), "high"/"tf32",
             "medium"/"bf16" (tensor cores, float32 accumulation); None follows torch's float32 matmul setting
@@ -108,9 +125,17 @@ def uniform_loss(
         by one vector. NaN if any input element is NaN or infinite.
     """
     t = check_uniform_args(x, t, queue, intra_batch)
+    check_bool("normalize", normalize)
     check_precision(precision)
     name = backends.resolve(backend, x.device)
-    if not (torch.is_grad_enabled() and (x.requires_grad or (queue is not None and queue.requires_grad))):
-        lse, _, _ = backends.get(name).uniform_lse(x, queue, as_scalar_tensor(t), intra_batch, False, False, precision)
+    if normalize:
+        x = torch.nn.functional.normalize(x, dim=1)
+        queue = None if queue is None else torch.nn.functional.normalize(queue, dim=1)
+    t_scalar = as_scalar_tensor(t)
+    trainable_t = isinstance(t, torch.Tensor) and t.requires_grad
+    if not (
+        torch.is_grad_enabled() and (x.requires_grad or (queue is not None and queue.requires_grad) or trainable_t)
+    ):
+        lse, _, _ = backends.get(name).uniform_lse(x, queue, t_scalar, intra_batch, False, False, precision)
         return _log_mean(lse, x, queue, intra_batch)
-    return _UniformLoss.apply(x, queue, as_scalar_tensor(t), intra_batch, name, precision)
+    return _UniformLoss.apply(x, queue, t if trainable_t else None, t_scalar, intra_batch, name, precision)

@@ -193,7 +193,8 @@ def uniform_loss(
 
     Args:
         x: (N, D) array (JAX or NumPy): float16, bfloat16, float32 or float64 (16-bit dtypes are computed in float32).
-        t: temperature > 0 (a Python number: it is static under jit).
+        t: temperature > 0: a Python number (static under jit), or a one-element array (traced, differentiable:
+            ``jax.grad`` with respect to t works; the rows are then scaled by sqrt(t), which rounds them once).
         queue: optional (K, D) array of x's dtype: adds every (x_i, queue_k) pair.
         intra_batch: include the i < j pairs of x (False needs a queue).
         precision: products of float32 inputs on a GPU: "highest"/"ieee" (exact), "high"/"tf32", "medium"/"bf16";
@@ -211,11 +212,20 @@ def uniform_loss(
     api = "hyperloss.uniform_loss"
     x_spec = _spec("x", x, torch_api=api)
     _contract.check_uniform(x_spec, None if queue is None else _spec("queue", queue, torch_api=api), intra_batch)
-    t = _contract.check_positive("t", t)
     code = HL_PRECISION[resolve_jax_precision(x_spec[1], check_precision(precision))]
     dtype = _compute_dtype(x.dtype)
-    queue = jnp.zeros((0, x.shape[1]), dtype) if queue is None else queue
-    return _uniform(x.astype(dtype), queue.astype(dtype), t, intra_batch, code)
+    x = x.astype(dtype)
+    queue = jnp.zeros((0, x.shape[1]), dtype) if queue is None else queue.astype(dtype)
+    if isinstance(t, jax.Array | np.ndarray):
+        # A traced (differentiable) t cannot be the kernels' static attribute: the loss depends on the rows and t
+        # only through t ||u - v||^2, so the rows are scaled by sqrt(t) and the kernels run at t = 1; JAX
+        # differentiates the scaling. Its value is not checked (under jit it is unknown): t <= 0 gives NaN.
+        if t.size != 1 or not jnp.issubdtype(t.dtype, jnp.floating):
+            raise TypeError(f"t must be a number or a one-element floating array, got {t.dtype} of shape {t.shape}")
+        scale = jnp.sqrt(jnp.reshape(t, ()).astype(dtype))
+        return _uniform(x * scale, queue * scale, 1.0, intra_batch, code)
+    t = _contract.check_positive("t", t)
+    return _uniform(x, queue, t, intra_batch, code)
 
 
 def align_loss(x: jax.Array | np.ndarray, y: jax.Array | np.ndarray, alpha: float = 2.0) -> jax.Array:

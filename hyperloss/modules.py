@@ -1,6 +1,9 @@
-"""Thin ``nn.Module`` wrappers over ``hyperloss.functional``."""
+"""Thin ``nn.Module`` wrappers over ``hyperloss.functional``, with a trainable temperature where asked for."""
 
 from __future__ import annotations
+
+import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -17,13 +20,15 @@ class AlignLoss(nn.Module):
 
     Args:
         alpha: exponent > 0 (the paper uses 2); checked here, at construction.
+        normalize: L2-normalize the rows of x and y first.
         backend: "auto" (HYPERLOSS_BACKEND overrides it) or one of ``hyperloss.backends()``; whether it runs on the
             inputs' device is checked per call.
     """
 
-    def __init__(self, alpha: float = 2.0, *, backend: str = "auto") -> None:
+    def __init__(self, alpha: float = 2.0, *, normalize: bool = False, backend: str = "auto") -> None:
         super().__init__()
         self.alpha = float(check_positive("alpha", alpha))
+        self.normalize = check_bool("normalize", normalize)
         self.backend = check_backend_name(backend)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -35,10 +40,29 @@ class AlignLoss(nn.Module):
         Returns:
             A 0-dim tensor: float64 for float64 inputs, float32 otherwise.
         """
-        return F.align_loss(x, y, self.alpha, backend=self.backend)
+        return F.align_loss(x, y, self.alpha, normalize=self.normalize, backend=self.backend)
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, backend={self.backend!r}"
+        return f"alpha={self.alpha}, normalize={self.normalize}, backend={self.backend!r}"
+
+
+class _Temperature(nn.Module):
+    """t as a number, or as exp(log_t) with log_t a parameter (trainable and always > 0)."""
+
+    def __init__(self, t: float, trainable: bool) -> None:
+        super().__init__()
+        t = float(check_positive("t", t))
+        if check_bool("trainable_t", trainable):
+            self.log_t = nn.Parameter(torch.tensor(math.log(t), dtype=torch.float64))
+        else:
+            self.fixed = t
+
+    def forward(self) -> float | torch.Tensor:
+        return self.log_t.exp() if hasattr(self, "log_t") else self.fixed
+
+    def extra_repr(self) -> str:
+        t = self()
+        return f"t={float(t.detach()) if isinstance(t, torch.Tensor) else t}" + (", trainable" * hasattr(self, "log_t"))
 
 
 class UniformLoss(nn.Module):
@@ -46,21 +70,38 @@ class UniformLoss(nn.Module):
 
     Args:
         t: temperature > 0 (the paper uses 2); checked here, at construction.
+        trainable_t: learn t: it becomes ``exp(log_t)`` with ``log_t`` a parameter of this module (so it stays > 0),
+            starting at ``t``; its gradient comes from the same kernel call as the others.
         intra_batch: include the pairs x_i, x_j with i < j. False needs a queue in every call (without one it
             leaves no pairs: ValueError).
+        normalize: L2-normalize the rows of x (and of the queue) first.
         backend: "auto" (HYPERLOSS_BACKEND overrides it) or one of ``hyperloss.backends()``; whether it runs on the
             inputs' device is checked per call.
         precision: products of float32 inputs in the GPU kernels (see ``hyperloss.uniform_loss``).
     """
 
     def __init__(
-        self, t: float = 2.0, *, intra_batch: bool = True, backend: str = "auto", precision: str | None = None
+        self,
+        t: float = 2.0,
+        *,
+        trainable_t: bool = False,
+        intra_batch: bool = True,
+        normalize: bool = False,
+        backend: str = "auto",
+        precision: str | None = None,
     ) -> None:
         super().__init__()
-        self.t = float(check_positive("t", t))
+        self.temperature = _Temperature(t, trainable_t)
         self.intra_batch = check_bool("intra_batch", intra_batch)
+        self.normalize = check_bool("normalize", normalize)
         self.backend = check_backend_name(backend)
         self.precision = check_precision(precision)
+
+    @property
+    def t(self) -> float:
+        """The temperature's current value."""
+        t = self.temperature()
+        return float(t.detach()) if isinstance(t, torch.Tensor) else t
 
     def forward(self, x: torch.Tensor, queue: torch.Tensor | None = None) -> torch.Tensor:
         """The uniformity loss of x's rows (and of their pairs with the queue, if any).
@@ -74,11 +115,29 @@ class UniformLoss(nn.Module):
             A 0-dim tensor: float64 for float64 inputs, float32 otherwise.
         """
         return F.uniform_loss(
-            x, self.t, queue=queue, intra_batch=self.intra_batch, backend=self.backend, precision=self.precision
+            x,
+            self.temperature(),
+            queue=queue,
+            intra_batch=self.intra_batch,
+            normalize=self.normalize,
+            backend=self.backend,
+            precision=self.precision,
         )
 
     def extra_repr(self) -> str:
-        return f"t={self.t}, intra_batch={self.intra_batch}, backend={self.backend!r}, precision={self.precision!r}"
+        return (
+            f"intra_batch={self.intra_batch}, normalize={self.normalize}, backend={self.backend!r}, "
+            f"precision={self.precision!r}"
+        )
+
+
+class AlignUniformParts(NamedTuple):
+    """What ``AlignUniformLoss(return_parts=True)`` returns: the loss to minimize and its two terms, unweighted (for
+    logging: ``{k: v.item() for k, v in parts._asdict().items()}``)."""
+
+    loss: torch.Tensor
+    align: torch.Tensor
+    uniform: torch.Tensor
 
 
 class AlignUniformLoss(nn.Module):
@@ -89,10 +148,14 @@ class AlignUniformLoss(nn.Module):
         uniform_weight: weight of the uniformity term: any finite number (0 switches the term off).
         alpha: exponent of the alignment loss, > 0 (the paper uses 2).
         t: temperature of the uniformity loss, > 0 (the paper uses 2).
+        trainable_t: learn t (see ``UniformLoss``).
+        normalize: L2-normalize the rows of x and y first, as lightly's ``HypersphereLoss`` does.
+        return_parts: return ``AlignUniformParts(loss, align, uniform)`` instead of the loss alone.
         backend: "auto" (HYPERLOSS_BACKEND overrides it) or one of ``hyperloss.backends()``, for all three losses.
         precision: products of float32 inputs in the GPU kernels (see ``hyperloss.uniform_loss``).
 
-    Every argument is checked here, at construction.
+    Every argument is checked here, at construction. lightly's ``HypersphereLoss(t, lam, alpha)`` is
+    ``AlignUniformLoss(1, lam, alpha, t, normalize=True)`` (its default t is 1; the paper's and ours is 2).
     """
 
     def __init__(
@@ -102,6 +165,9 @@ class AlignUniformLoss(nn.Module):
         alpha: float = 2.0,
         t: float = 2.0,
         *,
+        trainable_t: bool = False,
+        normalize: bool = False,
+        return_parts: bool = False,
         backend: str = "auto",
         precision: str | None = None,
     ) -> None:
@@ -109,27 +175,40 @@ class AlignUniformLoss(nn.Module):
         self.align_weight = float(check_weight("align_weight", align_weight))
         self.uniform_weight = float(check_weight("uniform_weight", uniform_weight))
         self.alpha = float(check_positive("alpha", alpha))
-        self.t = float(check_positive("t", t))
+        self.temperature = _Temperature(t, trainable_t)
+        self.normalize = check_bool("normalize", normalize)
+        self.return_parts = check_bool("return_parts", return_parts)
         self.backend = check_backend_name(backend)
         self.precision = check_precision(precision)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    @property
+    def t(self) -> float:
+        """The temperature's current value."""
+        t = self.temperature()
+        return float(t.detach()) if isinstance(t, torch.Tensor) else t
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | AlignUniformParts:
         """The weighted sum of the alignment of (x_i, y_i) and the mean uniformity of x and of y.
 
         Args:
             x, y: features of two views of the same N inputs, shape (N, D), same dtype and device; usually
-                L2-normalized.
+                L2-normalized (or pass ``normalize=True``).
 
         Returns:
-            A 0-dim tensor: float64 for float64 inputs, float32 otherwise.
+            A 0-dim tensor (float64 for float64 inputs, float32 otherwise), or with ``return_parts`` the
+            ``AlignUniformParts`` (loss, align, uniform).
         """
+        if self.normalize:  # once here, not once per term
+            x, y = torch.nn.functional.normalize(x, dim=1), torch.nn.functional.normalize(y, dim=1)
         align = F.align_loss(x, y, self.alpha, backend=self.backend)
-        options = {"backend": self.backend, "precision": self.precision}
-        uniform = (F.uniform_loss(x, self.t, **options) + F.uniform_loss(y, self.t, **options)) / 2
-        return self.align_weight * align + self.uniform_weight * uniform
+        t, options = self.temperature(), {"backend": self.backend, "precision": self.precision}
+        uniform = (F.uniform_loss(x, t, **options) + F.uniform_loss(y, t, **options)) / 2
+        loss = self.align_weight * align + self.uniform_weight * uniform
+        return AlignUniformParts(loss, align, uniform) if self.return_parts else loss
 
     def extra_repr(self) -> str:
         return (
             f"align_weight={self.align_weight}, uniform_weight={self.uniform_weight}, alpha={self.alpha}, "
-            f"t={self.t}, backend={self.backend!r}, precision={self.precision!r}"
+            f"normalize={self.normalize}, return_parts={self.return_parts}, backend={self.backend!r}, "
+            f"precision={self.precision!r}"
         )

@@ -9,7 +9,7 @@ import hyperloss
 from hyperloss import reference
 from tests.helpers import CPU_BACKENDS, features, native_extension_expected
 
-X = features(8, 4, seed=0, dtype=torch.float32)
+X = features(8, 4, seed=0, dtype=torch.float32, device="cpu")
 
 
 @pytest.mark.parametrize(
@@ -157,6 +157,49 @@ def test_torch_compile_fullgraph_matches_eager():
         assert torch.allclose(g, w, rtol=1e-5, atol=1e-7)
     with torch.no_grad():
         assert compiled(x, y, queue).item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_torch_compile_fullgraph_trainable_temperature():
+    """A temperature parameter traces with fullgraph=True and gets the eager gradient."""
+    torch._dynamo.reset()
+    x = features(40, 8, seed=6, dtype=torch.float32).requires_grad_()
+    t = torch.nn.Parameter(torch.tensor(1.7))
+
+    def step(x, t):
+        return hyperloss.uniform_loss(x, t) + hyperloss.uniform_loss(x[:25], t * 2)
+
+    got = torch.compile(step, fullgraph=True)(x, t)
+    got_grads = torch.autograd.grad(got, (x, t))
+    want = step(x, t)
+    want_grads = torch.autograd.grad(want, (x, t))
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        assert torch.allclose(g, w, rtol=1e-5, atol=1e-7)
+
+
+def test_modules_trainable_temperature_parts_and_normalize(backend):
+    """trainable_t makes log t a parameter; return_parts gives the unweighted terms; normalize=True with
+    align_weight 1 and uniform_weight lam is lightly's HypersphereLoss(t, lam, alpha)."""
+    za = features(30, 6, seed=1, normalize=False, scale=2.0).requires_grad_()
+    zb = features(30, 6, seed=2, normalize=False, scale=2.0).requires_grad_()
+    module = hyperloss.AlignUniformLoss(1.0, 0.5, 2.0, 1.0, trainable_t=True, normalize=True, return_parts=True)
+    module.backend = backend
+    parts = module(za, zb)
+    assert [name for name, _ in module.named_parameters()] == ["temperature.log_t"] and module.t == 1.0
+
+    x, y = (torch.nn.functional.normalize(v.detach().cpu().requires_grad_(), dim=1) for v in (za, zb))
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    lightly_style = (x - y).norm(dim=1).pow(2).mean()
+    uniform = (reference.dense_uniform_loss(x, log_t.exp()) + reference.dense_uniform_loss(y, log_t.exp())) / 2
+    assert parts.align.item() == pytest.approx(lightly_style.item(), rel=1e-10)
+    assert parts.uniform.item() == pytest.approx(uniform.item(), rel=1e-10)
+    assert parts.loss.item() == pytest.approx((lightly_style + 0.5 * uniform).item(), rel=1e-10)
+    parts.loss.backward()
+    (want,) = torch.autograd.grad(lightly_style + 0.5 * uniform, log_t)
+    assert module.temperature.log_t.grad.item() == pytest.approx(want.item(), rel=1e-8)
+    assert "trainable" in repr(module) and "normalize=True" in repr(module)
+    plain = hyperloss.UniformLoss(t=3.0, trainable_t=True, backend=backend)
+    assert plain.t == pytest.approx(3.0) and len(list(plain.parameters())) == 1
 
 
 def _compiled_step():

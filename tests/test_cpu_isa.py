@@ -38,8 +38,8 @@ def test_every_instruction_set_matches_float64(isa):
     chosen = native.cpu_isa()
     assert ISAS.index(chosen) <= ISAS.index(isa)  # a set the CPU lacks is never chosen
     for dtype in (torch.float32, torch.float64):
-        x = features(150, 37, seed=1, dtype=dtype).requires_grad_()
-        queue = features(70, 37, seed=2, dtype=dtype).requires_grad_()
+        x = features(150, 37, seed=1, dtype=dtype, device="cpu").requires_grad_()
+        queue = features(70, 37, seed=2, dtype=dtype, device="cpu").requires_grad_()
         loss = hyperloss.uniform_loss(x, 2.0, queue=queue, backend="cpu")
         want, want_grads = uniform_reference(x, 2.0, queue)
         rel = 1e-10 if dtype == torch.float64 else 1e-5

@@ -64,20 +64,23 @@ def _check_uniform(rank, sizes, dtype, queue_rows, intra_batch, backend):
     x_global = x_global.to(dtype)
     queue = None if queue is None else queue.to(dtype).requires_grad_()
     x_local = x_global[_rows(sizes, rank)].clone().requires_grad_()
-    got = hdist.uniform_loss(x_local, 2.0, queue=queue, intra_batch=intra_batch, backend=backend)
+    t = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)  # a trainable temperature
+    got = hdist.uniform_loss(x_local, t, queue=queue, intra_batch=intra_batch, backend=backend)
     inputs = [x_local] + ([queue] if queue is not None else [])
-    got_grads = torch.autograd.grad(got, inputs)
+    *got_grads, got_dt = torch.autograd.grad(got, [*inputs, t])
 
     x_ref = x_global.clone().requires_grad_()
     q_ref = None if queue is None else queue.detach().clone().requires_grad_()
-    want = hyperloss.uniform_loss(x_ref, 2.0, queue=q_ref, intra_batch=intra_batch, backend=backend)
-    want_grads = torch.autograd.grad(want, [x_ref] + ([q_ref] if q_ref is not None else []))
+    t_ref = t.detach().clone().requires_grad_()
+    want = hyperloss.uniform_loss(x_ref, t_ref, queue=q_ref, intra_batch=intra_batch, backend=backend)
+    *want_grads, want_dt = torch.autograd.grad(want, [x_ref] + ([q_ref] if q_ref is not None else []) + [t_ref])
     value_tol, grad_tol = TOL[dtype]
     case = f"uniform rank={rank} sizes={sizes} {dtype} queue={queue_rows} intra={intra_batch}"
     assert abs(got.item() - want.item()) <= value_tol * (1 + abs(want.item())), f"{case}: {got.item()} {want.item()}"
     _close(got_grads[0], want_grads[0][_rows(sizes, rank)], grad_tol, case + " d/dx")
     if queue is not None:
         _close(got_grads[1], want_grads[1], grad_tol, case + " d/dqueue")
+    _close(got_dt, want_dt, grad_tol, case + " d/dt")
     with torch.no_grad():  # evaluation: the same value, no gradient work or exchange
         plain = hdist.uniform_loss(x_local, 2.0, queue=queue, intra_batch=intra_batch, backend=backend)
     assert abs(plain.item() - want.item()) <= value_tol * (1 + abs(want.item())), f"{case} under no_grad"

@@ -39,8 +39,8 @@ def _max_rel(got, want) -> float:
     ],
 )
 def test_uniform_matches_reference_under_jit(dtype, n, k, d, t, intra_batch):
-    x = features(n, d, seed=n + d, dtype=torch.float64)
-    queue = features(k, d, seed=k, dtype=torch.float64) if k else None
+    x = features(n, d, seed=n + d, dtype=torch.float64, device="cpu")
+    queue = features(k, d, seed=k, dtype=torch.float64, device="cpu") if k else None
     want, want_grads = uniform_reference(x, t, queue, intra_batch)
 
     xj = jnp.asarray(x.numpy().astype(dtype))
@@ -69,8 +69,8 @@ def test_uniform_matches_reference_under_jit(dtype, n, k, d, t, intra_batch):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("alpha", [0.7, 2.0, 3.0])
 def test_align_matches_reference_under_jit(dtype, alpha):
-    x = features(50, 11, seed=1, dtype=torch.float64)
-    y = features(50, 11, seed=2, dtype=torch.float64)
+    x = features(50, 11, seed=1, dtype=torch.float64, device="cpu")
+    y = features(50, 11, seed=2, dtype=torch.float64, device="cpu")
     x64, y64 = x.clone().requires_grad_(), y.clone().requires_grad_()
     want = reference.paper_align_loss(x64, y64, alpha)
     want_gx, want_gy = torch.autograd.grad(want, (x64, y64))
@@ -82,7 +82,7 @@ def test_align_matches_reference_under_jit(dtype, alpha):
 
 
 def test_half_precision_computes_in_float32():
-    x = features(20, 6, seed=3, dtype=torch.float64)
+    x = features(20, 6, seed=3, dtype=torch.float64, device="cpu")
     xj = jnp.asarray(x.numpy()).astype(jnp.bfloat16)
     value, grad = jax.value_and_grad(lambda a: hj.uniform_loss(a))(xj)
     assert value.dtype == jnp.float32 and grad.dtype == jnp.bfloat16
@@ -224,8 +224,8 @@ def test_callback_path_matches_the_reference(monkeypatch, dtype):
     """Without the FFI library (a plain `pip install ".[jax]"` builds none) the C kernels are reached through
     jax.pure_callback: the same values and gradients, under jit, with a queue, and for alignment."""
     monkeypatch.setattr(hj, "KERNEL_PATH", "callback")
-    x = features(40, 7, seed=11, dtype=torch.float64)
-    queue = features(9, 7, seed=12, dtype=torch.float64)
+    x = features(40, 7, seed=11, dtype=torch.float64, device="cpu")
+    queue = features(9, 7, seed=12, dtype=torch.float64, device="cpu")
     want, want_grads = uniform_reference(x, 2.0, queue)
     fn = jax.jit(jax.value_and_grad(lambda a, b: hj.uniform_loss(a, 2.0, queue=b), (0, 1)))
     value, grads = fn(jnp.asarray(x.numpy().astype(dtype)), jnp.asarray(queue.numpy().astype(dtype)))
@@ -238,7 +238,7 @@ def test_callback_path_matches_the_reference(monkeypatch, dtype):
     assert near_zero <= 0 and abs(near_zero - _direct_loss(_unit_rows(300, 8, 1).astype(dtype), 1e-6)) <= 1e-4 * abs(
         near_zero
     )
-    y = features(40, 7, seed=13, dtype=torch.float64)
+    y = features(40, 7, seed=13, dtype=torch.float64, device="cpu")
     align, (gx, _) = jax.jit(jax.value_and_grad(lambda a, b: hj.align_loss(a, b, 1.5), (0, 1)))(
         jnp.asarray(x.numpy().astype(dtype)), jnp.asarray(y.numpy().astype(dtype))
     )
@@ -247,3 +247,23 @@ def test_callback_path_matches_the_reference(monkeypatch, dtype):
     (want_gx,) = torch.autograd.grad(want_align, x64)
     assert abs(float(align) - want_align.item()) <= value_tol * (1 + want_align.item())
     assert _max_rel(gx, want_gx.numpy()) <= grad_tol
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_traced_temperature_is_differentiable(dtype):
+    """t as an array: jax.grad with respect to it (and the rows) under jit, against float64 autograd."""
+    x = features(35, 6, seed=21, device="cpu")
+    queue = features(8, 6, seed=22, device="cpu")
+    loss = jax.jit(lambda x, q, t: hj.uniform_loss(x, t, queue=q))
+    args = (jnp.asarray(x.numpy(), dtype), jnp.asarray(queue.numpy(), dtype), jnp.asarray(1.7, dtype))
+    value, grads = jax.value_and_grad(loss, argnums=(0, 1, 2))(*args)
+    x64, q64 = x.clone().requires_grad_(), queue.clone().requires_grad_()
+    t64 = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+    want = reference.dense_uniform_loss(x64, t64, queue=q64)
+    want_grads = torch.autograd.grad(want, (x64, q64, t64))
+    value_tol, grad_tol = TOL[dtype]
+    assert abs(float(value) - want.item()) <= value_tol * (1 + abs(want.item()))
+    for got, w in zip(grads, want_grads, strict=True):
+        assert _max_rel(got, w.numpy()) <= grad_tol
+    with pytest.raises(TypeError, match="one-element floating array"):
+        hj.uniform_loss(args[0], jnp.ones(2))

@@ -19,7 +19,10 @@ from tests.helpers import (
     check_uniform,
     examples,
     features,
+    max_centered_sq_norm,
+    operand_kind,
     uniform_reference,
+    uniform_tolerances,
     unsupported,
 )
 
@@ -339,3 +342,86 @@ def test_gradients_are_reproducible(backend):
     for other in results:
         for a, b in zip(first, other, strict=True):
             assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A trainable temperature: t as a tensor, d loss/dt from the same kernel call.
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=examples(40), deadline=None, derandomize=True)
+@given(
+    n=st.integers(2, 70),
+    k=st.integers(0, 25),
+    d=st.integers(1, 40),
+    t=st.sampled_from([0.3, 2.0, 50.0]),  # 50: every exp underflows in float32
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    grads=st.sampled_from(["x t", "t", "x queue t", "queue t", "x"]),
+    intra_batch=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_tensor_temperature_and_its_gradient(backend, n, k, d, t, dtype, grads, intra_batch, seed):
+    """Value and gradients for x, the queue and t against float64 autograd through the dense definition."""
+    x = features(n, d, seed=seed, dtype=dtype).requires_grad_("x" in grads)
+    queue = features(k, d, seed=seed + 1, dtype=dtype).requires_grad_("queue" in grads) if k else None
+    intra_batch = intra_batch or queue is None
+    t_tensor = torch.tensor(t, dtype=torch.float64, device=DEVICE, requires_grad="t" in grads)
+    got = hyperloss.uniform_loss(x, t_tensor, queue=queue, intra_batch=intra_batch, backend=backend)
+    inputs = [v for v in (x, queue, t_tensor) if v is not None and v.requires_grad]
+    got_grads = torch.autograd.grad(got, inputs)
+
+    wanted = [v.detach().cpu().double().requires_grad_(v.requires_grad) if v is not None else None for v in (x, queue)]
+    t64 = torch.tensor(t, dtype=torch.float64, requires_grad=True)
+    want = reference.dense_uniform_loss(wanted[0], t64, queue=wanted[1], intra_batch=intra_batch)
+    want_grads = torch.autograd.grad(want, [v for v in (*wanted, t64) if v is not None and v.requires_grad])
+    if not t_tensor.requires_grad:
+        want_grads = want_grads[:-1]
+
+    kind = operand_kind(backend, dtype)
+    value_tol, grad_tol, floor = uniform_tolerances(kind, dtype, t, x, queue, intra_batch, float(want.detach()))
+    assert abs(float(got.detach()) - float(want.detach())) <= value_tol
+    for got_grad, want_grad, v in zip(got_grads, want_grads, inputs, strict=True):
+        assert got_grad.dtype == v.dtype and got_grad.shape == v.shape
+        # d loss/dt = -(the pair-weighted mean squared distance): on the scale of the largest squared distance.
+        scale = floor if v is not t_tensor else 4 * max_centered_sq_norm(x, *([] if queue is None else [queue]))
+        assert_close_scaled(got_grad, want_grad, grad_tol, f"gradient ({backend}, {kind})", floor=scale)
+
+
+def test_tensor_temperature_forms(backend):
+    """A 0-dim or one-element tensor of any float dtype, with or without grad, gives the number's value; a
+    bad one is refused."""
+    x = features(30, 6, seed=3, dtype=torch.float32)
+    want = hyperloss.uniform_loss(x, 1.5, backend=backend)
+    for t in (torch.tensor(1.5), torch.tensor([1.5], dtype=torch.float64), torch.tensor(1.5, requires_grad=True)):
+        assert hyperloss.uniform_loss(x, t.to(DEVICE), backend=backend).item() == want.item()
+    with pytest.raises(TypeError, match="one-element floating tensor"):
+        hyperloss.uniform_loss(x, torch.tensor([1.0, 2.0]), backend=backend)
+    with pytest.raises(TypeError, match="one-element floating tensor"):
+        hyperloss.uniform_loss(x, torch.tensor(2), backend=backend)
+    with pytest.raises(ValueError, match="t must be finite and > 0"):
+        hyperloss.uniform_loss(x, torch.tensor(-1.0, requires_grad=True), backend=backend)
+
+
+def test_gradcheck_temperature_native_kernel():
+    if "cpu" not in CPU_BACKENDS:
+        pytest.skip("the native extension is not built")
+    x = features(9, 4, seed=13, device="cpu").requires_grad_()
+    queue = features(5, 4, seed=14, device="cpu").requires_grad_()
+    t = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+    for q in (None, queue):
+        assert torch.autograd.gradcheck(
+            lambda x, t, q=q: hyperloss.uniform_loss(x, t, queue=q, backend="cpu"), (x, t), eps=1e-6, atol=1e-8
+        )
+    assert torch.autograd.gradcheck(lambda t: hyperloss.uniform_loss(x.detach(), t, backend="cpu"), (t,))
+
+
+def test_normalize_option(backend):
+    x = features(40, 7, seed=4, dtype=torch.float64, normalize=False, scale=3.0).requires_grad_()
+    queue = features(9, 7, seed=5, dtype=torch.float64, normalize=False).requires_grad_()
+    got = hyperloss.uniform_loss(x, 2.0, queue=queue, normalize=True, backend=backend)
+    unit = [torch.nn.functional.normalize(v.detach().cpu().requires_grad_(), dim=1) for v in (x, queue)]
+    leaves = [u.grad_fn.next_functions[0][0].variable for u in unit]
+    want = reference.dense_uniform_loss(unit[0], 2.0, queue=unit[1])
+    assert float(got.detach()) == pytest.approx(float(want), rel=1e-10)
+    for g, w in zip(torch.autograd.grad(got, (x, queue)), torch.autograd.grad(want, leaves), strict=True):
+        assert_close_scaled(g, w, 1e-8, "gradient through the normalization")
