@@ -1,102 +1,57 @@
-"""The pytest-benchmark suite's shared part: sizes, device, parametrization and the fixture that runs one case.
-
-By default every case is tiny and, without ``--benchmark-only`` (or ``--benchmark-enable``), runs once with
-pytest-benchmark disabled, printing no timing table: the modules are smoke tests that CI runs, and they check
-that every implementation agrees with the paper's code. Timed, at realistic sizes:
-
-    HYPERLOSS_BENCH_FULL=1 pytest bench --benchmark-only
-    HYPERLOSS_BENCH_FULL=1 HYPERLOSS_BENCH_N=8192 pytest bench/test_bench_uniform.py --benchmark-only -k "cpu or paper"
-
-Environment: HYPERLOSS_BENCH_FULL (1: realistic sizes, timed), HYPERLOSS_BENCH_N (comma-separated sizes),
-HYPERLOSS_BENCH_D (feature dimension; default 128 with FULL, else 16), HYPERLOSS_BENCH_DTYPE (fp32, bf16, ...),
-HYPERLOSS_BENCH_DEVICE (cpu or cuda; default cuda when there is one).
-"""
-
-from __future__ import annotations
+"""The pytest-benchmark modules' sizes, device, parametrization and case fixture (environment: bench/README.md).
+Unless timings are asked for (--benchmark-only, -enable, -json, -save, -autosave or HYPERLOSS_BENCH_FULL=1), each
+case is tiny, runs once untimed, and is checked against the paper's code: CI's smoke test."""
 
 import os
 
 import pytest
 import torch
 
-from hyperloss.bench import cases, plan
+from hyperloss.bench import cases, sweep
 
 FULL = os.environ.get("HYPERLOSS_BENCH_FULL", "0") not in ("", "0")
 DEVICE = torch.device(os.environ.get("HYPERLOSS_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
 DTYPE = os.environ.get("HYPERLOSS_BENCH_DTYPE", "fp32")
-D = int(os.environ.get("HYPERLOSS_BENCH_D") or (plan.DEFAULT_D if FULL else 16))
-
-TINY_NS = {"uniform": (64,), "align": (256,)}
-# pytest-benchmark repeats each case at least five times: fewer, smaller sizes than the sweep's.
-FULL_NS = {
-    ("cpu", "uniform"): (1024, 4096, 8192),
-    ("cpu", "align"): (1 << 18,),
-    ("cuda", "uniform"): (4096, 16384, 65536),
-    ("cuda", "align"): (1 << 20,),
-}
+D = int(os.environ.get("HYPERLOSS_BENCH_D") or (sweep.DEFAULT_D if FULL else 16))
+# pytest-benchmark repeats each case at least five times: fewer, smaller sizes than the sweep's (uniform, align).
+FULL_SIZES = {"cpu": ((1024, 4096, 8192), (1 << 18,)), "cuda": ((4096, 16384, 65536), (1 << 20,))}
+SIZES = dict(zip(cases.OPS, FULL_SIZES[DEVICE.type], strict=True)) if FULL else {"uniform": (64,), "align": (256,)}
+TOLERANCES = {"cpu": (1e-4, 1e-3), "cuda": (2e-3, 2e-2)}  # loss, gradients vs the paper (a GPU may use TF32)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Timings only when asked for: otherwise pytest-benchmark runs each case once and prints no table (a single
-    cold call is no measurement). Runs before pytest-benchmark's own configure, which is ``trylast``."""
+    """Runs before pytest-benchmark's own configure (``trylast``): a single cold call is no measurement."""
     options = ("benchmark_only", "benchmark_enable", "benchmark_json", "benchmark_save", "benchmark_autosave")
-    asked = FULL or any(config.getoption(o, None) for o in options)
-    if not asked and hasattr(config.option, "benchmark_disable"):
+    if not (FULL or any(config.getoption(o, None) for o in options)) and hasattr(config.option, "benchmark_disable"):
         config.option.benchmark_disable = True
-
-
-def sizes(op: str) -> tuple[int, ...]:
-    if os.environ.get("HYPERLOSS_BENCH_N"):
-        return tuple(int(n) for n in os.environ["HYPERLOSS_BENCH_N"].split(","))
-    return FULL_NS[(DEVICE.type, op)] if FULL else TINY_NS[op]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every module declares its ``OP``; each test gets every implementation x mode x size of it."""
-    op = getattr(metafunc.module, "OP", None)
-    if op is None:
+    if (op := getattr(metafunc.module, "OP", None)) is None:
         return
-    if "impl" in metafunc.fixturenames:
-        metafunc.parametrize("impl", [i.name for i in cases.all_impls() if op in i.ops])
-    if "mode" in metafunc.fixturenames:
-        metafunc.parametrize("mode", cases.MODES)
-    if "n" in metafunc.fixturenames:
-        metafunc.parametrize("n", sizes(op))
-
-
-# Relative tolerances (loss, gradients) against the paper's code in fp32: a GPU kernel may use TF32 products.
-TOLERANCES = {"cpu": (1e-4, 1e-3), "cuda": (2e-3, 2e-2)}
-
-
-def _agree_with_paper(op: str, mode: str, inputs: tuple[torch.Tensor, ...], loss: torch.Tensor) -> None:
-    """The value (and gradients) of the case just run against the paper's code on the same inputs."""
-    grads = [t.grad.clone() for t in inputs] if mode == "fwdbwd" else None
-    expected = cases.make_step(cases.build_loss("paper", op), inputs, mode, DEVICE)()
-    loss_rtol, grad_rtol = TOLERANCES[DEVICE.type]
-    torch.testing.assert_close(loss.float(), expected.float(), rtol=loss_rtol, atol=1e-5)
-    if grads is not None:
-        for got, t in zip(grads, inputs, strict=True):
-            torch.testing.assert_close(got.float(), t.grad.float(), rtol=grad_rtol, atol=1e-6)
+    sizes = os.environ.get("HYPERLOSS_BENCH_N")
+    params = {"impl": list(cases.implementations()), "mode": cases.MODES}  # those that cannot run: skipped, with why
+    params["n"] = [int(n) for n in sizes.split(",")] if sizes else SIZES[op]
+    for name, values in params.items():
+        if name in metafunc.fixturenames:
+            metafunc.parametrize(name, values)
 
 
 @pytest.fixture
 def bench_case(benchmark):
-    """Runs one case under pytest-benchmark: ``bench_case(op, impl, mode, n)``.
-
-    Grouped by case, so the comparison table sets implementations of the same case side by side. Each timed
-    call synchronizes the device itself (``cases.make_step``).
-    """
+    """``bench_case(op, impl, mode, n)`` under pytest-benchmark, grouped by case: the table sets the implementations
+    of one case side by side. Each timed call waits for the device."""
 
     def run(op: str, impl: str, mode: str, n: int) -> None:
-        reason = cases.unavailable_reason(impl, op, DEVICE.type, DTYPE) or cases.unsupported_dtype(
-            impl, op, DEVICE.type, DTYPE
-        )
-        if reason is not None:
+        reason = cases.unavailable_reason(impl, op, DEVICE.type)
+        reason = reason or cases.unsupported_dtype(impl, op, DEVICE.type, DTYPE)
+        if impl in sweep.SLOW_TO_START and not FULL:
+            reason = reason or "torch.compile takes seconds per shape; runs with HYPERLOSS_BENCH_FULL=1"
+        if reason:
             pytest.skip(reason)
-        if impl in plan.SLOW_TO_START and not FULL:
-            pytest.skip("torch.compile takes seconds per shape; runs with HYPERLOSS_BENCH_FULL=1")
-        inputs = cases.make_inputs(op, n, D, DTYPE, DEVICE, requires_grad=mode == "fwdbwd")
-        step = cases.make_step(cases.build_loss(impl, op), inputs, mode, DEVICE)
+        inputs = cases.make_inputs(op, n, D, DTYPE, DEVICE, grad=mode == "fwdbwd")
+        step = cases.make_step(cases.build_loss(impl, op), inputs, mode, sync=True)
         benchmark.group = f"{op} {mode} N={n} D={D} {DTYPE} {DEVICE.type}"
         benchmark.extra_info.update(op=op, impl=impl, mode=mode, n=n, d=D, dtype=DTYPE, device=DEVICE.type)
         try:
@@ -105,7 +60,12 @@ def bench_case(benchmark):
             loss = benchmark(step)
         except torch.OutOfMemoryError:
             pytest.skip(f"{impl} runs out of memory at N={n}")
-        if not FULL and DTYPE == "fp32":
-            _agree_with_paper(op, mode, inputs, loss)
+        if FULL or DTYPE != "fp32":
+            return
+        grads = [t.grad.clone() for t in inputs if mode == "fwdbwd"]
+        expected = cases.make_step(cases.build_loss("paper", op), inputs, mode)()  # the paper's, on the same inputs
+        torch.testing.assert_close(loss.float(), expected.float(), rtol=TOLERANCES[DEVICE.type][0], atol=1e-5)
+        for got, t in zip(grads, inputs, strict=False):  # no gradients in "fwd" mode
+            torch.testing.assert_close(got.float(), t.grad.float(), rtol=TOLERANCES[DEVICE.type][1], atol=1e-6)
 
     return run
