@@ -3,7 +3,7 @@ case. Timed: ``HYPERLOSS_BENCH_FULL=1 pytest bench/test_bench_isa.py --benchmark
 
 import pytest
 
-from hyperloss import native
+from hyperloss.backends import native
 
 OP = "uniform"
 

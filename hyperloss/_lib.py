@@ -1,8 +1,8 @@
 """The C library (libhyperloss, csrc/): loaded with ctypes, its C API declared once for every Python binding.
 
 The library knows no framework: pointers, sizes, element strides, a dtype code, status codes (see
-csrc/include/hyperloss/hyperloss.h). ``hyperloss.native`` registers the torch ops over it, ``hyperloss.jax`` calls
-it from JAX. ctypes releases the GIL for the duration of each call.
+csrc/include/hyperloss/hyperloss.h). ``hyperloss.backends.native`` registers the torch ops over it,
+``hyperloss.jax`` calls it from JAX. ctypes releases the GIL for the duration of each call.
 
 If the library is missing or cannot be loaded, ``LOAD_ERROR`` says why and ``lib`` is None: the package still
 imports and works through its Triton and pure-PyTorch backends.

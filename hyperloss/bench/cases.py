@@ -41,9 +41,7 @@ def label(name: str) -> str:
 
 def resolve_backend(name: str, device_type: str) -> str:
     """The backend ``name`` ("auto" or a backend) runs as on ``device_type``; ValueError saying why it cannot run."""
-    from hyperloss import _dispatch  # becomes hyperloss.backends.resolve
-
-    return _dispatch.resolve(name, torch.device(device_type))
+    return hyperloss.backends.resolve(name, device_type)
 
 
 def unavailable_reason(name: str, op: str, device_type: str) -> str | None:
