@@ -132,8 +132,14 @@ class UniformLoss(nn.Module):
 
 
 class AlignUniformParts(NamedTuple):
-    """What ``AlignUniformLoss(return_parts=True)`` returns: the loss to minimize and its two terms, unweighted (for
-    logging: ``{k: v.item() for k, v in parts._asdict().items()}``)."""
+    """What ``AlignUniformLoss(return_parts=True)`` returns (for logging:
+    ``{k: v.item() for k, v in parts._asdict().items()}``).
+
+    Attributes:
+        loss: the weighted sum to minimize.
+        align: the alignment term, unweighted.
+        uniform: the mean uniformity of x and y, unweighted.
+    """
 
     loss: torch.Tensor
     align: torch.Tensor
