@@ -80,8 +80,13 @@ def temperature_gradient(
     rows = [x] if queue is None else [x, queue]
     grads = [grad_x] if queue is None else [grad_x, grad_queue]
     count = sum(r.shape[0] for r in rows)
-    mean = sum(r.detach().sum(0, dtype=torch.float64) for r in rows) / count
-    total = sum(((r.detach().double() - mean) * g.double()).sum() for r, g in zip(rows, grads, strict=True))
+    dtype = grads[0].dtype  # the compute dtype
+    mean = sum(r.detach().to(dtype).sum(0) for r in rows) / count  # any vector will do: near the centroid is enough
+    # Each row's dot in the compute dtype (D terms), the rows' sum in float64: one pass, no float64 copy.
+    total = sum(
+        torch.einsum("id,id->i", r.detach().to(dtype) - mean, g).sum(dtype=torch.float64)
+        for r, g in zip(rows, grads, strict=True)
+    )
     return total / (2 * t.to(device=total.device, dtype=torch.float64))
 
 
