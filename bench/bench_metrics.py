@@ -1,0 +1,135 @@
+"""hyperloss.metrics at scale: the uniformity of N = 100,000 rows, D = 128, float32, read from a memmap, beside the
+hand-chunked torch loop users write, in one process.
+
+    python bench/bench_metrics.py [--rows 100000] [--features 128] [--repeats 1] [--out bench/results/...json]
+
+For each method: wall time, the value, and the peak extra anonymous memory (RssAnon, sampled every 2 ms from
+/proc/self/status, minus its value before the call): memory the call allocated, not the page cache that holds the
+memmapped file. The file is written to a temporary directory and read once before timing (so it is in the page
+cache). The issue's target: <= 30 s and <= 64 MB on a 2-core CPU. Timings on a shared machine are noisy: the load
+average is recorded beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import hyperloss
+from hyperloss.metrics import uniformity
+
+
+def _rss_anon_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status")
+
+
+def measure(call: Callable[[], float]) -> dict[str, float]:
+    """Runs ``call``; returns its value, wall time and the peak of RssAnon above its value at the start."""
+    before = _rss_anon_bytes()
+    peak = before
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.002):
+            peak = max(peak, _rss_anon_bytes())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    try:
+        value = call()
+    finally:
+        seconds = time.perf_counter() - start
+        done.set()
+        sampler.join()
+    peak = max(peak, _rss_anon_bytes())
+    return {"value": value, "seconds": seconds, "peak_extra_mb": (peak - before) / 2**20}
+
+
+def hand_chunked(path: Path, t: float, chunk: int = 512) -> float:
+    """The loop users write: the rows in memory, a block of rows against the later ones with torch.cdist, the
+    exps summed in float64."""
+    x = torch.from_numpy(np.load(path))
+    n = x.shape[0]
+    total = torch.zeros((), dtype=torch.float64)
+    for start in range(0, n, chunk):
+        block = x[start : start + chunk]
+        sq = torch.cdist(block, x[start:]).pow_(2)
+        sq = sq.masked_fill_(torch.ones_like(sq, dtype=torch.bool).tril_(), math.inf)  # keep the j > i pairs
+        total += sq.mul_(-t).exp_().sum(dtype=torch.float64)
+    return float(total.log() - math.log(n * (n - 1) / 2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--features", type=int, default=128)
+    parser.add_argument("--t", type=float, default=2.0)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--skip-torch", action="store_true", help="leave out the hand-chunked loop")
+    parser.add_argument("--out", type=Path, help="write the results here as JSON")
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "embeddings.npy"
+        data = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(args.rows, args.features))
+        for start in range(0, args.rows, 8192):  # unit rows, written in blocks
+            rows = rng.standard_normal((min(8192, args.rows - start), args.features), dtype=np.float32)
+            data[start : start + rows.shape[0]] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        data.flush()
+        del data
+        np.load(path, mmap_mode="r").sum()  # into the page cache
+
+        runs = []
+        for repeat in range(args.repeats):
+            memmap = np.load(path, mmap_mode="r")
+            methods: dict[str, Callable[[], float]] = {
+                "hyperloss.metrics.uniformity (memmap)": lambda m=memmap: uniformity(m, args.t, progress=False),
+            }
+            if not args.skip_torch:
+                methods["hand-chunked torch loop (cdist, 512-row blocks)"] = lambda: hand_chunked(path, args.t)
+            for name, call in methods.items():
+                result = {"method": name, "repeat": repeat, **measure(call), "load_average": os.getloadavg()}
+                runs.append(result)
+                print(
+                    f"{name}: {result['seconds']:.2f} s, value {result['value']:.12f}, "
+                    f"peak extra memory {result['peak_extra_mb']:.1f} MB, load average {result['load_average'][0]:.2f}",
+                    flush=True,
+                )
+
+    report = {
+        "case": f"uniformity, N={args.rows}, D={args.features}, float32 memmap, t={args.t}",
+        "date": date.today().isoformat(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "versions": {"hyperloss": hyperloss.__version__, "torch": torch.__version__, "numpy": np.__version__},
+        "cpu_isa": hyperloss.native.cpu_isa() if hasattr(hyperloss, "native") else None,
+        "runs": runs,
+    }
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
