@@ -412,8 +412,11 @@ def test_cli_ctrl_c_leaves_no_output_file(tmp_path):
     command = [sys.executable, "-m", "hyperloss.metrics", str(tmp_path / "x.npy"), "--per-sample", str(out)]
     process = subprocess.Popen([*command, "--progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        first = process.stderr.read(1)  # the progress bar: the work has started
-        assert first, process.communicate()
+        seen = b""
+        while b"uniformity" not in seen:  # the progress bar: the pairs are being computed
+            chunk = os.read(process.stderr.fileno(), 256)
+            assert chunk, (seen, process.communicate())
+            seen += chunk
         time.sleep(0.2)
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=60)

@@ -172,7 +172,8 @@ class _Ranks:
         differ = [name for i, name in enumerate(fields) if not bool((every[:, i] == every[0, i]).all())]
         if differ:
             raise ValueError(
-                f"{what}: every rank must pass the same data and arguments; they differ in: {', '.join(differ)}"
+                f"{what}: every rank must pass the same data and arguments; they differ in: {', '.join(differ)} "
+                "(distributed=False computes each rank's own value)"
             )
 
     def sum(self, mine: torch.Tensor) -> torch.Tensor:
@@ -294,7 +295,8 @@ def uniformity(
             u_i = log(sum_{j != i} w_j exp(-t d_ij) / sum_{j != i} w_j) (w = 1 without weights): a Gaussian-kernel
             log-density that is high in collapsed clusters and low for outliers. ``True``: a new float64 array;
             a path ending in .npy: written there (to a temporary name first, renamed when complete; under
-            torch.distributed rank 0 writes it); a 1-D float array: filled. Costs 8 bytes a row.
+            torch.distributed rank 0 writes it); a 1-D float array: filled. Costs 8 bytes a row (8 x world during
+            the all-reduce). A row whose every other row has weight 0 gets NaN.
         device: where the tiles are computed; default: the source's device if it is a GPU tensor, else the GPU when
             present, else the CPU.
         progress: a tqdm bar; None (default): only on a terminal, for work longer than a second.
@@ -378,8 +380,7 @@ def uniformity(
         if w is None:
             log_pairs = math.log(n * (n - 1) // 2)
         else:
-            before = w.cumsum(0) - w  # sum of the weights of the earlier rows: no cancellation, all terms >= 0
-            log_pairs = _log(float((w * before).sum()))  # log sum_{i<j} w_i w_j
+            log_pairs = _log(float((w * _sum_before(w)).sum()))  # log sum_{i<j} w_i w_j
         if output is None:
             lse = float(torch.logsumexp(tile_lses, 0))
         else:  # every pair is counted from both of its rows
@@ -391,12 +392,17 @@ def uniformity(
         if w is None:
             log_others = torch.full((n,), math.log(n - 1), dtype=torch.float64)
         else:
-            after = w.flip(0).cumsum(0).flip(0) - w
-            log_others = ((w.cumsum(0) - w) + after).log()  # log sum_{j != i} w_j, both sums without cancellation
+            log_others = (_sum_before(w) + _sum_before(w.flip(0)).flip(0)).log()  # log sum_{j != i} w_j
         scores = (row_lses - log_others).clamp_max(0.0)
         if poisoned:
             scores.fill_(math.nan)
         return value, output.write(scores, rows_per_tile, is_writer=ranks.rank == 0)
+
+
+def _sum_before(w: torch.Tensor) -> torch.Tensor:
+    """sum_{j < i} w_j for every i: an exclusive running sum of non-negative terms (never a difference, which
+    would cancel where one weight dominates)."""
+    return torch.cat([w.new_zeros(1), w.cumsum(0)[:-1]])
 
 
 def _kernel_tiles(reader, spans, pairs, work, costs, t, backend, bar) -> torch.Tensor:

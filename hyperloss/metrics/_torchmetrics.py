@@ -58,7 +58,15 @@ class AlignmentUniformity(Metric):
         self.add_state("y", default=[], dist_reduce_fx="cat")
 
     def update(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
-        """Adds a batch: x (N_b, D) and, for alignment, its positive pairs y of the same shape."""
+        """Adds a batch (kept as it is, detached, until ``reset()``).
+
+        Args:
+            x: (N_b, D) embeddings.
+            y: their positive pairs, of x's shape (for alignment), with every batch or with none.
+
+        Returns:
+            None.
+        """
         if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point():
             raise ValueError(f"x must be a 2-D floating-point tensor, got {getattr(x, 'shape', type(x).__name__)}")
         if y is not None and (not isinstance(y, torch.Tensor) or y.shape != x.shape):
@@ -70,6 +78,12 @@ class AlignmentUniformity(Metric):
             self.y.append(y.detach())
 
     def compute(self) -> dict[str, torch.Tensor]:
+        """The metrics over every row seen (on every rank, after torchmetrics' synchronization).
+
+        Returns:
+            ``uniformity_x`` and ``uniformity`` (with y also ``uniformity_y``, ``alignment``, and ``uniformity`` the
+            mean of the two uniformities), float64 0-dim tensors.
+        """
         x = dim_zero_cat(self.x)
         y = dim_zero_cat(self.y) if (isinstance(self.y, torch.Tensor) or self.y) else None
         # After torchmetrics' sync every rank holds the same gathered rows: share the pairs among the ranks.

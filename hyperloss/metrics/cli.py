@@ -50,7 +50,17 @@ def _finite_or_none(value: float) -> float | None:
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
-    """Computes what ``args`` asks for; raises on bad input."""
+    """Computes what the command line asks for.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The JSON object to print (NaN and infinite values as None).
+
+    Raises:
+        OSError, TypeError, ValueError: for bad files or arguments (ValueError also for a non-finite row).
+    """
     start = time.perf_counter()
     # Opened here, so that errors name the files.
     embeddings = open_rows(str(args.embeddings), args.embeddings, min_rows=2)
@@ -86,6 +96,14 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``hyperloss-metrics`` command.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code: 0 done, 2 bad input, 130 interrupted.
+    """
     args = _parser().parse_args(argv)
     try:
         result = run(args)
