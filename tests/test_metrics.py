@@ -119,6 +119,21 @@ def test_weights_and_per_sample_match_dense(data, dtype):
     assert float(err) <= tol * float(ref["weighted_per_sample"].abs().max())
 
 
+def test_one_dominant_weight():
+    """The weight sums are running sums, never differences: 1e-10 beside 1e10 is kept."""
+    x = _rows(5, 3)
+    w = torch.tensor([1e-10, 1e10, 1e-10, 3e-10, 1e-10], dtype=torch.float64)
+    scores = dense_scores(x, T)
+    value, per_row = uniformity(x, T, weights=w, per_sample=True)
+    others = torch.tensor([0, 2, 3, 4])
+    want = torch.logsumexp(scores[1, others] + w[others].log(), 0) - w[others].sum().log()
+    assert abs(per_row[1] - float(want)) <= 1e-12 * abs(float(want))
+    pair_w = torch.tensor([float(w[i] * w[j]) for i in range(5) for j in range(i + 1, 5)], dtype=torch.float64)
+    pair_s = torch.tensor([float(scores[i, j]) for i in range(5) for j in range(i + 1, 5)], dtype=torch.float64)
+    want = float(torch.logsumexp(pair_s + pair_w.log(), 0) - pair_w.sum().log())
+    assert _rel(value, want) <= 1e-12
+
+
 def test_unit_weights_and_per_sample_agree_with_the_plain_total(data):
     x = data["x64"][:500]
     plain = uniformity(x, T)
