@@ -455,3 +455,18 @@ def test_warning_free_on_clean_input():
         warnings.simplefilter("error")
         uniformity(_rows(200), T, per_sample=True)
         alignment(_rows(200), _rows(200, seed=2))
+
+
+def test_tile_schedule_covers_every_pair_once_in_balanced_shares():
+    from hyperloss.metrics import _tiles
+
+    for n, rows, world in [(1000, 128, 3), (10, 3, 4), (5, 100, 2), (100_000, 8192, 3)]:
+        spans = _tiles.blocks(n, rows)
+        pairs = _tiles.block_pairs(len(spans))
+        costs = [_tiles.pairs_in(spans, a, b) for a, b in pairs]
+        assert sum(costs) == n * (n - 1) // 2
+        shares = _tiles.balanced_ranges(costs, world)
+        assert shares[0][0] == 0 and shares[-1][1] == len(pairs) and len(shares) == world
+        assert all(shares[r][1] == shares[r + 1][0] for r in range(world - 1))
+        work = [sum(costs[a:b]) for a, b in shares]
+        assert max(work) - min(work) <= 2 * max(costs), (work, max(costs))  # within a tile or two of even

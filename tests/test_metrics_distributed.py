@@ -96,7 +96,7 @@ def _check_metric(rank: int, world: int) -> None:
     """Each rank sees its own rows (uneven shares, several batches); compute() is exact over all of them."""
     from hyperloss.metrics import AlignmentUniformity
 
-    x, y = _rows(11, torch.float32), _rows(12, torch.float32)
+    x, y = _rows(11), _rows(12)  # float64: computed in float64
     bounds = np.linspace(0, N, world + 1).astype(int) + np.r_[0, [37] * (world - 1), 0]  # uneven shares
     mine = slice(bounds[rank], bounds[rank + 1])
     metric = AlignmentUniformity(t=T, alpha=2)
@@ -104,8 +104,10 @@ def _check_metric(rank: int, world: int) -> None:
         metric.update(xb, yb)
     got = metric.compute()
     want_x, want_y = uniformity(x, T, distributed=False), uniformity(y, T, distributed=False)
-    assert float(got["uniformity_x"]) == want_x and float(got["uniformity_y"]) == want_y, (got, want_x, want_y)
-    _close(float(got["alignment"]), alignment(x, y, distributed=False), 1e-12, "metric alignment")
+    # the ranks cut the gathered rows into smaller tiles than one process does: equal up to rounding
+    _close(float(got["uniformity_x"]), want_x, 1e-13, "metric uniformity_x")
+    _close(float(got["uniformity_y"]), want_y, 1e-13, "metric uniformity_y")
+    _close(float(got["alignment"]), alignment(x, y, distributed=False), 1e-13, "metric alignment")
     metric.update(x[mine][:5], y[mine][:5])  # the local state is kept after compute() (torchmetrics unsyncs)
     assert metric.compute()["uniformity_x"].isfinite()
 

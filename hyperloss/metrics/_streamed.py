@@ -77,9 +77,12 @@ def _check_nonfinite(nonfinite: object) -> str:
     return nonfinite
 
 
-def _tile_rows(tile_rows: object, d: int, dtype: torch.dtype, device: torch.device, scores: bool) -> int:
+def _tile_rows(
+    tile_rows: object, n: int, d: int, dtype: torch.dtype, device: torch.device, scores: bool, least_blocks: int
+) -> int:
     """Rows per tile: ``tile_rows`` when given, else what fits the device's byte budget (row tiles for the kernels,
-    square score tiles for the torch path)."""
+    square score tiles for the torch path), cut to give at least ``least_blocks`` row blocks (enough tiles for
+    every rank to get a balanced share)."""
     if tile_rows is not None:
         if isinstance(tile_rows, bool) or not isinstance(tile_rows, int) or tile_rows < 1:
             raise ValueError(f"tile_rows must be a positive int, got {tile_rows!r}")
@@ -88,9 +91,11 @@ def _tile_rows(tile_rows: object, d: int, dtype: torch.dtype, device: torch.devi
     cpu = device.type == "cpu"
     if scores:
         budget = _SCORE_TILE_BYTES["cpu"] if cpu else _GPU_SCORE_TILE_BYTES
-        return max(64, math.isqrt(budget // size))
-    budget = _KERNEL_TILE_BYTES["cpu"] if cpu else _GPU_KERNEL_TILE_BYTES
-    return max(256, budget // (size * d))
+        rows = max(64, math.isqrt(budget // size))
+    else:
+        budget = _KERNEL_TILE_BYTES["cpu"] if cpu else _GPU_KERNEL_TILE_BYTES
+        rows = max(256, budget // (size * d))
+    return max(1, min(rows, -(-n // least_blocks)))
 
 
 class _Output:
@@ -301,11 +306,13 @@ def uniformity(
             present, else the CPU.
         progress: a tqdm bar; None (default): only on a terminal, for work longer than a second.
         dtype: compute precision, torch.float32 or torch.float64 (default: float64 for float64 data, else float32).
-        tile_rows: rows per tile (default: a few MB per tile on the CPU, more on a GPU).
+        tile_rows: rows per tile (default: a few MB per tile on the CPU, more on a GPU; under torch.distributed at
+            most what makes 4 tiles per rank). With the same tiles, a single process and any number of ranks
+            return the same value bit for bit.
         backend: the kernels for the plain total ("auto" or a backend name, see ``hyperloss.backends()``).
         distributed: share the tiles among the ranks of torch.distributed (default: when it is initialized). Every
             rank must pass the same data and arguments (checked: shape, first and last rows, t, ...) and every rank
-            returns the same value.
+            returns the same value; ``False``: this process alone.
         group: the process group (default: the default group).
         nonfinite: a row with NaN or Inf makes the result NaN (every per-sample value too) with a RuntimeWarning
             naming the row ("nan", default), or raises ValueError ("raise").
@@ -329,7 +336,9 @@ def uniformity(
         if output is not None:
             output.check_rows(n)
         kernel_path = w is None and output is None
-        rows_per_tile = _tile_rows(tile_rows, rows.d, dtype_, device_, scores=not kernel_path)
+        # B blocks make B (B + 1) / 2 tiles: at least 4 per rank with B >= sqrt(8 world).
+        least_blocks = math.isqrt(8 * ranks.world - 1) + 1 if ranks.world > 1 else 1
+        rows_per_tile = _tile_rows(tile_rows, n, rows.d, dtype_, device_, not kernel_path, least_blocks)
         spans = _tiles.blocks(n, rows_per_tile)
         pairs = _tiles.block_pairs(len(spans))
         costs = [_tiles.pairs_in(spans, a, b) for a, b in pairs]
@@ -568,7 +577,9 @@ def _align_rows(
     w = None if weights is None else load_weights(weights, n, min_positive=1)
     if output is not None:
         output.check_rows(n)
-    rows_per_tile = _tile_rows(tile_rows, x_rows.d, dtype_, device_, scores=False)
+    rows_per_tile = _tile_rows(
+        tile_rows, n, x_rows.d, dtype_, device_, False, 4 * ranks.world if ranks.world > 1 else 1
+    )
     spans = _tiles.blocks(n, rows_per_tile)
     if ranks.world > 1:
         ranks.check_same(
