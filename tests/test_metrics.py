@@ -425,7 +425,13 @@ def test_cli_ctrl_c_leaves_no_output_file(tmp_path):
     np.save(tmp_path / "x.npy", rng.standard_normal((30_000, 8), dtype=np.float32))
     out = tmp_path / "scores.npy"
     command = [sys.executable, "-m", "hyperloss.metrics", str(tmp_path / "x.npy"), "--per-sample", str(out)]
-    process = subprocess.Popen([*command, "--progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [*command, "--progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        # Python keeps SIGINT ignored when it starts with it ignored (as an earlier test may leave this process)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         seen = b""
         while b"uniformity" not in seen:  # the progress bar: the pairs are being computed
