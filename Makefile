@@ -16,7 +16,7 @@ export HYPERLOSS_CUDA
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet torch==2.13.0 triton pytest hypothesis pytest-benchmark scikit-build-core ninja build ruff \
-	  matplotlib numpy jax jaxlib scikit-learn
+	  matplotlib numpy jax jaxlib scikit-learn torchmetrics tqdm
 	touch $@
 
 # An editable install: Python from the checkout, the C libraries built by CMake (build/<wheel tag>, incremental).
