@@ -227,16 +227,20 @@ class Prepared(NamedTuple):
     info: torch.Tensor  # float64 [E (integer-valued), 1.0 if every input element is finite else 0.0]
 
 
+def padded(n: int | torch.SymInt, row_pad: int) -> int | torch.SymInt:
+    """n rounded up to a multiple of ``row_pad``, at least one (no guard on n under torch.compile)."""
+    return (torch.sym_max(n, 1) + row_pad - 1) // row_pad * row_pad
+
+
 def _centered(v, scales, center, dtype, row_pad):
     """x' and its squared norms, each padded to a multiple of ``row_pad`` rows (zeros, norms +inf) and returned as
     views of the first n rows: kernels that sweep whole blocks of rows read the padding without bounds checks."""
     n, d = v.shape
-    n_pad = triton.cdiv(max(n, 1), row_pad) * row_pad
+    n_pad = padded(n, row_pad)
     out = torch.empty((n_pad, d), dtype=dtype, device=v.device)
     norms = torch.empty(n_pad, dtype=torch.float64, device=v.device)
-    if n_pad > n:
-        out[n:].zero_()
-        norms[n:].fill_(float("inf"))
+    out[n:].zero_()  # possibly empty
+    norms[n:].fill_(float("inf"))
     wrap_triton(_center_kernel)[(triton.cdiv(n, _PREP_ROWS),)](
         v, v.stride(0), v.stride(1), n, d, scales, center, out, norms,
         BLOCK_R=_PREP_ROWS, BLOCK_C=_PREP_COLS, num_warps=_WARPS,
