@@ -27,6 +27,13 @@ of its rows), h = 1 when only j > i was (loss only). t' d and 2^E are applied as
 row factor as a mantissa and powers of two: over- or underflow only where the result itself does. Everything stays
 on the device (no synchronization) and t is read at run time (one compiled graph for every t).
 
+Two sweeps share that output (float32 compute: 16-bit and float32 inputs, rows up to 256 wide in registers): the
+lean one (``_uniform_lean_kernel``) replaces the running reference by a fixed one, R = 0 (float16: p scaled by 2^14
+into its range), so that a pair costs one FMA, one ex2 and a row sum besides the two dots; the rows it cannot
+resolve that way (every term underflowing, or every term within 1/16 of 1, where the loss needs the deficits'
+series) it flags, and this kernel (``_uniform_rows_kernel`` with CHECK_FLAGS) recomputes only the row blocks holding
+a flagged row. float64 inputs and wider rows take this kernel alone.
+
 Limit: a distance below the rounding of the Gram form (~ eps ||x'||^2, x' the centered rows) is not resolved, e.g.
 two equal rows may come out at a tiny positive distance; at a very large t (t' d of such a rounding >> 1) such a
 pair then weighs ~0 instead of 1. The loss is still finite and within that score error, never NaN.
