@@ -80,3 +80,11 @@ def test_lean_configs_prune_to_fitting_tiles():
     wide = triton_uniform.prune_configs(configs, 128, 2)
     assert all(c.kwargs["BLOCK_N"] == 128 for c in wide)
     assert {(c.kwargs["BLOCK_M"], c.num_warps, c.num_stages) for c in wide} >= {(64, 4, 3), (128, 8, 2), (128, 8, 3)}
+
+
+def test_autotuning_bucket_is_capped():
+    from hyperloss.triton import _runtime
+
+    assert _runtime.size_bucket(1 << 20) == _runtime.size_bucket((1 << 17) + 1) == _runtime.MAX_BUCKET == 17
+    assert _runtime.size_bucket(1 << 17) == 17 and _runtime.size_bucket((1 << 16) + 1) == 17
+    assert _runtime.size_bucket(1 << 16) == 16

@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import functools
 import importlib
+import multiprocessing
 import os
 import re
 import subprocess
@@ -30,7 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 
 import triton
 
@@ -248,10 +249,11 @@ def inspect_case(case: Case) -> Report:
 
 
 def inspect_all(selected: Sequence[Case], jobs: int = 1) -> list[Report]:
-    """Reports for ``selected`` in order; ``jobs`` compilations at a time (ptxas runs in its own process)."""
+    """Reports for ``selected`` in order; ``jobs`` compilations at a time, in separate processes (Triton's front end
+    parses kernels with ``ast``, which is not safe across threads)."""
     if jobs <= 1:
         return [inspect_case(c) for c in selected]
-    with ThreadPoolExecutor(jobs) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(inspect_case, selected))
 
 
@@ -283,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--variant", nargs="+", default=["grad", "loss"], choices=list(VARIANTS))
     parser.add_argument("--dtype", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--d", type=int, nargs="+", default=[64, 128, 256])
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--jobs", type=int, default=1, help="compilations at a time (processes)")
     parser.add_argument("--out", help="write the table as Markdown to this file")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
