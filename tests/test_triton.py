@@ -274,9 +274,12 @@ def test_precision_follows_torch_and_can_be_overridden():
 
 
 def _with_blocks(monkeypatch, config) -> None:
-    """Makes the uniformity launcher use ``config`` alone (the kernel math must not depend on the block shape)."""
+    """Makes the uniformity launcher use ``config`` alone in both row kernels, the lean sweep and the running
+    reference (the kernel math must not depend on the block shape)."""
     kernel = triton.autotune(configs=[config], key=[])(triton_uniform._uniform_rows_kernel)
     monkeypatch.setattr(triton_uniform, "_rows_kernel", kernel)
+    lean = triton.autotune(configs=[config], key=[])(triton_uniform._uniform_lean_kernel)
+    monkeypatch.setattr(triton_uniform, "_lean_kernel", lean)
 
 
 @pytest.mark.skipif(not INTERPRET, reason="block shapes for the interpreter; test_gpu_every_config covers the GPU")
@@ -573,9 +576,10 @@ def test_gpu_dtypes_and_precisions(dtype, precision, d):
 
 @gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("config", range(len(triton_uniform._CONFIGS)))
+@pytest.mark.parametrize("config", range(len(triton_uniform._LEAN_CONFIGS)))
 def test_gpu_every_config(monkeypatch, config):
-    _with_blocks(monkeypatch, triton_uniform._CONFIGS[config])
+    # bf16 at D = 128 runs the lean sweep (and the running reference for the rows it flags: none here).
+    _with_blocks(monkeypatch, triton_uniform._LEAN_CONFIGS[config])
     x, queue = _feats(333, 128, seed=config, dtype=torch.bfloat16), _feats(71, 128, seed=9, dtype=torch.bfloat16)
     check_uniform(x, 2.0, queue)
     plain, _, _ = hl_triton.uniform_lse(x, queue, as_scalar_tensor(2.0), True, False, False)
@@ -633,10 +637,10 @@ def test_gpu_align_dtypes():
 def test_gpu_autotuning_is_cached():
     x = _feats(2048, 128, seed=50, dtype=torch.bfloat16).requires_grad_()
     hyperloss.uniform_loss(x, backend="triton").backward()
-    tuned = dict(triton_uniform._rows_kernel.cache)
+    tuned = dict(triton_uniform._lean_kernel.cache)  # bf16 at D = 128: the lean sweep
     assert tuned, "the first call tunes and caches a config per key"
     hyperloss.uniform_loss(x, backend="triton").backward()
-    assert dict(triton_uniform._rows_kernel.cache) == tuned
+    assert dict(triton_uniform._lean_kernel.cache) == tuned
 
 
 @gpu

@@ -57,7 +57,9 @@ def test_uniformity_kernel_compiles_for_sm90(operand, acc, precision, self_mode,
     types.update({name: f"*{operand}" for name in ("rows_ptr", "other_ptr")})
     types.update({name: "*fp64" for name in ("a_rows_ptr", "a_other_ptr", "consts_ptr", "info_ptr", "sums_ptr")})
     types.update({name: f"*{acc}" for name in ("dref_ptr", "acc_ptr")})
+    types["flags_ptr"] = "*i32"
     constants = dict(
+        CHECK_FLAGS=operand != "fp64" and one_chunk,  # after the lean sweep: the flagged rows only
         SELF_MODE=self_mode,
         HAS_OTHER=self_mode != 1,
         NEED_ACC=need_acc,
@@ -69,6 +71,29 @@ def test_uniformity_kernel_compiles_for_sm90(operand, acc, precision, self_mode,
         FOLD_D=256,
     )
     _compile(kernel, types, constants)
+
+
+@pytest.mark.parametrize(
+    ("operand", "precision", "self_mode", "has_other", "need_acc", "shift"),
+    [
+        ("bf16", "ieee", 2, False, True, 0),  # the training step's sweep
+        ("bf16", "ieee", 1, False, False, 0),  # forward only (j > i): the diagonal tile masked, then plain tiles
+        ("fp16", "ieee", 2, True, True, 14),  # float16: p shifted into its range
+        ("fp32", "tf32", 0, True, True, 0),  # the queue's sweep, tf32
+        ("fp32", "ieee", 2, True, False, 0),
+    ],
+)
+def test_lean_kernel_compiles_for_sm90(operand, precision, self_mode, has_other, need_acc, shift):
+    kernel = uniform._uniform_lean_kernel
+    types = {name: "i32" for name in kernel.arg_names}
+    types.update({name: f"*{operand}" for name in ("rows_ptr", "other_ptr")})
+    types.update({name: "*fp32" for name in ("dref_ptr", "acc_ptr", "rowb_ptr", "otherb_ptr")})
+    types.update({name: "*fp64" for name in ("consts_ptr", "info_ptr", "sums_ptr")})
+    types["flags_ptr"] = "*i32"
+    for d in (100, 128):  # EVEN_D false and true
+        constants = dict(SELF_MODE=self_mode, HAS_OTHER=has_other, NEED_ACC=need_acc, EVEN_D=d == 128,
+                         INPUT_PRECISION=precision, SHIFT=shift, BLOCK_M=64, BLOCK_N=128, BLOCK_D=128)  # fmt: skip
+        _compile(kernel, types, constants)
 
 
 @pytest.mark.parametrize("elem", ["fp32", "bf16", "fp16", "fp64"])
@@ -129,10 +154,22 @@ def test_kernels_compile_with_sizes_of_one():
     types = {name: "i32" for name in kernel.arg_names}
     types.update({name: "*fp32" for name in ("rows_ptr", "other_ptr", "dref_ptr", "acc_ptr")})
     types.update({name: "*fp64" for name in ("a_rows_ptr", "a_other_ptr", "consts_ptr", "info_ptr", "sums_ptr")})
+    types["flags_ptr"] = "*i32"
     for one_chunk in (True, False):
         constants = dict(n_rows=1, n_other=1, D=1, SELF_MODE=2, HAS_OTHER=True, NEED_ACC=True, ONE_CHUNK=one_chunk,
-                         INPUT_PRECISION="ieee", BLOCK_M=64, BLOCK_N=64, BLOCK_D=16, FOLD_D=256)  # fmt: skip
+                         INPUT_PRECISION="ieee", BLOCK_M=64, BLOCK_N=64, BLOCK_D=16, FOLD_D=256,
+                         CHECK_FLAGS=one_chunk)  # fmt: skip
         _compile(kernel, types, constants)
+    kernel = uniform._uniform_lean_kernel
+    types = {name: "i32" for name in kernel.arg_names}
+    types.update({name: "*fp32" for name in ("rows_ptr", "other_ptr", "dref_ptr", "acc_ptr", "rowb_ptr", "otherb_ptr")})
+    types.update({name: "*fp64" for name in ("consts_ptr", "info_ptr", "sums_ptr")})
+    types["flags_ptr"] = "*i32"
+    constants = dict(n_rows=1, n_other=1, D=1, SELF_MODE=2, HAS_OTHER=True, NEED_ACC=True, EVEN_D=False,
+                     INPUT_PRECISION="ieee", SHIFT=0, BLOCK_M=64, BLOCK_N=64, BLOCK_D=16)  # fmt: skip
+    _compile(kernel, types, constants)
+    kernel = uniform._bias_kernel
+    _compile(kernel, dict(norms_ptr="*fp64", n="i32", out_ptr="*fp32"), dict(n=1, BLOCK=1024))
     kernel = uniform._combine_kernel
     types = {name: "*fp64" for name in kernel.arg_names}
     types.update(dref_ptr="*fp32")

@@ -12,8 +12,8 @@ The center c:
 - float16 / bfloat16 inputs, whose dot operands stay 16-bit (tensor cores, exact products): per column, the mean
   rounded to the input dtype where every value of the column lies within a factor 2 of it (then x - c is exact by
   Sterbenz's lemma, and so is x'), else 0 (then the column's values are at most twice its range: no large offset
-  to remove). float16 is only ever scaled up (its products cannot overflow float32; scaling down would make small
-  values subnormal).
+  to remove). float16 inputs are only ever scaled up (their products cannot overflow float32; scaling down would
+  make small values subnormal); a float16 copy of float32 inputs (tf32) is scaled either way.
 
 Memory: one copy of x and of the queue in the operand dtype and their squared norms (float64, one per row); no
 float64 copy of the rows. Work: a min/max per column (torch.aminmax), the scale (one small program), float64
@@ -227,24 +227,35 @@ class Prepared(NamedTuple):
     info: torch.Tensor  # float64 [E (integer-valued), 1.0 if every input element is finite else 0.0]
 
 
-def _centered(v, scales, center, dtype):
+def padded(n: int | torch.SymInt, row_pad: int) -> int | torch.SymInt:
+    """n rounded up to a multiple of ``row_pad``, at least one (no guard on n under torch.compile)."""
+    return (torch.sym_max(n, 1) + row_pad - 1) // row_pad * row_pad
+
+
+def _centered(v, scales, center, dtype, row_pad):
+    """x' and its squared norms, each padded to a multiple of ``row_pad`` rows (zeros, norms +inf) and returned as
+    views of the first n rows: kernels that sweep whole blocks of rows read the padding without bounds checks."""
     n, d = v.shape
-    out = torch.empty((n, d), dtype=dtype, device=v.device)
-    norms = torch.empty(n, dtype=torch.float64, device=v.device)
+    n_pad = padded(n, row_pad)
+    out = torch.empty((n_pad, d), dtype=dtype, device=v.device)
+    norms = torch.empty(n_pad, dtype=torch.float64, device=v.device)
+    out[n:].zero_()  # possibly empty
+    norms[n:].fill_(float("inf"))
     wrap_triton(_center_kernel)[(triton.cdiv(n, _PREP_ROWS),)](
         v, v.stride(0), v.stride(1), n, d, scales, center, out, norms,
         BLOCK_R=_PREP_ROWS, BLOCK_C=_PREP_COLS, num_warps=_WARPS,
     )  # fmt: skip
-    return out, norms
+    return out[:n], norms[:n]
 
 
-def prepare(x: torch.Tensor, queue: torch.Tensor | None, operand_dtype: torch.dtype) -> Prepared:
-    """x' and q' in ``operand_dtype`` with their squared norms, E, and whether the inputs are finite."""
+def prepare(x: torch.Tensor, queue: torch.Tensor | None, operand_dtype: torch.dtype, row_pad: int = 1) -> Prepared:
+    """x' and q' in ``operand_dtype`` with their squared norms, E, and whether the inputs are finite; x', q' and
+    their norms are views of buffers padded to a multiple of ``row_pad`` rows (zero rows of norm +inf)."""
     parts = [x] if queue is None else [x, queue]
     d = x.shape[1]
     flags = {
         "NUM_PARTS": len(parts),
-        "SCALE_DOWN": operand_dtype != torch.float16,
+        "SCALE_DOWN": x.dtype != torch.float16,  # float16 inputs are never scaled down (see above)
     }
     bounds = torch.stack([b for v in parts for b in torch.aminmax(v, dim=0)])  # (2 * parts) x D, input dtype
     scales = torch.empty(4, dtype=torch.float64, device=x.device)
@@ -267,8 +278,8 @@ def prepare(x: torch.Tensor, queue: torch.Tensor | None, operand_dtype: torch.dt
         total_rows, d, center, scales, info,
         STERBENZ=x.dtype in (torch.float16, torch.bfloat16), BLOCK_C=_STAT_COLS, **flags,
     )  # fmt: skip
-    xs, x_norms = _centered(x, scales, center, operand_dtype)
+    xs, x_norms = _centered(x, scales, center, operand_dtype, row_pad)
     qs = q_norms = None
     if queue is not None:
-        qs, q_norms = _centered(queue, scales, center, operand_dtype)
+        qs, q_norms = _centered(queue, scales, center, operand_dtype, row_pad)
     return Prepared(xs, qs, x_norms, q_norms, info)

@@ -32,22 +32,32 @@ def check_interpretable(dtype: torch.dtype, precision: str = "native") -> None:
         )
 
 
-def maybe_autotune(kernel, configs: list[triton.Config], key: list[str], interpret_config: triton.Config):
-    """``kernel`` autotuned over ``configs`` (the first one alone when HYPERLOSS_TRITON_AUTOTUNE=0).
+def maybe_autotune(kernel, configs: list[triton.Config], key: list[str], interpret_config: triton.Config, prune=None):
+    """``kernel`` autotuned over ``configs`` (the first one alone when HYPERLOSS_TRITON_AUTOTUNE=0), after
+    ``prune(configs, named_args, **kwargs)`` where given.
 
     Under the interpreter it gets ``interpret_config`` alone: tuning there would time numpy, not a GPU. One config
-    is never benchmarked. Tuning results are cached per key in the process, and on disk where Triton can.
+    is never benchmarked. Tuning results are cached per key in the process, and on disk (Triton's cache directory)
+    where Triton can.
     """
     if INTERPRET:
-        configs = [interpret_config]
+        configs, prune = [interpret_config], None
     elif not AUTOTUNE:
-        configs = configs[:1]
+        configs, prune = configs[:1], None
     kwargs = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+    if prune is not None:
+        kwargs["prune_configs_by"] = {"early_config_prune": prune}
     return triton.autotune(configs=configs, key=key, **kwargs)(kernel)
 
 
+# Above this many rows the blocks tuned at it are reused: the best blocks no longer change with N there, and tuning
+# at 2^20 rows would time seconds of work per configuration.
+MAX_BUCKET = 17
+
+
 def size_bucket(n: int | torch.SymInt) -> int | torch.SymInt:
-    """A coarse size class for autotuning keys: tune once per power-of-two range of rows, 1024 and fewer together.
+    """A coarse size class for autotuning keys: tune once per power-of-two range of rows, 1024 and fewer together,
+    2^17 and more together.
 
     Keying on the exact row count would re-tune for every batch size; not keying on it at all would keep the
     blocks tuned on a small first call (a test) for a large one (training). A symbolic size (torch.compile with
@@ -55,9 +65,9 @@ def size_bucket(n: int | torch.SymInt) -> int | torch.SymInt:
     specialize the graph on the exact batch size.
     """
     if isinstance(n, int):
-        return max(n - 1, 1023).bit_length()
+        return min(max(n - 1, 1023).bit_length(), MAX_BUCKET)
     bucket = 10
-    for k in range(10, 48):
+    for k in range(10, MAX_BUCKET):
         bucket = bucket + torch.sym_ite(n - 1 >= 2**k, 1, 0)
     return bucket
 

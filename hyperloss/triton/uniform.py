@@ -27,6 +27,13 @@ of its rows), h = 1 when only j > i was (loss only). t' d and 2^E are applied as
 row factor as a mantissa and powers of two: over- or underflow only where the result itself does. Everything stays
 on the device (no synchronization) and t is read at run time (one compiled graph for every t).
 
+Two sweeps share that output (float32 compute: 16-bit and float32 inputs, rows up to 256 wide in registers): the
+lean one (``_uniform_lean_kernel``) replaces the running reference by a fixed one, R = 0 (float16: p scaled by 2^14
+into its range), so that a pair costs one FMA, one ex2 and a row sum besides the two dots; the rows it cannot
+resolve that way (every term underflowing, or every term within 1/16 of 1, where the loss needs the deficits'
+series) it flags, and this kernel (``_uniform_rows_kernel`` with CHECK_FLAGS) recomputes only the row blocks holding
+a flagged row. float64 inputs and wider rows take this kernel alone.
+
 Limit: a distance below the rounding of the Gram form (~ eps ||x'||^2, x' the centered rows) is not resolved, e.g.
 two equal rows may come out at a tiny positive distance; at a very large t (t' d of such a rounding >> 1) such a
 pair then weighs ~0 instead of 1. The loss is still finite and within that score error, never NaN.
@@ -44,6 +51,8 @@ from torch.library import triton_op, wrap_triton
 from .._common import as_scalar_tensor, num_pairs
 from .._precision import resolve_precision
 from .._validation import compute_dtype
+from . import _runtime
+from ._prepare import padded as _padded
 from ._prepare import prepare
 from ._runtime import INTERPRET, check_interpretable, exp2, log2, maybe_autotune, mul_pow2, size_bucket
 
@@ -248,6 +257,7 @@ def _uniform_rows_kernel(
     dref_ptr,
     sums_ptr,
     acc_ptr,
+    flags_ptr,
     D,
     size_bucket,  # autotuning key only
     SELF_MODE: tl.constexpr,
@@ -259,17 +269,62 @@ def _uniform_rows_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     FOLD_D: tl.constexpr,
+    CHECK_FLAGS: tl.constexpr = False,
 ):
     """Per row i of this program's block: dref_i = min_j d_ij; in sums (float64, 4 x n_rows) r and u of the rows'
     own set, then of the other set; and (NEED_ACC) acc_i = sum_j p_ij col_j over both sets.
 
     rows/other: contiguous x' rows (operand dtype); a_*: their squared norms (float64); consts: float64 [t, t log2 e,
-    ...]; info: float64 [E, ...] (see ``_prepare``); dref_ptr and acc_ptr have the compute dtype.
+    ...]; info: float64 [E, ...] (see ``_prepare``); dref_ptr and acc_ptr have the compute dtype. CHECK_FLAGS: only
+    the row blocks with a nonzero flag (int32 per row) are computed, the others keep what the lean sweep wrote.
     """
-    ty = dref_ptr.dtype.element_ty
     pid = tl.program_id(0)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < n_rows
+    if CHECK_FLAGS:
+        # After the lean sweep: only the blocks holding a row it could not resolve (see _uniform_lean_kernel).
+        if tl.max(tl.load(flags_ptr + offs_m, mask=mask_m, other=0), axis=0) != 0:
+            _rows_body(
+                rows_ptr, a_rows_ptr, n_rows, other_ptr, a_other_ptr, n_other, consts_ptr, info_ptr, dref_ptr,
+                sums_ptr, acc_ptr, D, pid, offs_m, mask_m,
+                SELF_MODE, HAS_OTHER, NEED_ACC, ONE_CHUNK, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_D, FOLD_D,
+            )  # fmt: skip
+    else:
+        _rows_body(
+            rows_ptr, a_rows_ptr, n_rows, other_ptr, a_other_ptr, n_other, consts_ptr, info_ptr, dref_ptr,
+            sums_ptr, acc_ptr, D, pid, offs_m, mask_m,
+            SELF_MODE, HAS_OTHER, NEED_ACC, ONE_CHUNK, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_D, FOLD_D,
+        )  # fmt: skip
+
+
+@triton.jit
+def _rows_body(
+    rows_ptr,
+    a_rows_ptr,
+    n_rows,
+    other_ptr,
+    a_other_ptr,
+    n_other,
+    consts_ptr,
+    info_ptr,
+    dref_ptr,
+    sums_ptr,
+    acc_ptr,
+    D,
+    pid,
+    offs_m,
+    mask_m,
+    SELF_MODE: tl.constexpr,
+    HAS_OTHER: tl.constexpr,
+    NEED_ACC: tl.constexpr,
+    ONE_CHUNK: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    FOLD_D: tl.constexpr,
+):
+    ty = dref_ptr.dtype.element_ty
     offs_m64 = offs_m.to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
     c, c64, tn = _scaled_t(consts_ptr, info_ptr, ty)
@@ -332,14 +387,274 @@ _rows_kernel = maybe_autotune(
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The lean sweep: a fixed exponent shift instead of the running reference, for float32 compute (16-bit and float32
+# inputs) with the rows in registers. p_ij = 2^(SHIFT - c d_ij) = 2^(c (R - d_ij)) with the fixed reference
+# R = SHIFT / c: no row minimum, no rescale, no clamp of d (p <= 2^SHIFT already; a d rounded below 0 only rounds p),
+# and per pair  y = 2c g_ij + b_i  with the Gram tile started from -||x'_j||^2 / 2 (g_ij = x'_i.x'_j - ||x'_j||^2 / 2,
+# -inf on the padding rows, so that absent columns give p = 0 without a select) and b_i = SHIFT - c ||x'_i||^2:
+# one FMA, p = ex2(y), a row sum and, for the gradient, the second dot. The diagonal
+# mask only runs in the diagonal tiles (unrolled, outside the loops); the rows are padded to a multiple of
+# _ROW_PAD, so no load in a loop has a mask.
+# A row the fixed shift cannot resolve is flagged and recomputed by _uniform_rows_kernel (the running reference,
+# exact near-one deficits): all its terms below 2^-100 (2^-6 on average for float16, whose p operand has a narrow
+# range), or on average within 1/16 of 2^SHIFT (a loss near 0, which needs the deficits' series), or c too large.
+
+# float16's p operand: terms up to 2^14 keep its range for the small ones (bfloat16/float32 have float32's).
+_LEAN_SHIFT = {torch.float16: 14}
+# Rows (and columns) of x' and the queue are padded to this multiple (the largest BLOCK_M / BLOCK_N).
+_ROW_PAD = 128
+_FAST_EXP2 = tl.constexpr(not INTERPRET)
+
+
+@triton.jit
+def _exp2_ftz(y):
+    """2^y for float32 y: one MUFU.EX2 on a GPU (subnormal results flush to 0, which the flags allow for)."""
+    if _FAST_EXP2:
+        p = tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [y], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        p = tl.exp2(y)
+    return p
+
+
+@triton.jit
+def _lean_tile(
+    acc,
+    r,
+    xi,
+    b_i,
+    offs_m,
+    cols_ptr,
+    colb_ptr,
+    j0,
+    tile_offs,
+    d_mask,
+    two_c,
+    D,
+    MASK: tl.constexpr,
+    NEED_ACC: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """One column block [j0, j0 + BLOCK_N) (padded: no bounds): r_i += sum_j p_ij, acc_i += sum_j p_ij x'_j.
+    MASK: 0 every pair, 1 j > i, 2 j != i (the diagonal tiles only)."""
+    tile_ptr = cols_ptr + tl.cast(j0, tl.int64) * D
+    if EVEN_D:
+        xj = tl.load(tile_ptr + tile_offs)
+    else:
+        xj = tl.load(tile_ptr + tile_offs, mask=d_mask, other=0.0)
+    # The Gram tile starts from -||x'_j||^2 / 2 (no add per pair): g = x'_i.x'_j - ||x'_j||^2 / 2.
+    colb = tl.broadcast_to(tl.load(colb_ptr + j0 + tl.arange(0, BLOCK_N))[None, :], [BLOCK_M, BLOCK_N])
+    g = tl.dot(xi, tl.trans(xj), colb, input_precision=INPUT_PRECISION, out_dtype=tl.float32)
+    y = g * two_c + b_i[:, None]  # = SHIFT - c (||x'_i||^2 + ||x'_j||^2 - 2 x'_i.x'_j) = c (R - d_ij)
+    if MASK == 1:
+        y = tl.where(j0 + tl.arange(0, BLOCK_N)[None, :] > offs_m[:, None], y, float("-inf"))
+    elif MASK == 2:
+        y = tl.where(j0 + tl.arange(0, BLOCK_N)[None, :] != offs_m[:, None], y, float("-inf"))
+    p = _exp2_ftz(y)
+    r += tl.sum(p, axis=1).to(tl.float64)
+    if NEED_ACC:
+        acc = tl.dot(p.to(xj.dtype), xj, acc, input_precision=INPUT_PRECISION, out_dtype=tl.float32)
+    return acc, r
+
+
+@triton.jit(do_not_specialize=["size_bucket"])
+def _uniform_lean_kernel(
+    rows_ptr,
+    rowb_ptr,
+    n_rows,
+    other_ptr,
+    otherb_ptr,
+    n_other,
+    consts_ptr,
+    info_ptr,
+    dref_ptr,
+    sums_ptr,
+    acc_ptr,
+    flags_ptr,
+    D,
+    size_bucket,  # autotuning key only
+    SELF_MODE: tl.constexpr,
+    HAS_OTHER: tl.constexpr,
+    NEED_ACC: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    SHIFT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """What _uniform_rows_kernel computes (dref = R, sums, acc), with the fixed shift; flags_ptr (int32 per row)
+    gets 1 where the row must be recomputed. rows/other: x' padded to _ROW_PAD rows (zeros); rowb/otherb: float32
+    -||x'||^2 / 2, -inf on the padding."""
+    pid = tl.program_id(0)
+    row0 = pid * BLOCK_M
+    offs_m = row0 + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < n_rows
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = (offs_d < D)[None, :]
+    c, c64, _ = _scaled_t(consts_ptr, info_ptr, tl.float32)
+    two_c = 2.0 * tl.minimum(c, 1e30)  # never inf (inf * 0 is NaN); a c that large is flagged below
+    xi_offs = offs_m.to(tl.int64)[:, None] * D + offs_d[None, :]
+    if EVEN_D:
+        xi = tl.load(rows_ptr + xi_offs)
+    else:
+        xi = tl.load(rows_ptr + xi_offs, mask=d_mask, other=0.0)
+    b_i = tl.load(rowb_ptr + offs_m) * two_c + SHIFT
+    # Offsets of a column block's elements from its first row: 32-bit, the same for every block.
+    tile_offs = tl.arange(0, BLOCK_N)[:, None] * D + offs_d[None, :]
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    r_self = tl.zeros([BLOCK_M], tl.float64)
+    r_other = tl.zeros([BLOCK_M], tl.float64)
+    DIAG: tl.constexpr = (BLOCK_M + BLOCK_N - 1) // BLOCK_N  # column blocks holding j = i
+    if SELF_MODE != 0:
+        n_tiles = tl.cdiv(n_rows, BLOCK_N)
+        diag_first = row0 // BLOCK_N
+        for k in tl.static_range(DIAG):  # padded beyond n_rows: such a block adds nothing
+            acc, r_self = _lean_tile(
+                acc, r_self, xi, b_i, offs_m, rows_ptr, rowb_ptr, (diag_first + k) * BLOCK_N, tile_offs, d_mask, two_c,
+                D, SELF_MODE, NEED_ACC, EVEN_D, INPUT_PRECISION, BLOCK_M, BLOCK_N,
+            )  # fmt: skip
+        if SELF_MODE == 1:
+            for t in range(diag_first + DIAG, n_tiles):
+                acc, r_self = _lean_tile(
+                    acc, r_self, xi, b_i, offs_m, rows_ptr, rowb_ptr, t * BLOCK_N, tile_offs, d_mask, two_c, D,
+                    0, NEED_ACC, EVEN_D, INPUT_PRECISION, BLOCK_M, BLOCK_N,
+                )  # fmt: skip
+        else:
+            n_diag = tl.minimum(n_tiles - diag_first, DIAG)
+            for k in range(0, n_tiles - n_diag):  # every other block, skipping the diagonal ones
+                t = k + n_diag * (k >= diag_first).to(tl.int32)
+                acc, r_self = _lean_tile(
+                    acc, r_self, xi, b_i, offs_m, rows_ptr, rowb_ptr, t * BLOCK_N, tile_offs, d_mask, two_c, D,
+                    0, NEED_ACC, EVEN_D, INPUT_PRECISION, BLOCK_M, BLOCK_N,
+                )  # fmt: skip
+    if HAS_OTHER:
+        for t in range(0, tl.cdiv(n_other, BLOCK_N)):
+            acc, r_other = _lean_tile(
+                acc, r_other, xi, b_i, offs_m, other_ptr, otherb_ptr, t * BLOCK_N, tile_offs, d_mask, two_c, D,
+                0, NEED_ACC, EVEN_D, INPUT_PRECISION, BLOCK_M, BLOCK_N,
+            )  # fmt: skip
+
+    # Pair counts per row and set; u = r - count, so that both forms of _row_totals give r.
+    if SELF_MODE == 1:
+        count_self = ((n_rows - 1) - offs_m).to(tl.float64)
+    elif SELF_MODE == 2:
+        count_self = tl.zeros([BLOCK_M], tl.float64) + (n_rows - 1)
+    else:
+        count_self = tl.zeros([BLOCK_M], tl.float64)
+    if HAS_OTHER:
+        count_other = tl.zeros([BLOCK_M], tl.float64) + n_other
+    else:
+        count_other = tl.zeros([BLOCK_M], tl.float64)
+    count = count_self + count_other
+    r = r_self + r_other
+    top = tl.exp2(tl.full([BLOCK_M], SHIFT, tl.float64))  # 2^SHIFT, exact
+    if SHIFT > 0:
+        low = r < count * (top * 0.015625)  # float16: terms below 2^-6 of the range on average
+    else:
+        low = r < 7.888609052210118e-31  # 2^-100
+    near = (count * top - r) <= count * (top * 0.0625)
+    flag = (low | near | ((count * 0 + c64) > 1e30)) & (count > 0)
+    tl.store(flags_ptr + offs_m, flag.to(tl.int32), mask=mask_m)
+    # Stored relative to the reference 0 (a lower bound of every d, as the finish's clamp needs): sums and acc
+    # times 2^-SHIFT, exactly.
+    r_self = r_self / top
+    r_other = r_other / top
+    tl.store(dref_ptr + offs_m, tl.zeros([BLOCK_M], tl.float32), mask=mask_m)
+    tl.store(sums_ptr + offs_m, r_self, mask=mask_m)
+    tl.store(sums_ptr + n_rows + offs_m, r_self - count_self, mask=mask_m)
+    tl.store(sums_ptr + 2 * n_rows + offs_m, r_other, mask=mask_m)
+    tl.store(sums_ptr + 3 * n_rows + offs_m, r_other - count_other, mask=mask_m)
+    if NEED_ACC:
+        if SHIFT > 0:
+            acc = acc * (1.0 / (1 << SHIFT))  # SHIFT: an integer-valued float
+        store_offs = offs_m.to(tl.int64)[:, None] * D + offs_d[None, :]
+        tl.store(acc_ptr + store_offs, acc, mask=mask_m[:, None] & d_mask)
+
+
+@triton.jit
+def _bias_kernel(norms_ptr, n, out_ptr, BLOCK: tl.constexpr):
+    """out = -||x'||^2 / 2 in float32 (-inf on the padding rows, whose norm is +inf)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    a = tl.load(norms_ptr + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, (a * -0.5).to(tl.float32), mask=mask)
+
+
+# Lean configurations (BLOCK_M, BLOCK_N, warps, stages); the first is also the untuned one.
+_LEAN_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    for bm, bn, w, s in [
+        (64, 128, 4, 3),
+        (64, 128, 4, 2),
+        (128, 128, 8, 2),
+        (128, 128, 8, 3),
+        (64, 128, 8, 2),
+        (64, 64, 4, 3),
+        (128, 64, 8, 2),
+        (64, 64, 8, 3),
+        (64, 64, 4, 2),
+    ]
+]
+
+
+def _blocks(config: triton.Config) -> tuple[int, int, int, int]:
+    return config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages
+
+
+def prune_configs(configs: list[triton.Config], d: int, operand_bytes: int = 2) -> list[triton.Config]:
+    """The lean configurations worth timing for rows of width ``d`` (padded to a power of two) and operands of
+    ``operand_bytes``: those whose accumulator, Gram tile and p operand fit ~160 registers per thread (more spills),
+    with 128-column tiles where any fits (they spread the per-tile work over twice the pairs)."""
+    if operand_bytes == 4:
+        # Exact float32 products ("highest") are FMA loops, not tensor-core dots: they spill at every tile size
+        # tried (bench/results/kernels-sm90.md); one small tile bounds their compile time until they are split
+        # into 16-bit products (issue #12).
+        return [c for c in configs if _blocks(c) == (64, 64, 4, 2)] or configs[:1]
+    block_d = max(16, triton.next_power_of_2(d))
+    fitting = []
+    for config in configs:
+        bm, bn = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
+        if bm * block_d + bm * bn * (1 + operand_bytes / 4) <= 160 * 32 * config.num_warps:
+            fitting.append(config)
+    wide = [c for c in fitting if c.kwargs["BLOCK_N"] == 128] or fitting
+    # At least 64 pairs per thread where possible: fewer leave the per-tile work (loads, barriers, the row sums'
+    # shuffles) to fewer pairs, e.g. 14.3 instead of 6.9 SASS instructions per pair at D = 128.
+    full = [c for c in wide if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] >= 64 * 32 * c.num_warps]
+    return full or wide or configs[:1]
+
+
+def _prune_lean(configs, named_args, **kwargs):
+    return prune_configs(configs, named_args["D"], named_args["rows_ptr"].element_size())
+
+
+_lean_kernel = maybe_autotune(
+    _uniform_lean_kernel,
+    _LEAN_CONFIGS,
+    key=["size_bucket", "SELF_MODE", "HAS_OTHER", "NEED_ACC", "EVEN_D", "INPUT_PRECISION", "SHIFT", "BLOCK_D"],
+    interpret_config=triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}),
+    prune=_prune_lean,
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Precision
 
 
 def _operand_dtype(dtype: torch.dtype, precision: str) -> torch.dtype:
     """The dtype x' is stored in and multiplied as: the input's (float16/bfloat16/float64), or for float32 inputs
-    float32 (ieee, tf32) or bfloat16 (bf16)."""
+    float32 (ieee), float16 (tf32) or bfloat16 (bf16).
+
+    tf32 products round their operands to 10 mantissa bits, as float16 does; x' (centered, its largest element
+    scaled by a power of two into [0.5, 1)) fits float16's range, so a float16 copy gives the same products on
+    16-bit tensor cores, whose operands need no transposition through registers (tf32 wgmma takes K-major operands
+    only) and half the bytes."""
     if dtype == torch.float32 and precision == "bf16":
         return torch.bfloat16
+    if dtype == torch.float32 and precision == "tf32":
+        return torch.float16
     return dtype
 
 
@@ -480,6 +795,49 @@ _GRAD_COLS = 64 if INTERPRET else 128
 # Host side
 
 
+def launch_constants(d: int, self_mode: int, has_other: bool, need_acc: bool, precision: str) -> dict[str, object]:
+    """The row kernel's compile-time arguments (all but the block configuration) for rows of width ``d``: what
+    ``_sweep`` passes, and what ``hyperloss.triton.inspect`` compiles."""
+    one_chunk = triton.next_power_of_2(d) <= _MAX_REGISTER_D
+    return {
+        "SELF_MODE": self_mode,
+        "HAS_OTHER": has_other,
+        "NEED_ACC": need_acc,
+        "ONE_CHUNK": one_chunk,
+        "INPUT_PRECISION": "ieee",  # tf32 runs on a float16 copy (_operand_dtype): no float32 operand is rounded
+        "BLOCK_D": max(16, triton.next_power_of_2(d)) if one_chunk else _CHUNK_D,  # tl.dot needs K >= 16
+        "FOLD_D": _FOLD_D,
+    }
+
+
+def lean_launch_constants(
+    d: int, self_mode: int, has_other: bool, need_acc: bool, precision: str, operand: torch.dtype
+) -> dict[str, object]:
+    """The lean kernel's compile-time arguments (all but the block configuration)."""
+    constants = launch_constants(d, self_mode, has_other, need_acc, precision)
+    return {
+        "SELF_MODE": self_mode,
+        "HAS_OTHER": has_other,
+        "NEED_ACC": need_acc,
+        "EVEN_D": d == constants["BLOCK_D"],
+        "INPUT_PRECISION": constants["INPUT_PRECISION"],
+        "SHIFT": _LEAN_SHIFT.get(operand, 0),
+        "BLOCK_D": constants["BLOCK_D"],
+    }
+
+
+# Pointer arguments of the row kernels that are not float64: "operand" (x' dtype), "compute", or a Triton type.
+POINTER_TYPES = {
+    "rows_ptr": "operand",
+    "other_ptr": "operand",
+    "dref_ptr": "compute",
+    "acc_ptr": "compute",
+    "rowb_ptr": "fp32",
+    "otherb_ptr": "fp32",
+    "flags_ptr": "i32",
+}
+
+
 def _sweep(
     rows: torch.Tensor,
     a_rows: torch.Tensor,
@@ -498,29 +856,90 @@ def _sweep(
     dref = torch.empty(n, dtype=dtype, device=rows.device)
     sums = torch.empty((4, n), dtype=torch.float64, device=rows.device)
     acc = torch.empty((n, d), dtype=dtype, device=rows.device) if need_acc else None
-    one_chunk = triton.next_power_of_2(d) <= _MAX_REGISTER_D
     has_other = other is not None
     if not has_other:  # never read (HAS_OTHER is false); any tensor will do as the pointer
         other, a_other = rows, a_rows
-    kwargs = {
-        "SELF_MODE": self_mode,
-        "HAS_OTHER": has_other,
-        "NEED_ACC": need_acc,
-        "ONE_CHUNK": one_chunk,
-        "INPUT_PRECISION": "tf32" if precision == "tf32" else "ieee",
-        "BLOCK_D": max(16, triton.next_power_of_2(d)) if one_chunk else _CHUNK_D,  # tl.dot needs K >= 16
-        "FOLD_D": _FOLD_D,
-    }
+    kwargs = launch_constants(d, self_mode, has_other, need_acc, precision)
+    acc_arg = dref if acc is None else acc
 
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_M"]),)
 
-    wrap_triton(_rows_kernel)[grid](
-        rows, a_rows, n, other, a_other, other.shape[0], consts, info, dref, sums, dref if acc is None else acc,
-        d, size_bucket(n),
-        **kwargs,
+    if not _lean(dtype, d):
+        wrap_triton(_rows_kernel)[grid](
+            rows, a_rows, n, other, a_other, other.shape[0], consts, info, dref, sums, acc_arg, dref, d, size_bucket(n),
+            **kwargs,
+        )  # fmt: skip
+        return dref, sums, acc
+    # The lean sweep, then the rows it flags again with the running reference (a program per block of rows that
+    # returns at once where none is flagged).
+    rows_b = _bias(a_rows)
+    other_b = _bias(a_other) if has_other else rows_b
+    flags = torch.empty(n, dtype=torch.int32, device=rows.device)
+    constants = lean_launch_constants(d, self_mode, has_other, need_acc, precision, rows.dtype)
+    _tune_on_prefix(rows, rows_b, other, other_b, consts, info, dtype, constants)
+    wrap_triton(_lean_kernel)[grid](
+        rows, rows_b, n, other, other_b, other.shape[0], consts, info, dref, sums, acc_arg, flags, d, size_bucket(n),
+        **constants,
+    )  # fmt: skip
+    fallback = _FALLBACK_INTERPRET if INTERPRET else _fallback_config(d)
+    wrap_triton(_uniform_rows_kernel)[(triton.cdiv(n, fallback.kwargs["BLOCK_M"]),)](
+        rows, a_rows, n, other, a_other, other.shape[0], consts, info, dref, sums, acc_arg, flags, d, size_bucket(n),
+        CHECK_FLAGS=True, **kwargs, **fallback.kwargs, num_warps=fallback.num_warps, num_stages=fallback.num_stages,
     )  # fmt: skip
     return dref, sums, acc
+
+
+_TUNED: set[tuple] = set()
+
+
+def _tune_on_prefix(rows, rows_b, other, other_b, consts, info, dtype, constants) -> None:
+    """Above 2^MAX_BUCKET rows the autotuning key stops growing (``size_bucket``): the first call with such a key
+    tunes on the first 2^MAX_BUCKET rows (and queue rows), where timing each configuration takes 1/64 of a 2^20-row
+    sweep, and the full sweep then finds the result in the cache. Once per key and process (Triton's own cache
+    keeps it on disk); not under torch.compile, where the launches are traced, nor without tuning."""
+    prefix = 1 << _runtime.MAX_BUCKET
+    n, d = rows.shape
+    if n <= prefix or INTERPRET or not _runtime.AUTOTUNE or torch.compiler.is_compiling():
+        return
+    key = (rows.dtype, d, other is not rows, tuple(sorted(constants.items())))
+    if key in _TUNED:
+        return
+    _TUNED.add(key)
+    rows, other = rows[:prefix], other[: min(other.shape[0], prefix)]
+    scratch_sums = torch.empty((4, prefix), dtype=torch.float64, device=rows.device)
+    scratch_dref = torch.empty(prefix, dtype=dtype, device=rows.device)
+    scratch_acc = torch.empty((prefix, d), dtype=dtype, device=rows.device) if constants["NEED_ACC"] else scratch_dref
+    scratch_flags = torch.empty(prefix, dtype=torch.int32, device=rows.device)
+    wrap_triton(_lean_kernel)[lambda meta: (triton.cdiv(prefix, meta["BLOCK_M"]),)](
+        rows, rows_b, prefix, other, other_b, other.shape[0], consts, info, scratch_dref, scratch_sums, scratch_acc,
+        scratch_flags, d, size_bucket(prefix), **constants,
+    )  # fmt: skip
+
+
+def _lean(dtype: torch.dtype, d: int) -> bool:
+    """Whether the lean sweep runs: float32 compute (16-bit and float32 inputs) with the rows in registers."""
+    return dtype == torch.float32 and triton.next_power_of_2(d) <= _MAX_REGISTER_D
+
+
+def _bias(norms: torch.Tensor) -> torch.Tensor:
+    """-||x'||^2 / 2 (float32) over the padded rows behind ``norms`` (see ``_prepare``)."""
+    n = _padded(norms.shape[0], _ROW_PAD)
+    out = torch.empty(n, dtype=torch.float32, device=norms.device)
+    wrap_triton(_bias_kernel)[(triton.cdiv(n, _BIAS_BLOCK),)](norms, n, out, BLOCK=_BIAS_BLOCK)
+    return out
+
+
+_BIAS_BLOCK = 64 if INTERPRET else 1024
+_FALLBACK_INTERPRET = triton.Config({"BLOCK_M": 16, "BLOCK_N": 16})
+
+
+def _fallback_config(d: int) -> triton.Config:
+    """The running-reference kernel's one configuration where it only recomputes flagged rows (untuned: tuning it
+    would time programs that return at once)."""
+    if triton.next_power_of_2(d) <= 128:
+        return triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2)
+    return triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=8, num_stages=2)
 
 
 def _finish_grad(v, acc, dref, sums, consts, info, comb) -> torch.Tensor:
@@ -556,7 +975,7 @@ def triton_uniform_lse(
             torch.full((), num_pairs(n, k, intra_batch), dtype=torch.float64, device=t.device),
         ]
     ).to(x.device, non_blocking=True)
-    prep = prepare(x, queue, _operand_dtype(x.dtype, precision))
+    prep = prepare(x, queue, _operand_dtype(x.dtype, precision), row_pad=_ROW_PAD)
     grad_queue = grad_queue and queue is not None
 
     if not intra_batch:

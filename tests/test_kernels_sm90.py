@@ -1,0 +1,122 @@
+"""The Triton row kernels as an H100/H200 (sm_90) runs them, checked on their machine code without a GPU (issue #12):
+for every configuration the autotuner can pick at D in {64, 128, 256}, for bfloat16, float16 and each float32
+precision: no register spills, shared memory within the sm_90 limit, wgmma for every 16-bit and tf32 dot; and for
+the bfloat16 D = 128 gradient sweep at most 8 SASS instructions per pair in the hot loop.
+
+The compilations go through ``hyperloss.triton.inspect`` (cached per test session, and on disk by Triton). A target
+not met is an xfail(strict=True) in KNOWN_GAPS with the measured number, so CI stays green, the gap stays visible,
+and meeting it turns the xfail into a failure to update.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    pytest.skip("TRITON_INTERPRET=1: no ahead-of-time compilation; run this module without it", allow_module_level=True)
+triton = pytest.importorskip("triton", reason="triton is not installed")
+try:
+    from triton.backends.compiler import GPUTarget  # noqa: F401
+    from triton.compiler import ASTSource  # noqa: F401
+except ImportError as error:  # pragma: no cover - the ahead-of-time API moved
+    pytest.skip(f"this Triton has no ahead-of-time compile API ({error})", allow_module_level=True)
+
+from hyperloss.triton import inspect as kernels  # noqa: E402
+
+if not (os.access(kernels._tool("cuobjdump"), os.X_OK) or shutil.which("cuobjdump")):
+    pytest.skip("cuobjdump is not shipped with this Triton", allow_module_level=True)
+
+TRITON = ".".join(triton.__version__.split(".")[:2])
+DS = (64, 128, 256)
+DTYPES = tuple(kernels.DTYPES)  # bf16, fp16, fp32 at "high" (tf32), "medium" (bf16 copy), "highest" (ieee)
+# Exact float32 ("highest") runs FMA loops whose compilation takes ~25 s per kernel: checked at D = 128 only here
+# (python -m hyperloss.triton.inspect covers every D).
+CASES = [c for c in kernels.cases(("grad",), DTYPES, DS) if c.dtype != "fp32-highest" or c.d == 128]
+MAX_INSTRUCTIONS_PER_PAIR = 8.0
+
+# (check, kernel, dtype, d, config) -> (Triton versions, the measured number): targets not met yet.
+# Exact float32 products ("highest") are FMA loops that spill at every tile size tried; the fix is to split the
+# operands into 16-bit products (issue #12, item 3), not done yet.
+KNOWN_GAPS: dict[tuple[str, str, str, int, str], tuple[tuple[str, ...], str]] = {
+    ("spill", "lean", "fp32-highest", 128, "(64,64,4,2)"): (
+        ("3.9", "3.6"),
+        "FMA dots spill 9868 bytes (Triton 3.9), 50604 (3.6)",
+    ),
+    ("spill", "fallback", "fp32-highest", 128, "(64,64,4,2)"): (
+        ("3.9", "3.6"),
+        "FMA dots spill 4744 bytes (Triton 3.9), 5072 (3.6)",
+    ),
+}
+
+
+def _params(check: str, selected):
+    params = []
+    for case in selected:
+        gap = KNOWN_GAPS.get((check, case.kernel, case.dtype, case.d, case.config))
+        marks = []
+        if gap is not None and TRITON in gap[0]:
+            marks = [pytest.mark.xfail(strict=True, reason=f"Triton {TRITON}: {gap[1]} (issue #12)")]
+        params.append(pytest.param(case, marks=marks, id=f"{case.kernel}-{case.dtype}-d{case.d}-{case.config}"))
+    return params
+
+
+@pytest.fixture(scope="module")
+def reports():
+    """Every case compiled once per session (and cached on disk by Triton)."""
+    return {r.case: r for r in kernels.inspect_all(CASES)}
+
+
+@pytest.mark.parametrize("case", _params("spill", CASES))
+def test_no_register_spills(reports, case):
+    report = reports[case]
+    assert report.spill_bytes == 0, f"{report.spill_bytes} bytes spilled ({report.registers} registers)"
+
+
+@pytest.mark.parametrize("case", _params("shared", CASES))
+def test_shared_memory_fits_sm90(reports, case):
+    report = reports[case]
+    assert report.shared_bytes <= kernels.SHARED_LIMIT[90], f"{report.shared_bytes} bytes of shared memory"
+
+
+@pytest.mark.parametrize("case", _params("wgmma", [c for c in CASES if c.dtype != "fp32-highest"]))
+def test_tensor_core_dots_use_wgmma(reports, case):
+    """16-bit and tf32 operands (exact float32 "highest" has no tensor-core dot)."""
+    report = reports[case]
+    expected = 2 if kernels.VARIANTS[case.variant][2] else 1  # the Gram tile, and the gradient's p x_j
+    assert report.wgmma, "no HGMMA in the kernel"
+    assert report.dots >= expected
+
+
+HOT = [c for c in CASES if c.kernel == "lean" and c.dtype == "bf16" and c.d == 128]
+
+
+@pytest.mark.parametrize("case", _params("per_pair", HOT))
+def test_bf16_d128_hot_loop_instructions_per_pair(reports, case):
+    report = reports[case]
+    assert report.per_pair <= MAX_INSTRUCTIONS_PER_PAIR, (
+        f"{report.loop_instructions} instructions x {32 * case.num_warps} threads / "
+        f"({case.block_m} x {case.block_n}) = {report.per_pair:.2f} per pair"
+    )
+
+
+def test_markdown_table(reports):
+    text = kernels.markdown(list(reports.values()), "sm_90")
+    assert text.count("\n| lean | grad |") == sum(1 for c in CASES if c.kernel == "lean")
+
+
+def test_hot_loop_parser():
+    sass = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   FADD R2, R2, R3 ;
+        /*0020*/                   MUFU.EX2 R4, R2 ;
+        /*0030*/                   NOP ;
+        /*0040*/              @!P0 BRA 0x10 ;
+        /*0050*/                   EXIT ;
+        /*0060*/                   BRA 0x60;
+    """
+    instructions = kernels.parse_sass(sass)
+    assert len(instructions) == 7
+    assert kernels.hot_loop(instructions) == (3, 0)  # FADD, MUFU, BRA (the NOP is padding)

@@ -1,0 +1,90 @@
+"""The lean uniformity sweep (fixed exponent shift; rows it cannot resolve recomputed by the running-reference
+kernel) against the float64 oracle, at any D: on a GPU, or on the CPU under TRITON_INTERPRET=1 (small N).
+
+Under the interpreter the row kernels keep rows in registers only up to D = 32 (so that small tests reach the
+chunked path too); ``gpu_thresholds`` switches to the GPU's 256 so that D = 64..256 run the lean kernel as on a GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed (pip install triton)", allow_module_level=True)
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+if not (torch.cuda.is_available() or INTERPRET):
+    pytest.skip("no CUDA device and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+from hyperloss.triton import uniform as triton_uniform  # noqa: E402
+from tests.helpers import features  # noqa: E402
+from tests.test_triton import check_uniform  # noqa: E402
+
+DEVICE = "cpu" if INTERPRET else "cuda"
+
+
+@pytest.fixture(params=["default", "gpu"])
+def thresholds(request, monkeypatch):
+    """The interpreter's small register threshold (D > 32 chunked), or the GPU's (D <= 256 in registers)."""
+    if request.param == "gpu":
+        monkeypatch.setattr(triton_uniform, "_MAX_REGISTER_D", 256)
+    return request.param
+
+
+# N small enough for the interpreter; a queue on the larger widths.
+WIDTHS = [1, 3, 64, 127, 128, 200, 256, 257, 1000, 4096]
+
+
+@pytest.mark.parametrize("d", WIDTHS)
+def test_any_width(thresholds, d):
+    if thresholds == "gpu" and d > 256:
+        pytest.skip("above 256 both settings take the chunked path")
+    n = 24 if d <= 256 else 9
+    x = features(n, d, seed=d).to(DEVICE)
+    check_uniform(x, 2.0)
+    if d in (3, 128, 257):
+        check_uniform(x, 2.0, features(7, d, seed=d + 1).to(DEVICE))
+        check_uniform(x[:5], 2.0, features(7, d, seed=d + 1).to(DEVICE), intra_batch=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_rows_the_shift_cannot_resolve_are_recomputed(thresholds, dtype):
+    # A unit-norm cluster (the fixed shift resolves it) and far rows, whose every term underflows 2^-100 with the
+    # shift at 0 (or drops below float16's range): flagged and recomputed with the running reference.
+    cluster = features(40, 16, seed=1)
+    far = features(5, 16, seed=2) * 1.0 + torch.linspace(30.0, 60.0, 5, dtype=torch.float64)[:, None]
+    x = torch.cat([cluster[:20], far, cluster[20:]]).to(dtype).to(DEVICE)
+    check_uniform(x, 2.0)
+    check_uniform(x, 2.0, far.to(dtype).to(DEVICE))
+
+
+@pytest.mark.parametrize("t", [1e-7, 0.05, 2.0, 30.0])
+def test_any_t_on_the_lean_path(thresholds, t):
+    # Tiny t: every term near 1 (flagged: the deficits' series); large t: most terms underflow.
+    x = features(33, 8, seed=3).to(DEVICE)
+    queue = features(19, 8, seed=4).to(DEVICE)
+    check_uniform(x, t)
+    check_uniform(x, t, queue)
+
+
+def test_lean_configs_prune_to_fitting_tiles():
+    configs = triton_uniform._LEAN_CONFIGS
+    for d in (64, 128, 256):
+        for width in (2, 4):
+            kept = triton_uniform.prune_configs(configs, d, width)
+            assert kept and all(c in configs for c in kept)
+        assert len(triton_uniform.prune_configs(configs, d, 4)) == 1  # float32 "highest": FMA loops
+    wide = triton_uniform.prune_configs(configs, 128, 2)
+    assert all(c.kwargs["BLOCK_N"] == 128 for c in wide)
+    assert {(c.kwargs["BLOCK_M"], c.num_warps, c.num_stages) for c in wide} >= {(64, 4, 3), (128, 8, 2), (128, 8, 3)}
+
+
+def test_autotuning_bucket_is_capped():
+    from hyperloss.triton import _runtime
+
+    assert _runtime.size_bucket(1 << 20) == _runtime.size_bucket((1 << 17) + 1) == _runtime.MAX_BUCKET == 17
+    assert _runtime.size_bucket(1 << 17) == 17 and _runtime.size_bucket((1 << 16) + 1) == 17
+    assert _runtime.size_bucket(1 << 16) == 16
