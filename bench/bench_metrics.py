@@ -205,7 +205,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "versions": {"hyperloss": hyperloss.__version__, "torch": torch.__version__, "numpy": np.__version__},
-        "cpu_isa": hyperloss.native.cpu_isa() if hasattr(hyperloss, "native") else None,
+        "cpu_isa": hyperloss.backends.native.cpu_isa(),
         "runs": runs,
         "exactness": checked,
     }

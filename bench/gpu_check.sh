@@ -229,7 +229,7 @@ else
 # Small Triton uniformity and alignment calls, every kernel variant, for compute-sanitizer memcheck.
 import torch
 
-import hyperloss.native
+from hyperloss import backends
 from hyperloss import triton as T
 
 torch.manual_seed(0)
@@ -242,9 +242,10 @@ for dtype in (torch.float32, torch.bfloat16):
         T.uniform_lse(x[::2], q.T.contiguous().T, 2.0, False, True, True)
         T.uniform_lse(x * 30, q, 2.0, True, True, True)  # rows the lean sweep flags: the fallback recomputes them
         T.align(x, x.flip(0), 1.5, True)
-        if hyperloss.native.available_cuda()[0]:
-            hyperloss.native.uniform_lse(x, q, 2.0, True, True, True)
-            hyperloss.native.align(x, x.flip(0), 1.5, True)
+        if backends.availability("cuda")[0]:  # the CUDA C++ kernels, where the library has them
+            t, alpha = torch.tensor(2.0, dtype=torch.float64), torch.tensor(1.5, dtype=torch.float64)
+            backends.get("cuda").uniform_lse(x, q, t, True, True, True)
+            backends.get("cuda").align(x, x.flip(0), alpha, True)
 torch.cuda.synchronize()
 print("sanitizer case done")
 EOF

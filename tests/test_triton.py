@@ -33,11 +33,13 @@ from hypothesis import strategies as st  # noqa: E402
 import hyperloss  # noqa: E402
 import hyperloss.triton as hl_triton  # noqa: E402
 from hyperloss import reference  # noqa: E402
-from hyperloss._common import as_scalar_tensor, log_mean_from_lse, log_num_pairs  # noqa: E402
-from hyperloss._validation import compute_dtype  # noqa: E402
+from hyperloss._common import as_scalar_tensor, log_num_pairs  # noqa: E402
+from hyperloss.backends import chunked  # noqa: E402
 from hyperloss.triton import uniform as triton_uniform  # noqa: E402
 from hyperloss.triton.uniform import resolve_precision  # noqa: E402
+from tests import helpers  # noqa: E402
 from tests.helpers import (  # noqa: E402
+    TOLERANCES,
     assert_close_scaled,
     features,
     score_error_budget,
@@ -49,40 +51,9 @@ from tests.helpers import (  # noqa: E402
 DEVICE = "cpu" if INTERPRET else "cuda"
 gpu = pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA device and TRITON_INTERPRET unset")
 
-# Unit roundoff of rounded dot-product operands. A score -t ||u - v||^2 computed through u.v carries an absolute
-# error of about t * max ||.||^2 * this (cancellation in n_u + n_v - 2 u.v).
-OPERAND_EPS = {
-    "float16": 2.0**-11,
-    "tf32": 2.0**-11,
-    "bfloat16": 2.0**-8,
-}
-# Exact operands (float32 "ieee", float64): the tolerances of tests/test_uniform.py, on the scale of the score error
-# of the Gram form on centered rows (helpers.score_error_budget) and of the largest gradient term
-# (helpers.uniform_grad_scale).
-VALUE_REL = {torch.float64: 1e-10, torch.float32: 2e-5}
-GRAD_REL = {torch.float64: 1e-8, torch.float32: 2e-4}
-# Rounded operands, per kind: value error in units of the score error t * max ||.||^2 * OPERAND_EPS, relative value
-# error, and gradient error relative to its largest entry at t = 2 and unit norms. Sized on a torch emulation of
-# their rounding (N = 256..512, D = 5..128) with a 2-5x margin.
-TOLERANCE = {
-    "float16": (4, 1e-5, 1e-2),
-    "tf32": (16, 1e-5, 2e-2),
-    "bfloat16": (4, 1e-5, 3e-2),
-}
-
-
-def _tolerances(kind: str, t: float, max_sq_norm: float, want: float) -> tuple[float, float]:
-    """(absolute value error, gradient error relative to its largest entry) allowed for a rounded-operand ``kind``."""
-    units, value_rel, grad_rel = TOLERANCE[kind]
-    scale = t * max(max_sq_norm, 1.0)
-    score_error = units * OPERAND_EPS[kind] * scale
-    return score_error + value_rel * (1 + abs(want)), grad_rel * max(1.0, scale / 2)
-
-
-def _kind(dtype: torch.dtype, precision: str | None) -> str:
-    if dtype == torch.float32 and precision in ("tf32", "bf16"):
-        return {"tf32": "tf32", "bf16": "bfloat16"}[precision]
-    return str(dtype).removeprefix("torch.")
+# The tests' one tolerance model (tests/helpers.py), for the few checks written out here.
+VALUE_REL = {torch.float64: TOLERANCES["float64"][0], torch.float32: TOLERANCES["float32"][0]}
+GRAD_REL = {torch.float64: TOLERANCES["float64"][1], torch.float32: TOLERANCES["float32"][1]}
 
 
 def _feats(n, d, seed, dtype=torch.float32, **kw):
@@ -90,41 +61,8 @@ def _feats(n, d, seed, dtype=torch.float32, **kw):
 
 
 def check_uniform(x, t, queue=None, intra_batch=True, queue_grad=True, precision=None):
-    """Value and gradients of the Triton loss (public API; ``precision`` through the primitive) vs float64."""
-    kind = _kind(x.dtype, precision)
-    x = x.detach().requires_grad_()
-    if queue is not None:
-        queue = queue.detach().requires_grad_(queue_grad)
-    k = 0 if queue is None else queue.shape[0]
-    if precision is None:
-        got = hyperloss.uniform_loss(x, t, queue=queue, intra_batch=intra_batch, backend="triton")
-        inputs = [x] + ([queue] if queue is not None and queue_grad else [])
-        grads = torch.autograd.grad(got, inputs)
-    else:
-        lse, gx, gq = hl_triton.uniform.uniform_lse(
-            x, queue, as_scalar_tensor(t), intra_batch, True, queue_grad, precision=precision
-        )
-        assert lse.dtype == torch.float64 and lse.shape == ()
-        got = log_mean_from_lse(lse, x.shape[0], k, intra_batch, compute_dtype(x.dtype))
-        grads = [gx] + ([gq] if queue is not None and queue_grad else [])
-    want, want_grads = uniform_reference(x, t, queue, intra_batch)
-    got = got.detach()
-    assert got.dtype == compute_dtype(x.dtype)
-    assert got.shape == ()
-    tensors = [x] if queue is None else [x, queue]
-    if kind in ("float32", "float64"):
-        budget = score_error_budget(x.dtype, t, *tensors)
-        value_tol = budget + VALUE_REL[x.dtype] * (1 + abs(float(want)))
-        grad_tol, floor = GRAD_REL[x.dtype] + 8 * budget, uniform_grad_scale(x, t, queue, intra_batch)
-    else:
-        max_sq_norm = max(float(v.detach().double().pow(2).sum(1).max()) for v in tensors)
-        (value_tol, grad_tol), floor = _tolerances(kind, t, max_sq_norm, float(want)), 1e-3
-    err = abs(float(got) - float(want))
-    assert err <= value_tol, f"value {float(got)} vs {float(want)} ({kind})"
-    for name, g, w in zip(("x", "queue"), grads, want_grads, strict=False):
-        assert g.shape == w.shape
-        assert_close_scaled(g, w, grad_tol, f"d loss / d {name} ({kind})", floor=floor)
-    return float(got)
+    """The Triton loss (public API, ``precision`` included) against float64, within the tolerance model."""
+    return helpers.check_uniform("triton", x, t, queue, intra_batch, queue_grad, precision)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -318,7 +256,7 @@ def test_align(n, d, alpha, dtype):
     y[:2] = x[:2]  # equal rows: zero distance, zero gradient for every alpha
     loss, gx = hl_triton.align(x, y, as_scalar_tensor(alpha), True)
     want = reference.dense_align_loss(x.double().cpu(), y.double().cpu(), alpha)
-    _, want_gx = reference.align(x.double().cpu(), y.double().cpu(), as_scalar_tensor(alpha), True)
+    _, want_gx = chunked.align(x.double().cpu(), y.double().cpu(), as_scalar_tensor(alpha), True)
     rel = 1e-12 if dtype == torch.float64 else 1e-5
     assert loss.dtype == dtype and loss.shape == ()
     assert float(loss) == pytest.approx(float(want), rel=rel)
@@ -611,7 +549,7 @@ def test_gpu_large_d_and_underflow():
     n, d = 1 << 17, 16  # many row blocks, and a triangular sweep over 2^16 column blocks
     x = _feats(n, d, seed=34, dtype=torch.bfloat16)
     lse, _, _ = hl_triton.uniform_lse(x, None, as_scalar_tensor(2.0), True, False, False)
-    want, _, _ = reference.uniform_lse(x, None, as_scalar_tensor(2.0), True, False, False)
+    want, _, _ = chunked.uniform_lse(x, None, as_scalar_tensor(2.0), True, False, False)
     assert float(lse) == pytest.approx(float(want), abs=1e-2)
 
 
@@ -625,7 +563,7 @@ def test_gpu_align_dtypes():
         x, y = _feats(n, d, seed=40, dtype=dtype), _feats(n, d, seed=41, dtype=dtype)
         for alpha in (2.0, 1.3):
             loss, gx = hl_triton.align(x, y, as_scalar_tensor(alpha), True)
-            want, want_gx = reference.align(x.double(), y.double(), as_scalar_tensor(alpha), True)
+            want, want_gx = chunked.align(x.double(), y.double(), as_scalar_tensor(alpha), True)
             rel = 1e-12 if dtype == torch.float64 else 1e-5
             assert float(loss) == pytest.approx(float(want), rel=rel)
             assert_close_scaled(gx, want_gx, rel, f"align gradient {dtype}")

@@ -114,7 +114,7 @@ def triton_align(
 def align(
     x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor | float, grad_x: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """See ``hyperloss.reference.align``: same contract (``alpha`` a 0-dim float64 tensor; a number is accepted
+    """See ``hyperloss.backends.Backend.align``: same contract (``alpha`` a 0-dim float64 tensor; a number is accepted
     too), one fused Triton kernel (loss terms and gradient). Under TRITON_INTERPRET=1 bfloat16 inputs raise
     NotImplementedError (numpy has no bfloat16)."""
     check_interpretable(x.dtype)

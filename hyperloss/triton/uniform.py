@@ -1013,7 +1013,7 @@ def uniform_lse(
     *,
     precision: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """See ``hyperloss.reference.uniform_lse``: same contract (``t`` a 0-dim float64 tensor; a number is accepted
+    """See ``hyperloss.backends.Backend.uniform_lse``: same contract (``t`` a 0-dim float64 tensor; a number is accepted
     too), fused Triton kernel.
 
     ``precision`` sets how float32 inputs are multiplied: "ieee" (exact fp32), "tf32" or "bf16" (tensor cores,
