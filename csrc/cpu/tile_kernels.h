@@ -13,19 +13,22 @@ constexpr int64_t kTile = 64;         // rows on each side of a pair tile (a mul
 constexpr int64_t kDepthChunk = 256;  // Gram columns per pass; longer rows add their chunks in double
 
 // One tile of pairs: packed rows [xi, xi + vi) against [xj, xj + vj) (vi, vj <= kTile), and their squared norms
-// (readable kTile entries past each start). `diagonal`: xi == xj, only the pairs j > i exist.
+// (readable kTile entries past each start). `diagonal`: xi == xj, only the pairs j > i exist. xj_panel: the j rows
+// transposed once for the whole call (element (j, c) at xj_panel[c * kTile + j], zero past vj), or null: the
+// tile transposes them itself.
 template <typename T>
 struct TileView {
   const T* xi;
   const T* xj;
+  const T* xj_panel;
   const T* ni;
   const T* nj;
   int64_t vi, vj, padded_cols;
   bool diagonal;
 };
 
-// Per-thread scratch: e (kTile x kTile), side (kDepthChunk x kTile), gram (kTile x kTile doubles, or null when the
-// rows fit one depth chunk).
+// Per-thread scratch: e (kTile x kTile), side (kDepthChunk x kTile, used where the tile has no xj_panel), gram
+// (kTile x kTile doubles, or null when the rows fit one depth chunk).
 template <typename T>
 struct TileScratch {
   T* e;

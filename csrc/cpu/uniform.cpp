@@ -80,6 +80,10 @@ inline void for_each_in_row(const Rows<T>& in, int64_t r, int64_t c0, int64_t wi
 
 // Below this many elements the passes over the input run on one thread: forking costs more than they do.
 constexpr int64_t kParallelElements = 1 << 15;
+// From this many blocks on, the blocks are transposed once for the call (one more copy of the prepared rows) rather
+// than in every tile: with fewer, each block is the j side of at most one or two tiles, and the copy's padding to
+// whole blocks would cost more memory than the rows (N = 2 rows of 4e6 columns).
+constexpr size_t kPanelBlocks = 3;
 
 // Both sides of the pair set, centered, scaled and packed: x' = (x - c) 2^-exponent, padded_cols wide (zeros).
 template <typename T>
@@ -246,6 +250,7 @@ class UniformKernel {
     schedule_ = Schedule(a_blocks, b_blocks, intra, cross);
     sums_.resize(blocks_.size());
     if (grad_a_ || grad_b_) weights_.assign(x.rows, 0.0);
+    if (blocks_.size() >= kPanelBlocks) transpose_blocks();
   }
 
   // Runs every round; returns lse (clamped to its bound: log mean exp(s) <= max s).
@@ -339,6 +344,7 @@ class UniformKernel {
     const bool diagonal = tile.i == tile.j;
     const TileView<T> view{x_.row(bi.start),
                            x_.row(bj.start),
+                           panel(tile.j),
                            x_.sq_norms.data() + bi.start,
                            x_.sq_norms.data() + bj.start,
                            bi.rows,
@@ -372,6 +378,26 @@ class UniformKernel {
     }
   }
 
+  // Each block's rows transposed once, for the Gram products of every tile the block is the j side of (a block is
+  // in about blocks / 2 of them): panels_[(b * padded_cols + c) * kTile + j] = x'[start_b + j][c], zero past the
+  // block's rows.
+  void transpose_blocks() {
+    const int64_t pc = x_.padded_cols;
+    panels_ = PageBuffer<T>(blocks_.size() * static_cast<size_t>(pc * kTile));
+#pragma omp parallel for num_threads(threads_) schedule(static)
+    for (size_t b = 0; b < blocks_.size(); ++b) {
+      T* panel = panels_.data() + b * pc * kTile;
+      for (int64_t j = 0; j < blocks_[b].rows; ++j) {
+        const T* row = x_.row(blocks_[b].start + j);
+        for (int64_t c = 0; c < pc; ++c) panel[c * kTile + j] = row[c];
+      }
+    }
+  }
+
+  const T* panel(int32_t block) const {
+    return panels_.data() == nullptr ? nullptr : panels_.data() + block * x_.padded_cols * kTile;
+  }
+
   const Prepared<T>& x_;
   const TileKernels<T>& kernels_ = tile_kernels(T());
   int64_t rows_a_;
@@ -384,6 +410,7 @@ class UniformKernel {
   Schedule schedule_{0, 0, false, false};
   std::vector<BlockSums> sums_;
   std::vector<double> weights_;  // w_i per prepared row
+  PageBuffer<T> panels_;         // see transpose_blocks (empty with few blocks: each tile transposes its own)
 };
 
 template <typename T>
