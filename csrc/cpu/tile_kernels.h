@@ -40,10 +40,10 @@ template <typename T>
 struct TileKernels {
   // e := squared distances of the tile's pairs (+inf where a pair does not exist); returns their minimum.
   T (*distances)(const TileView<T>& tile, const TileScratch<T>& scratch);
-  // e := exp(-t (d - d_min)) (0 for absent pairs, 1 for the closest); row_sums[i], col_sums[j] (kTile each, filled);
-  // returns the tile's total in double (each row's sum taken as sum e, or as its count minus sum (1 - e) where that
-  // keeps more digits).
-  double (*exponentials)(const TileView<T>& tile, T* e, T d_min, T t, T* row_sums, T* col_sums);
+  // e := exp(-t (d - d_min)) (0 for absent pairs, 1 for the closest), given t_log2e = t log2(e) in T (inf beyond
+  // its range); row_sums[i], col_sums[j] (kTile each, filled); returns the tile's total in double (each row's sum
+  // taken as sum e, or as its count minus sum (1 - e) where that keeps more digits).
+  double (*exponentials)(const TileView<T>& tile, T* e, T d_min, T t_log2e, T* row_sums, T* col_sums);
   // C[r][c] += alpha * sum_k P[r * p_row + k * p_depth] * Q[k * q_row + c], r < rows, c < cols; Q readable up to
   // the next multiple of 64 bytes of columns.
   void (*accumulate)(int64_t rows, int64_t cols, int64_t depth, const T* P, int64_t p_row, int64_t p_depth,
