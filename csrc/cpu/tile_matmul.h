@@ -145,6 +145,8 @@ void tile_matmul(int64_t rows, int64_t cols, int64_t depth, const T* __restrict_
   T* c = C + c0;
   if constexpr (NV >= 4) {
     if (vectors == 4) return column_block<T, 4, kAccumulate>(rows, width, depth, P, p_row, p_depth, q, q_row, c, c_row, alpha);
+  }
+  if constexpr (NV >= 3) {
     if (vectors == 3) return column_block<T, 3, kAccumulate>(rows, width, depth, P, p_row, p_depth, q, q_row, c, c_row, alpha);
   }
   if constexpr (NV >= 2) {
