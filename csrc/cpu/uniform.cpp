@@ -11,17 +11,22 @@
 // of its own, raised to a tile's M only when M passes it by kRescaleMargin e-folds: an exact log-sum-exp even where
 // every exp(s) underflows, and every pair's exponential is computed once and feeds both of its rows.
 //
-// Tiles run in rounds in which no two tiles touch the same block (a round-robin tournament over the blocks). So the
-// threads add into shared per-block sums without atomics or private copies (memory stays O(N D): the sums of
-// sum_j e x'_j live in the caller's gradient buffers), and each block receives its terms in the same order whatever
-// the number of threads: results are bitwise reproducible.
+// Tiles are scheduled in rounds in which no two tiles touch the same block (a round-robin tournament over the
+// blocks), and a tile starts only once the earlier tiles of its blocks are done. So the threads add into shared
+// per-block sums without atomics or private copies (memory stays O(N D): the sums of sum_j e x'_j live in the
+// caller's gradient buffers), and each block receives its terms in the same order whatever the number of threads:
+// results are bitwise reproducible.
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <new>
 #include <stdexcept>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -244,6 +249,67 @@ class Schedule {
   int64_t a_, b_, circle_, intra_rounds_, cross_rounds_;
 };
 
+// Hands out the scheduled tiles in schedule order, with no barrier between rounds: a tile waits only for the earlier
+// tiles of its own two groups, so each group's tiles still run one at a time and in schedule order (the order in
+// which its blocks receive their terms). A barrier per round would have every thread wait for the slowest tile of
+// the round, and on shared cores spin there while a descheduled thread finishes it; here the others go on.
+// Progress: the earliest unfinished tile depends only on finished ones.
+class TileQueue {
+ public:
+  struct Claim {
+    Tile tile;
+    int64_t sequence;       // position in the schedule
+    int64_t after_i, after_j;  // the sequence of each group's previous tile (-1: none)
+  };
+
+  TileQueue(const Schedule& schedule, size_t groups)
+      : schedule_(schedule), last_claimed_(groups, -1), done_(new std::atomic<int64_t>[groups]) {
+    for (size_t g = 0; g < groups; ++g) done_[g].store(-1, std::memory_order_relaxed);
+  }
+
+  // The next tile in schedule order; false when every tile has been handed out.
+  bool claim(Claim& out) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    while (round_ < schedule_.rounds() && index_ >= schedule_.tiles_in(round_)) {
+      ++round_;
+      index_ = 0;
+    }
+    if (round_ >= schedule_.rounds()) return false;
+    out.tile = schedule_.tile(round_, index_++);
+    out.sequence = sequence_++;
+    out.after_i = last_claimed_[out.tile.i];
+    last_claimed_[out.tile.i] = out.sequence;
+    out.after_j = out.tile.j == out.tile.i ? out.after_i : last_claimed_[out.tile.j];
+    last_claimed_[out.tile.j] = out.sequence;
+    return true;
+  }
+
+  // Until the tile's groups have finished their previous tiles (whose writes are then visible).
+  void wait(const Claim& claim) const {
+    wait_for(claim.tile.i, claim.after_i);
+    wait_for(claim.tile.j, claim.after_j);
+  }
+
+  void finish(const Claim& claim) {
+    done_[claim.tile.i].store(claim.sequence, std::memory_order_release);
+    done_[claim.tile.j].store(claim.sequence, std::memory_order_release);
+  }
+
+ private:
+  void wait_for(int32_t group, int64_t sequence) const {
+    // A short spin (the tile ahead is usually about to finish), then give the core away: it may be the one the
+    // thread we wait for needs.
+    for (int spins = 0; done_[group].load(std::memory_order_acquire) < sequence; ++spins)
+      if (spins >= 256) std::this_thread::yield();
+  }
+
+  const Schedule& schedule_;
+  std::mutex mutex_;
+  int64_t round_ = 0, index_ = 0, sequence_ = 0;
+  std::vector<int64_t> last_claimed_;              // per group, guarded by mutex_
+  std::unique_ptr<std::atomic<int64_t>[]> done_;  // per group: the sequence of its last finished tile
+};
+
 template <typename T>
 class UniformKernel {
  public:
@@ -273,7 +339,7 @@ class UniformKernel {
     if (blocks_.size() >= kPanelBlocks) transpose_blocks();
   }
 
-  // Runs every round; returns lse (clamped to its bound: log mean exp(s) <= max s).
+  // Runs every tile; returns lse (clamped to its bound: log mean exp(s) <= max s).
   double run(double log_pairs) {
     if (grad_a_) std::fill(grad_a_, grad_a_ + rows_a_ * x_.cols, T(0));
     if (grad_b_) std::fill(grad_b_, grad_b_ + (x_.rows - rows_a_) * x_.cols, T(0));
@@ -281,16 +347,18 @@ class UniformKernel {
     // Each thread's scratch on whole cache lines (scratch_size is a multiple of 64 bytes).
     PageBuffer<T> scratch(static_cast<size_t>(threads_) * scratch_size);
     PageBuffer<double> gram_scratch(needs_double_gram() ? static_cast<size_t>(threads_) * kTile * kTile : 0);
+    TileQueue queue(schedule_, groups_.size());
 #pragma omp parallel num_threads(threads_)
     {
       const int me = omp_get_thread_num();
       T* e = scratch.data() + me * scratch_size;
       const TileScratch<T> mine{e, e + kTile * kTile,
                                 needs_double_gram() ? gram_scratch.data() + me * kTile * kTile : nullptr};
-      for (int64_t r = 0; r < schedule_.rounds(); ++r) {
-        const int64_t tiles = schedule_.tiles_in(r);
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t k = 0; k < tiles; ++k) process_groups(schedule_.tile(r, k), mine);
+      TileQueue::Claim claim;
+      while (queue.claim(claim)) {
+        queue.wait(claim);
+        process_groups(claim.tile, mine);
+        queue.finish(claim);
       }
     }
     double shift = -kInf, max_score = -kInf;
