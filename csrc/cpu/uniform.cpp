@@ -198,7 +198,7 @@ struct Tile {
 };
 
 // Consecutive blocks of one side, scheduled together: a thread runs all the tiles between two groups in a row, so
-// that each block is read from memory once for up to kGroupBlocks tiles and then comes from the core's cache
+// that each block is read from memory once for up to 4 tiles (group_blocks) and then comes from the core's cache
 // (tiles spread over N = 8192 rows one by one spend ~30% of their time waiting for memory).
 struct Group {
   int32_t first, count;  // blocks [first, first + count)
