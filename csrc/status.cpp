@@ -26,7 +26,8 @@ extern "C" hl_status hl_uniform_lse_f64_cuda(hl_dtype, hl_precision, hl_matrix, 
   return HL_ERR_UNSUPPORTED;
 }
 extern "C" size_t hl_align_workspace_bytes_cuda(hl_dtype, int64_t) { return 0; }
-extern "C" hl_status hl_align_cuda(hl_dtype, hl_matrix, hl_matrix, double, void*, void*, void*, size_t, void*) {
+extern "C" hl_status hl_align_cuda(hl_dtype, hl_matrix, hl_matrix, double, void*, void*, void*, void*, size_t,
+                                   void*) {
   return HL_ERR_UNSUPPORTED;
 }
 #endif

@@ -86,10 +86,9 @@ def _host_align(x, y, *, alpha: float, with_grad: bool):
     code = _lib.FLOAT64 if x.dtype == np.float64 else _lib.FLOAT32
     gx = np.empty(x.shape if with_grad else (0,), x.dtype)
     loss = ctypes.c_double()
+    grad_x = gx.ctypes.data if gx.size else None
     _lib.check(
-        _lib.lib.hl_align_cpu(
-            code, _host_matrix(x), _host_matrix(y), alpha, 0, ctypes.byref(loss), gx.ctypes.data if gx.size else None
-        ),
+        _lib.lib.hl_align_cpu(code, _host_matrix(x), _host_matrix(y), alpha, 0, ctypes.byref(loss), grad_x, None),
         "align",
     )
     return np.asarray(loss.value, x.dtype), gx

@@ -1,6 +1,8 @@
-// Alignment loss on the CPU: one read of x and y, the gradient written in the same pass.
+// Alignment loss on the CPU: one pass that reads x and y once and writes both gradients once (the op's memory
+// floor), with no temporary the size of the input.
 //   loss = 1/N sum_i (d_i)^(alpha/2),  d_i = ||x_i - y_i||^2
-//   d loss / d x_i = alpha/N * d_i^(alpha/2 - 1) * (x_i - y_i)   (zero where d_i == 0; no square root taken)
+//   g_i = d loss / d x_i = alpha/N * d_i^(alpha/2 - 1) * (x_i - y_i)   (zero where d_i == 0; no square root taken)
+//   d loss / d y_i = -g_i                                                (written as the exact negation of g_i)
 #include <omp.h>
 
 #include <algorithm>
@@ -14,54 +16,92 @@
 namespace hyperloss::cpu {
 namespace {
 
-// One row: its loss term, and its gradient when `grad` is non-null. Step is the column stride (1 vectorizes). The
-// squared distance is summed in double: rows may be millions of columns long.
+// Rows per unit of work. Each chunk's loss terms are summed on their own and the chunk sums then added in order,
+// so the loss is the same bit for bit whatever the number of threads (and with none).
+constexpr int64_t kChunkRows = 256;
+// Below this many elements a call runs on the calling thread: forking the team (and, on a busy machine, waiting
+// for a descheduled thread) costs more than reading the rows.
+constexpr int64_t kParallelElements = int64_t(1) << 16;
+
+struct AlignArgs {
+  int64_t cols;
+  bool square;  // alpha == 2: d_i itself, no power
+  double half_alpha, scale;
+};
+
+// One row: its loss term, and its gradients where the pointers are non-null. The squared distance is summed in
+// double (rows may be millions of columns long, and x - y of two floats is exact in double); the gradient is
+// formed in T, the row still in L1 from the first loop. Step is the column stride (1 vectorizes).
 template <typename T>
-inline double align_row(const T* __restrict__ xr, const T* __restrict__ yr, int64_t xs, int64_t ys, int64_t cols,
-                        bool square, double half_alpha, double scale, T* __restrict__ grad) {
+inline double align_row(const T* __restrict__ xr, const T* __restrict__ yr, int64_t xs, int64_t ys,
+                        const AlignArgs& args, T* __restrict__ gx, T* __restrict__ gy) {
+  const int64_t cols = args.cols;
   double d2 = 0;
 #pragma omp simd reduction(+ : d2)
   for (int64_t c = 0; c < cols; ++c) {
     const double diff = static_cast<double>(xr[c * xs]) - static_cast<double>(yr[c * ys]);
     d2 += diff * diff;
   }
-  if (grad != nullptr) {
+  if (gx != nullptr || gy != nullptr) {
     // alpha = 2 needs no power; elsewhere a zero distance has a zero (sub)gradient, never 0 * inf.
-    const T coef = static_cast<T>(square ? scale : (d2 > 0 ? scale * std::pow(d2, half_alpha - 1) : 0.0));
+    const T coef =
+        static_cast<T>(args.square ? args.scale : (d2 > 0 ? args.scale * std::pow(d2, args.half_alpha - 1) : 0.0));
+    if (gx != nullptr && gy != nullptr) {
 #pragma omp simd
-    for (int64_t c = 0; c < cols; ++c) grad[c] = coef * (xr[c * xs] - yr[c * ys]);
+      for (int64_t c = 0; c < cols; ++c) {
+        const T g = coef * (xr[c * xs] - yr[c * ys]);
+        gx[c] = g;
+        gy[c] = -g;
+      }
+    } else if (gx != nullptr) {
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) gx[c] = coef * (xr[c * xs] - yr[c * ys]);
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) gy[c] = -(coef * (xr[c * xs] - yr[c * ys]));
+    }
   }
-  return square ? d2 : std::pow(d2, half_alpha);
+  return args.square ? d2 : std::pow(d2, args.half_alpha);
+}
+
+// The loss terms of rows [first, last), summed in row order; their gradients written.
+template <typename T>
+double align_rows(const hl_matrix& x, const hl_matrix& y, const AlignArgs& args, int64_t first, int64_t last,
+                  T* grad_x, T* grad_y) {
+  const T* xs = static_cast<const T*>(x.data);
+  const T* ys = static_cast<const T*>(y.data);
+  const bool unit_stride = x.col_stride == 1 && y.col_stride == 1;
+  double sum = 0;
+  for (int64_t r = first; r < last; ++r) {
+    const T* xr = xs + r * x.row_stride;
+    const T* yr = ys + r * y.row_stride;
+    T* gx = grad_x ? grad_x + r * args.cols : nullptr;
+    T* gy = grad_y ? grad_y + r * args.cols : nullptr;
+    sum += unit_stride ? align_row<T>(xr, yr, 1, 1, args, gx, gy)
+                       : align_row<T>(xr, yr, x.col_stride, y.col_stride, args, gx, gy);
+  }
+  return sum;
 }
 
 template <typename T>
-hl_status align(const hl_matrix& x, const hl_matrix& y, double alpha, int num_threads, double* loss_out,
-                T* grad_x) {
-  const T* xs = static_cast<const T*>(x.data);
-  const T* ys = static_cast<const T*>(y.data);
-  const int64_t rows = x.rows, cols = x.cols;
-  const bool square = alpha == 2.0;
-  const bool unit_stride = x.col_stride == 1 && y.col_stride == 1;
-  const double half_alpha = alpha / 2, scale = alpha / static_cast<double>(rows);
-  // Row chunks summed separately, then in order: the same loss bit for bit whatever the thread count.
-  constexpr int64_t kChunk = 256;
-  const int64_t chunks = (rows + kChunk - 1) / kChunk;
-  std::vector<double> partial(chunks, 0.0);
-  // Small inputs on the calling thread: forking the team costs more than the work.
-#pragma omp parallel for num_threads(num_threads) schedule(static) if (rows * cols >= (1 << 16))
-  for (int64_t k = 0; k < chunks; ++k) {
-    double sum = 0;
-    for (int64_t r = k * kChunk; r < std::min(rows, (k + 1) * kChunk); ++r) {
-      const T* xr = xs + r * x.row_stride;
-      const T* yr = ys + r * y.row_stride;
-      T* g = grad_x ? grad_x + r * cols : nullptr;
-      sum += unit_stride ? align_row<T>(xr, yr, 1, 1, cols, square, half_alpha, scale, g)
-                         : align_row<T>(xr, yr, x.col_stride, y.col_stride, cols, square, half_alpha, scale, g);
-    }
-    partial[k] = sum;
-  }
+hl_status align(const hl_matrix& x, const hl_matrix& y, double alpha, int num_threads, double* loss_out, T* grad_x,
+                T* grad_y) {
+  const int64_t rows = x.rows;
+  const AlignArgs args{x.cols, alpha == 2.0, alpha / 2, alpha / static_cast<double>(rows)};
+  const int64_t chunks = (rows + kChunkRows - 1) / kChunkRows;
+  const auto chunk_sum = [&](int64_t k) {
+    return align_rows<T>(x, y, args, k * kChunkRows, std::min(rows, (k + 1) * kChunkRows), grad_x, grad_y);
+  };
   double total = 0;
-  for (const double p : partial) total += p;
+  if (num_threads > 1 && chunks > 1 && rows * x.cols >= kParallelElements) {
+    std::vector<double> partial(chunks);
+    // Dynamic: on shared cores a descheduled thread's rows are taken by the others instead of holding the call.
+#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 4)
+    for (int64_t k = 0; k < chunks; ++k) partial[k] = chunk_sum(k);
+    for (const double p : partial) total += p;
+  } else {
+    for (int64_t k = 0; k < chunks; ++k) total += chunk_sum(k);
+  }
   *loss_out = total / static_cast<double>(rows);
   return HL_OK;
 }
@@ -70,12 +110,16 @@ hl_status align(const hl_matrix& x, const hl_matrix& y, double alpha, int num_th
 }  // namespace hyperloss::cpu
 
 extern "C" hl_status hl_align_cpu(hl_dtype dtype, hl_matrix x, hl_matrix y, double alpha, int num_threads,
-                                  double* loss_out, void* grad_x) {
+                                  double* loss_out, void* grad_x, void* grad_y) {
   using namespace hyperloss;
   if (const hl_status status = check_align_args(dtype, x, y, alpha); status != HL_OK) return status;
   if (loss_out == nullptr || num_threads < 0) return HL_ERR_INVALID_ARGUMENT;
   const int threads = cpu::cpu_threads(num_threads);
-  if (dtype == HL_FLOAT32) return cpu::align<float>(x, y, alpha, threads, loss_out, static_cast<float*>(grad_x));
-  if (dtype == HL_FLOAT64) return cpu::align<double>(x, y, alpha, threads, loss_out, static_cast<double*>(grad_x));
+  if (dtype == HL_FLOAT32)
+    return cpu::align<float>(x, y, alpha, threads, loss_out, static_cast<float*>(grad_x),
+                             static_cast<float*>(grad_y));
+  if (dtype == HL_FLOAT64)
+    return cpu::align<double>(x, y, alpha, threads, loss_out, static_cast<double*>(grad_x),
+                              static_cast<double*>(grad_y));
   return HL_ERR_UNSUPPORTED;
 }

@@ -13,19 +13,22 @@ constexpr int64_t kTile = 64;         // rows on each side of a pair tile (a mul
 constexpr int64_t kDepthChunk = 256;  // Gram columns per pass; longer rows add their chunks in double
 
 // One tile of pairs: packed rows [xi, xi + vi) against [xj, xj + vj) (vi, vj <= kTile), and their squared norms
-// (readable kTile entries past each start). `diagonal`: xi == xj, only the pairs j > i exist.
+// (readable kTile entries past each start). `diagonal`: xi == xj, only the pairs j > i exist. xj_panel: the j rows
+// transposed once for the whole call (element (j, c) at xj_panel[c * kTile + j], zero past vj), or null: the
+// tile transposes them itself.
 template <typename T>
 struct TileView {
   const T* xi;
   const T* xj;
+  const T* xj_panel;
   const T* ni;
   const T* nj;
   int64_t vi, vj, padded_cols;
   bool diagonal;
 };
 
-// Per-thread scratch: e (kTile x kTile), side (kDepthChunk x kTile), gram (kTile x kTile doubles, or null when the
-// rows fit one depth chunk).
+// Per-thread scratch: e (kTile x kTile), side (kDepthChunk x kTile, used where the tile has no xj_panel), gram
+// (kTile x kTile doubles, or null when the rows fit one depth chunk).
 template <typename T>
 struct TileScratch {
   T* e;
@@ -37,10 +40,10 @@ template <typename T>
 struct TileKernels {
   // e := squared distances of the tile's pairs (+inf where a pair does not exist); returns their minimum.
   T (*distances)(const TileView<T>& tile, const TileScratch<T>& scratch);
-  // e := exp(-t (d - d_min)) (0 for absent pairs, 1 for the closest); row_sums[i], col_sums[j] (kTile each, filled);
-  // returns the tile's total in double (each row's sum taken as sum e, or as its count minus sum (1 - e) where that
-  // keeps more digits).
-  double (*exponentials)(const TileView<T>& tile, T* e, T d_min, T t, T* row_sums, T* col_sums);
+  // e := exp(-t (d - d_min)) (0 for absent pairs, 1 for the closest), given t_log2e = t log2(e) in T (inf beyond
+  // its range); row_sums[i], col_sums[j] (kTile each, filled); returns the tile's total in double (each row's sum
+  // taken as sum e, or as its count minus sum (1 - e) where that keeps more digits).
+  double (*exponentials)(const TileView<T>& tile, T* e, T d_min, T t_log2e, T* row_sums, T* col_sums);
   // C[r][c] += alpha * sum_k P[r * p_row + k * p_depth] * Q[k * q_row + c], r < rows, c < cols; Q readable up to
   // the next multiple of 64 bytes of columns.
   void (*accumulate)(int64_t rows, int64_t cols, int64_t depth, const T* P, int64_t p_row, int64_t p_depth,

@@ -11,17 +11,22 @@
 // of its own, raised to a tile's M only when M passes it by kRescaleMargin e-folds: an exact log-sum-exp even where
 // every exp(s) underflows, and every pair's exponential is computed once and feeds both of its rows.
 //
-// Tiles run in rounds in which no two tiles touch the same block (a round-robin tournament over the blocks). So the
-// threads add into shared per-block sums without atomics or private copies (memory stays O(N D): the sums of
-// sum_j e x'_j live in the caller's gradient buffers), and each block receives its terms in the same order whatever
-// the number of threads: results are bitwise reproducible.
+// Tiles are scheduled in rounds in which no two tiles touch the same block (a round-robin tournament over the
+// blocks), and a tile starts only once the earlier tiles of its blocks are done. So the threads add into shared
+// per-block sums without atomics or private copies (memory stays O(N D): the sums of sum_j e x'_j live in the
+// caller's gradient buffers), and each block receives its terms in the same order whatever the number of threads:
+// results are bitwise reproducible.
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <new>
 #include <stdexcept>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -36,6 +41,7 @@ namespace {
 
 constexpr double kRescaleMargin = 16.0;  // e-folds a tile's maximum may exceed a block's shift before rescaling
 constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kLog2E = 1.4426950408889634;  // log2(e)
 
 int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
 
@@ -80,13 +86,17 @@ inline void for_each_in_row(const Rows<T>& in, int64_t r, int64_t c0, int64_t wi
 
 // Below this many elements the passes over the input run on one thread: forking costs more than they do.
 constexpr int64_t kParallelElements = 1 << 15;
+// From this many blocks on, the blocks are transposed once for the call (one more copy of the prepared rows) rather
+// than in every tile: with fewer, each block is the j side of at most one or two tiles, and the copy's padding to
+// whole blocks would cost more memory than the rows (N = 2 rows of 4e6 columns).
+constexpr size_t kPanelBlocks = 3;
 
 // Both sides of the pair set, centered, scaled and packed: x' = (x - c) 2^-exponent, padded_cols wide (zeros).
 template <typename T>
 struct Prepared {
   int64_t rows = 0, cols = 0, padded_cols = 0;
   PageBuffer<T> data;       // rows x padded_cols
-  std::vector<T> sq_norms;  // rows, then kTile zeros (whole tiles may be read)
+  PageBuffer<T> sq_norms;   // rows, then kTile zeros (whole tiles may be read)
   int exponent = 0;
   bool finite = true;
   const T* row(int64_t r) const { return data.data() + r * padded_cols; }
@@ -123,7 +133,7 @@ Prepared<T> prepare(const Rows<T>& in, int64_t cols, int threads) {
   //    order: reproducible), then the centered values written straight into the packed rows. Any center is exact
   //    math (distances do not move); the mean removes the common offset. |x 2^-e1 - c| <= 2: no overflow in T.
   out.data = PageBuffer<T>(static_cast<size_t>(n * out.padded_cols));
-  out.sq_norms.assign(n + kTile, T(0));
+  out.sq_norms = PageBuffer<T>(static_cast<size_t>(n + kTile));
   constexpr int64_t kCenterCols = 16;
   double max_dev = 0;
 #pragma omp parallel for num_threads(threads) if (parallel) schedule(static) reduction(max : max_dev)
@@ -187,8 +197,20 @@ struct Tile {
   int32_t i, j;  // block indices; i == j: the pairs j > i within one block
 };
 
-// The tiles in rounds such that no block appears twice in a round, computed on demand (N = 10^6 rows make
-// 1.3e8 tiles: too many to list).
+// Consecutive blocks of one side, scheduled together: a thread runs all the tiles between two groups in a row, so
+// that each block is read from memory once for up to 4 tiles (group_blocks) and then comes from the core's cache
+// (tiles spread over N = 8192 rows one by one spend ~30% of their time waiting for memory).
+struct Group {
+  int32_t first, count;  // blocks [first, first + count)
+};
+
+// Blocks per group: from the number of A blocks only, never the thread count, so that every block's sums are
+// taken in one order whatever the number of threads; small inputs keep single blocks to have enough groups to
+// share among the threads.
+int32_t group_blocks(int64_t a_blocks) { return a_blocks >= 128 ? 4 : a_blocks >= 32 ? 2 : 1; }
+
+// The tiles between groups of blocks (see Group; below "block" means group) in rounds such that no block appears
+// twice in a round, computed on demand (N = 10^6 rows make 1.3e8 tiles: too many to list).
 //   Intra pairs among the a_blocks blocks of A: one round of diagonal tiles, then the circle method (block n - 1
 //   fixed, the others rotating; n = a_blocks rounded up to even, a bye where n - 1 is not a block): n - 1 rounds
 //   in which round r pairs r with n - 1 and (r + k) with (r - k) mod (n - 1), k = 1 .. n/2 - 1.
@@ -227,6 +249,67 @@ class Schedule {
   int64_t a_, b_, circle_, intra_rounds_, cross_rounds_;
 };
 
+// Hands out the scheduled tiles in schedule order, with no barrier between rounds: a tile waits only for the earlier
+// tiles of its own two groups, so each group's tiles still run one at a time and in schedule order (the order in
+// which its blocks receive their terms). A barrier per round would have every thread wait for the slowest tile of
+// the round, and on shared cores spin there while a descheduled thread finishes it; here the others go on.
+// Progress: the earliest unfinished tile depends only on finished ones.
+class TileQueue {
+ public:
+  struct Claim {
+    Tile tile;
+    int64_t sequence;       // position in the schedule
+    int64_t after_i, after_j;  // the sequence of each group's previous tile (-1: none)
+  };
+
+  TileQueue(const Schedule& schedule, size_t groups)
+      : schedule_(schedule), last_claimed_(groups, -1), done_(new std::atomic<int64_t>[groups]) {
+    for (size_t g = 0; g < groups; ++g) done_[g].store(-1, std::memory_order_relaxed);
+  }
+
+  // The next tile in schedule order; false when every tile has been handed out.
+  bool claim(Claim& out) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    while (round_ < schedule_.rounds() && index_ >= schedule_.tiles_in(round_)) {
+      ++round_;
+      index_ = 0;
+    }
+    if (round_ >= schedule_.rounds()) return false;
+    out.tile = schedule_.tile(round_, index_++);
+    out.sequence = sequence_++;
+    out.after_i = last_claimed_[out.tile.i];
+    last_claimed_[out.tile.i] = out.sequence;
+    out.after_j = out.tile.j == out.tile.i ? out.after_i : last_claimed_[out.tile.j];
+    last_claimed_[out.tile.j] = out.sequence;
+    return true;
+  }
+
+  // Until the tile's groups have finished their previous tiles (whose writes are then visible).
+  void wait(const Claim& claim) const {
+    wait_for(claim.tile.i, claim.after_i);
+    wait_for(claim.tile.j, claim.after_j);
+  }
+
+  void finish(const Claim& claim) {
+    done_[claim.tile.i].store(claim.sequence, std::memory_order_release);
+    done_[claim.tile.j].store(claim.sequence, std::memory_order_release);
+  }
+
+ private:
+  void wait_for(int32_t group, int64_t sequence) const {
+    // A short spin (the tile ahead is usually about to finish), then give the core away: it may be the one the
+    // thread we wait for needs.
+    for (int spins = 0; done_[group].load(std::memory_order_acquire) < sequence; ++spins)
+      if (spins >= 256) std::this_thread::yield();
+  }
+
+  const Schedule& schedule_;
+  std::mutex mutex_;
+  int64_t round_ = 0, index_ = 0, sequence_ = 0;
+  std::vector<int64_t> last_claimed_;              // per group, guarded by mutex_
+  std::unique_ptr<std::atomic<int64_t>[]> done_;  // per group: the sequence of its last finished tile
+};
+
 template <typename T>
 class UniformKernel {
  public:
@@ -234,8 +317,8 @@ class UniformKernel {
                 int threads)
       : x_(x), rows_a_(rows_a), grad_a_(grad_a), grad_b_(grad_b), threads_(threads),
         t_scaled_(std::ldexp(t, 2 * x.exponent)),
-        t_scaled_c_(t_scaled_ > std::numeric_limits<T>::max() ? std::numeric_limits<T>::infinity()
-                                                               : static_cast<T>(t_scaled_)) {
+        t_log2e_c_(t_scaled_ * kLog2E > std::numeric_limits<T>::max() ? std::numeric_limits<T>::infinity()
+                                                                       : static_cast<T>(t_scaled_ * kLog2E)) {
     const auto add_blocks = [&](int64_t start, int64_t count, bool side_b) {
       for (int64_t r = 0; r < count; r += kTile) blocks_.push_back({start + r, std::min(kTile, count - r), side_b});
     };
@@ -243,28 +326,39 @@ class UniformKernel {
     const int32_t a_blocks = static_cast<int32_t>(blocks_.size());
     add_blocks(rows_a, x.rows - rows_a, true);
     const int32_t b_blocks = static_cast<int32_t>(blocks_.size()) - a_blocks;
-    schedule_ = Schedule(a_blocks, b_blocks, intra, cross);
+    const int32_t per_group = group_blocks(a_blocks);
+    const auto add_groups = [&](int32_t first, int32_t count) {
+      for (int32_t b = 0; b < count; b += per_group) groups_.push_back({first + b, std::min(per_group, count - b)});
+    };
+    add_groups(0, a_blocks);
+    const int32_t a_groups = static_cast<int32_t>(groups_.size());
+    add_groups(a_blocks, b_blocks);
+    schedule_ = Schedule(a_groups, static_cast<int32_t>(groups_.size()) - a_groups, intra, cross);
     sums_.resize(blocks_.size());
     if (grad_a_ || grad_b_) weights_.assign(x.rows, 0.0);
+    if (blocks_.size() >= kPanelBlocks) transpose_blocks();
   }
 
-  // Runs every round; returns lse (clamped to its bound: log mean exp(s) <= max s).
+  // Runs every tile; returns lse (clamped to its bound: log mean exp(s) <= max s).
   double run(double log_pairs) {
     if (grad_a_) std::fill(grad_a_, grad_a_ + rows_a_ * x_.cols, T(0));
     if (grad_b_) std::fill(grad_b_, grad_b_ + (x_.rows - rows_a_) * x_.cols, T(0));
     const int64_t scratch_size = kTile * kTile + kDepthChunk * kTile;
-    std::vector<T> scratch(static_cast<size_t>(threads_) * scratch_size);
-    std::vector<double> gram_scratch(needs_double_gram() ? static_cast<size_t>(threads_) * kTile * kTile : 0);
+    // Each thread's scratch on whole cache lines (scratch_size is a multiple of 64 bytes).
+    PageBuffer<T> scratch(static_cast<size_t>(threads_) * scratch_size);
+    PageBuffer<double> gram_scratch(needs_double_gram() ? static_cast<size_t>(threads_) * kTile * kTile : 0);
+    TileQueue queue(schedule_, groups_.size());
 #pragma omp parallel num_threads(threads_)
     {
       const int me = omp_get_thread_num();
       T* e = scratch.data() + me * scratch_size;
       const TileScratch<T> mine{e, e + kTile * kTile,
-                                gram_scratch.empty() ? nullptr : gram_scratch.data() + me * kTile * kTile};
-      for (int64_t r = 0; r < schedule_.rounds(); ++r) {
-        const int64_t tiles = schedule_.tiles_in(r);
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t k = 0; k < tiles; ++k) process(schedule_.tile(r, k), mine);
+                                needs_double_gram() ? gram_scratch.data() + me * kTile * kTile : nullptr};
+      TileQueue::Claim claim;
+      while (queue.claim(claim)) {
+        queue.wait(claim);
+        process_groups(claim.tile, mine);
+        queue.finish(claim);
       }
     }
     double shift = -kInf, max_score = -kInf;
@@ -333,12 +427,22 @@ class UniformKernel {
     return std::exp(score - s.shift);
   }
 
+  // Every tile between two groups (within one group when they are the same: its blocks' pairs i < j), in a fixed
+  // order, each group's first block first.
+  void process_groups(const Tile& groups, const TileScratch<T>& scratch) {
+    const Group gi = groups_[groups.i], gj = groups_[groups.j];
+    const bool within = groups.i == groups.j;
+    for (int32_t i = gi.first; i < gi.first + gi.count; ++i)
+      for (int32_t j = within ? i : gj.first; j < gj.first + gj.count; ++j) process(Tile{i, j}, scratch);
+  }
+
   void process(const Tile& tile, const TileScratch<T>& scratch) {
     const Block& bi = blocks_[tile.i];
     const Block& bj = blocks_[tile.j];
     const bool diagonal = tile.i == tile.j;
     const TileView<T> view{x_.row(bi.start),
                            x_.row(bj.start),
+                           panel(tile.j),
                            x_.sq_norms.data() + bi.start,
                            x_.sq_norms.data() + bj.start,
                            bi.rows,
@@ -351,7 +455,7 @@ class UniformKernel {
     const double tile_max = d_min == T(0) ? 0.0 : -(t_scaled_ * static_cast<double>(d_min));
     if (tile_max == -kInf) return;  // t' overflows double: these terms vanish next to any finite score
     T row_sums[kTile], col_sums[kTile];
-    const double tile_total = kernels_.exponentials(view, scratch.e, d_min, t_scaled_c_, row_sums, col_sums);
+    const double tile_total = kernels_.exponentials(view, scratch.e, d_min, t_log2e_c_, row_sums, col_sums);
 
     const double factor_i = raise_shift(tile.i, tile_max);
     BlockSums& si = sums_[tile.i];
@@ -372,6 +476,26 @@ class UniformKernel {
     }
   }
 
+  // Each block's rows transposed once, for the Gram products of every tile the block is the j side of (a block is
+  // in about blocks / 2 of them): panels_[(b * padded_cols + c) * kTile + j] = x'[start_b + j][c], zero past the
+  // block's rows.
+  void transpose_blocks() {
+    const int64_t pc = x_.padded_cols;
+    panels_ = PageBuffer<T>(blocks_.size() * static_cast<size_t>(pc * kTile));
+#pragma omp parallel for num_threads(threads_) schedule(static)
+    for (size_t b = 0; b < blocks_.size(); ++b) {
+      T* panel = panels_.data() + b * pc * kTile;
+      for (int64_t j = 0; j < blocks_[b].rows; ++j) {
+        const T* row = x_.row(blocks_[b].start + j);
+        for (int64_t c = 0; c < pc; ++c) panel[c * kTile + j] = row[c];
+      }
+    }
+  }
+
+  const T* panel(int32_t block) const {
+    return panels_.data() == nullptr ? nullptr : panels_.data() + block * x_.padded_cols * kTile;
+  }
+
   const Prepared<T>& x_;
   const TileKernels<T>& kernels_ = tile_kernels(T());
   int64_t rows_a_;
@@ -379,11 +503,13 @@ class UniformKernel {
   T* grad_b_;
   int threads_;
   double t_scaled_;  // t' = t 4^E
-  T t_scaled_c_;     // t' in T (inf where it is above T's range)
+  T t_log2e_c_;      // t' log2(e) in T (inf where it is above T's range), for the tiles' exp2
   std::vector<Block> blocks_;
+  std::vector<Group> groups_;
   Schedule schedule_{0, 0, false, false};
   std::vector<BlockSums> sums_;
   std::vector<double> weights_;  // w_i per prepared row
+  PageBuffer<T> panels_;         // see transpose_blocks (empty with few blocks: each tile transposes its own)
 };
 
 template <typename T>

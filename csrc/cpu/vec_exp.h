@@ -1,67 +1,79 @@
-// Branch-free exp for float and double that compilers vectorize inside `#pragma omp simd` loops.
+// Branch-free 2^y for float and double that compilers vectorize inside `#pragma omp simd` loops.
 //
-// exp(x) = 2^n * e^r with n = round(x / ln 2), r = x - n ln 2 (Cody-Waite split, |r| <= ln2 / 2), and e^r from a
-// Taylor polynomial (degree 7 for float: error < 5e-9; degree 13 for double: < 2e-16). Results below the smallest
-// normal number flush to 0: in our sums each term is relative to a shift at most a few dozen e-folds above it, so
-// such terms are far below one ulp of the total. NaN stays NaN.
+// 2^y = 2^n * 2^f with n = round(y), f = y - n (exact, |f| <= 1/2), and 2^f = e^(f ln 2) from its Taylor series
+// in f (coefficients ln2^k / k!, |f ln 2| <= 0.347; degree 7 for float: error < 6e-9; degree 13 for double:
+// < 5e-18), in Horner form: one FMA per degree. The callers fold ln 2 into their scale (e^s = 2^(s log2 e)), so
+// there is no Cody-Waite reduction. Results below the smallest normal number flush to 0: in our sums each term is
+// relative to a shift at most a few dozen e-folds above it, so such terms are far below one ulp of the total.
+// NaN stays NaN.
 //
 // Included inside each instruction set's namespace by uniform_tile.inc (see tile_matmul.h).
 
 template <typename T>
-struct ExpTraits;
+struct Exp2Traits;
 
 template <>
-struct ExpTraits<float> {
+struct Exp2Traits<float> {
   using Int = int32_t;
-  static constexpr float kMin = -87.0f;  // e^-87 is just above FLT_MIN
-  static constexpr float kMax = 88.0f;
+  static constexpr float kMin = -126.0f;  // 2^-126 is FLT_MIN
+  static constexpr float kMax = 127.0f;
   static constexpr int kMantissaBits = 23;
   static constexpr int kBias = 127;
-  static constexpr float kLn2Hi = 0.693145751953125f;
-  static constexpr float kLn2Lo = 1.428606765330187e-06f;
   static constexpr int kDegree = 7;
 };
 
 template <>
-struct ExpTraits<double> {
+struct Exp2Traits<double> {
   using Int = int64_t;
-  static constexpr double kMin = -708.0;
-  static constexpr double kMax = 709.0;
+  static constexpr double kMin = -1022.0;
+  static constexpr double kMax = 1023.0;
   static constexpr int kMantissaBits = 52;
   static constexpr int kBias = 1023;
-  static constexpr double kLn2Hi = 6.93147180369123816490e-01;
-  static constexpr double kLn2Lo = 1.90821492927058770002e-10;
   static constexpr int kDegree = 13;
 };
 
-// 1 + r/k (1 + r/(k+1) (1 + ... r/degree)): the Taylor series of e^r in Horner form, unrolled at compile time.
+constexpr double kLog2E = 1.4426950408889634;  // log2(e): e^s = 2^(s log2 e)
+
+// ln2^k / k!, in double, rounded once to T.
+template <typename T, int k>
+constexpr T exp2_coefficient() {
+  double c = 1;
+  for (int i = 1; i <= k; ++i) c = c * 0.6931471805599453 / i;
+  return static_cast<T>(c);
+}
+
+// sum_{k <= degree} ln2^k / k! f^k, Horner from the highest degree down.
 template <typename T, int k, int degree>
-__attribute__((always_inline)) inline T taylor_exp(T r) {
-  if constexpr (k > degree) {
-    return T(1);
+__attribute__((always_inline)) inline T exp2_series(T f) {
+  if constexpr (k == degree) {
+    return exp2_coefficient<T, k>();
   } else {
-    return T(1) + r * (T(1) / T(k)) * taylor_exp<T, k + 1, degree>(r);
+    return exp2_series<T, k + 1, degree>(f) * f + exp2_coefficient<T, k>();
   }
 }
 
-__attribute__((always_inline)) inline float floor_of(float x) { return __builtin_floorf(x); }
-__attribute__((always_inline)) inline double floor_of(double x) { return __builtin_floor(x); }
-
+// round(x) to the nearest integer (ties to even) for |x| < 2^(mantissa bits - 1): adding and subtracting
+// 1.5 * 2^(mantissa bits) drops the fraction in the rounding of the sum. Two adds on every instruction set (SSE2
+// has no vector floor).
 template <typename T>
-__attribute__((always_inline)) inline T vec_exp(T x) {
-  using Tr = ExpTraits<T>;
+__attribute__((always_inline)) inline T round_of(T x) {
+  const T magic = T(1.5) * T(typename Exp2Traits<T>::Int(1) << Exp2Traits<T>::kMantissaBits);
+  return (x + magic) - magic;
+}
+
+// 2^y for a scalar T.
+template <typename T>
+__attribute__((always_inline)) inline T vec_exp2(T y) {
+  using Tr = Exp2Traits<T>;
   using Int = typename Tr::Int;
   // Local copies: a conditional over the static members themselves would select between their addresses.
   const T lo = Tr::kMin, hi = Tr::kMax;
-  const T clamped = x < lo ? lo : (x > hi ? hi : x);
-  const T n = floor_of(clamped * T(1.4426950408889634) + T(0.5));
-  const T r = (clamped - n * Tr::kLn2Hi) - n * Tr::kLn2Lo;
-  // Horner form of sum_{k <= degree} r^k / k!
-  const T p = taylor_exp<T, 1, Tr::kDegree>(r);
+  const T clamped = y < lo ? lo : (y > hi ? hi : y);
+  const T n = round_of(clamped);
+  const T p = exp2_series<T, 0, Tr::kDegree>(clamped - n);
   const Int bits = (static_cast<Int>(n) + Tr::kBias) << Tr::kMantissaBits;
-  const T scale = __builtin_bit_cast(T, bits);
-  T result = p * scale;
-  result = x < lo ? T(0) : result;
-  result = x > hi ? T(__builtin_inf()) : result;
-  return x != x ? x : result;
+  T result = p * __builtin_bit_cast(T, bits);
+  result = y < lo ? T(0) : result;
+  result = y > hi ? T(__builtin_inf()) : result;
+  return y != y ? y : result;
 }

@@ -1,7 +1,7 @@
 // Alignment loss on NVIDIA GPUs: one warp per row reads x_i and y_i, writes the row's loss term and, in the
-// same kernel, its gradient; a one-block reduction then averages the terms (deterministic, no atomics).
+// same kernel, its gradients; a one-block reduction then averages the terms (deterministic, no atomics).
 //   loss = 1/N sum_i d_i^(alpha/2),  d_i = ||x_i - y_i||^2
-//   d loss / d x_i = alpha/N d_i^(alpha/2 - 1) (x_i - y_i)   (zero where d_i == 0)
+//   g_i = d loss / d x_i = alpha/N d_i^(alpha/2 - 1) (x_i - y_i)   (zero where d_i == 0),  d loss / d y_i = -g_i
 #include <cmath>
 #include <cstdint>
 
@@ -22,7 +22,7 @@ struct Rows {
 
 template <typename Tin, typename Tc>
 __global__ void align_rows_kernel(Rows<Tin> x, Rows<Tin> y, int64_t rows, int64_t cols, Tc alpha, Tc* terms,
-                                  Tc* grad) {
+                                  Tc* grad_x, Tc* grad_y) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;
@@ -34,11 +34,14 @@ __global__ void align_rows_kernel(Rows<Tin> x, Rows<Tin> y, int64_t rows, int64_
   d2 = warp_sum(d2);
   const bool square = alpha == Tc(2);
   if (lane == 0) terms[row] = square ? d2 : pow(d2, alpha / Tc(2));
-  if (grad == nullptr) return;
+  if (grad_x == nullptr && grad_y == nullptr) return;
   const Tc scale = alpha / static_cast<Tc>(rows);
   const Tc coef = square ? scale : (d2 > Tc(0) ? scale * pow(d2, alpha / Tc(2) - Tc(1)) : Tc(0));
-  for (int64_t c = lane; c < cols; c += 32)  // the row is still in L1/L2
-    grad[row * cols + c] = coef * (to_compute<Tc>(x.at(row, c)) - to_compute<Tc>(y.at(row, c)));
+  for (int64_t c = lane; c < cols; c += 32) {  // the row is still in L1/L2
+    const Tc g = coef * (to_compute<Tc>(x.at(row, c)) - to_compute<Tc>(y.at(row, c)));
+    if (grad_x != nullptr) grad_x[row * cols + c] = g;
+    if (grad_y != nullptr) grad_y[row * cols + c] = -g;
+  }
 }
 
 template <typename Tc>
@@ -66,14 +69,15 @@ size_t workspace_bytes_for(int64_t rows, Tc** terms = nullptr, void* base = null
 }
 
 template <typename Tin, typename Tc>
-hl_status align(const hl_matrix& x, const hl_matrix& y, double alpha, Tc* loss, Tc* grad, void* workspace,
-                cudaStream_t stream) {
+hl_status align(const hl_matrix& x, const hl_matrix& y, double alpha, Tc* loss, Tc* grad_x, Tc* grad_y,
+                void* workspace, cudaStream_t stream) {
   Tc* terms = nullptr;
   workspace_bytes_for<Tc>(x.rows, &terms, workspace);
   const Rows<Tin> xr{static_cast<const Tin*>(x.data), x.row_stride, x.col_stride};
   const Rows<Tin> yr{static_cast<const Tin*>(y.data), y.row_stride, y.col_stride};
   const auto blocks = static_cast<unsigned>((x.rows + kRowsPerBlock - 1) / kRowsPerBlock);
-  align_rows_kernel<Tin, Tc><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(xr, yr, x.rows, x.cols, Tc(alpha), terms, grad);
+  align_rows_kernel<Tin, Tc>
+      <<<blocks, 32 * kRowsPerBlock, 0, stream>>>(xr, yr, x.rows, x.cols, Tc(alpha), terms, grad_x, grad_y);
   mean_kernel<Tc><<<1, 1024, 0, stream>>>(terms, x.rows, loss);
   return status_of(cudaGetLastError());
 }
@@ -88,7 +92,8 @@ extern "C" size_t hl_align_workspace_bytes_cuda(hl_dtype dtype, int64_t rows) {
 }
 
 extern "C" hl_status hl_align_cuda(hl_dtype dtype, hl_matrix x, hl_matrix y, double alpha, void* loss_out,
-                                   void* grad_x, void* workspace, size_t workspace_bytes, void* stream_ptr) {
+                                   void* grad_x, void* grad_y, void* workspace, size_t workspace_bytes,
+                                   void* stream_ptr) {
   using namespace hyperloss::cuda;
   // Every argument is checked before anything is launched.
   if (const hl_status status = hyperloss::check_align_args(dtype, x, y, alpha); status != HL_OK) return status;
@@ -98,17 +103,18 @@ extern "C" hl_status hl_align_cuda(hl_dtype dtype, hl_matrix x, hl_matrix y, dou
     return HL_ERR_INVALID_ARGUMENT;
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
   float* loss_f = static_cast<float*>(loss_out);
-  float* grad_f = static_cast<float*>(grad_x);
+  float* gx_f = static_cast<float*>(grad_x);
+  float* gy_f = static_cast<float*>(grad_y);
   switch (dtype) {
     case HL_FLOAT64:
       return align<double, double>(x, y, alpha, static_cast<double*>(loss_out), static_cast<double*>(grad_x),
-                                   workspace, stream);
+                                   static_cast<double*>(grad_y), workspace, stream);
     case HL_FLOAT32:
-      return align<float, float>(x, y, alpha, loss_f, grad_f, workspace, stream);
+      return align<float, float>(x, y, alpha, loss_f, gx_f, gy_f, workspace, stream);
     case HL_FLOAT16:
-      return align<__half, float>(x, y, alpha, loss_f, grad_f, workspace, stream);
+      return align<__half, float>(x, y, alpha, loss_f, gx_f, gy_f, workspace, stream);
     case HL_BFLOAT16:
-      return align<__nv_bfloat16, float>(x, y, alpha, loss_f, grad_f, workspace, stream);
+      return align<__nv_bfloat16, float>(x, y, alpha, loss_f, gx_f, gy_f, workspace, stream);
   }
   return HL_ERR_UNSUPPORTED;
 }

@@ -82,7 +82,7 @@ ffi::Error align(ffi::AnyBuffer x, ffi::AnyBuffer y, double alpha, bool with_gra
   if (ffi::Error error = pair_dtype(x, y, "x and y", dtype); error.failure()) return error;
   double value = 0;
   ffi::Error error = check(hl_align_cpu(dtype, matrix_of(x), matrix_of(y), alpha, 0, &value,
-                                        with_grad ? grad_x->untyped_data() : nullptr));
+                                        with_grad ? grad_x->untyped_data() : nullptr, nullptr));
   if (error.failure()) return error;
   store_scalar(loss, value);
   return ffi::Error::Success();
@@ -126,7 +126,7 @@ ffi::Error align_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::A
   void* workspace = scratch_for(scratch, bytes);
   if (workspace == nullptr) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "hyperloss: no scratch memory");
   return check(hl_align_cuda(dtype, xm, matrix_of(y), alpha, loss->untyped_data(),
-                             with_grad ? grad_x->untyped_data() : nullptr, workspace, bytes, stream));
+                             with_grad ? grad_x->untyped_data() : nullptr, nullptr, workspace, bytes, stream));
 }
 #endif
 

@@ -1,4 +1,5 @@
 // C++ unit tests of the C API against direct double-precision sums over every pair.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -98,32 +99,66 @@ static void check_uniform(int64_t na, int64_t nb, int64_t d, double t, bool intr
   CHECK_CLOSE(lse_only, lse, tol, "loss-only lse");
 }
 
-static void check_align(int64_t n, int64_t d, double alpha) {
-  std::mt19937 rng(7);
+// Alignment against a direct double sum and its analytic gradient, for every combination of gradient outputs;
+// grad_y must be the exact negation of grad_x, one row has x_i == y_i (a zero gradient for every alpha), and a
+// strided x (every other column of a wider matrix) must give the same results.
+template <typename T>
+static void check_align(int64_t n, int64_t d, double alpha, double tol) {
+  const hl_dtype dtype = sizeof(T) == 4 ? HL_FLOAT32 : HL_FLOAT64;
+  std::mt19937 rng(static_cast<unsigned>(7 + n + d));
   std::normal_distribution<double> normal;
-  std::vector<double> x(n * d), y(n * d), g(n * d);
-  for (auto& v : x) v = normal(rng);
-  for (auto& v : y) v = normal(rng);
+  std::vector<T> x(n * d), y(n * d), x_wide(n * 2 * d);
+  for (auto& v : x) v = static_cast<T>(normal(rng));
+  for (auto& v : y) v = static_cast<T>(normal(rng));
+  for (int64_t c = 0; c < d; ++c) y[c] = x[c];  // row 0: x_0 == y_0
+  for (int64_t k = 0; k < n * d; ++k) x_wide[2 * k] = x[k];
   double want = 0;
+  std::vector<double> g_ref(n * d);
   for (int64_t r = 0; r < n; ++r) {
     double d2 = 0;
-    for (int64_t c = 0; c < d; ++c) d2 += (x[r * d + c] - y[r * d + c]) * (x[r * d + c] - y[r * d + c]);
+    for (int64_t c = 0; c < d; ++c) d2 += std::pow(double(x[r * d + c]) - double(y[r * d + c]), 2);
     want += std::pow(std::sqrt(d2), alpha) / n;
+    const double coef = d2 > 0 ? alpha / n * std::pow(d2, alpha / 2 - 1) : 0.0;
+    for (int64_t c = 0; c < d; ++c) g_ref[r * d + c] = coef * (double(x[r * d + c]) - double(y[r * d + c]));
   }
-  double loss = 0;
-  hl_align_cpu(HL_FLOAT64, hl_matrix{x.data(), n, d, d, 1}, hl_matrix{y.data(), n, d, d, 1}, alpha, 0, &loss,
-               g.data());
-  CHECK_CLOSE(loss, want, 1e-12, "align loss");
-  // Central difference on one coordinate.
-  const double h = 1e-6;
-  auto loss_at = [&](double delta) {
-    std::vector<double> xp = x;
-    xp[0] += delta;
-    double l = 0;
-    hl_align_cpu(HL_FLOAT64, hl_matrix{xp.data(), n, d, d, 1}, hl_matrix{y.data(), n, d, d, 1}, alpha, 0, &l, nullptr);
-    return l;
-  };
-  CHECK_CLOSE(g[0], (loss_at(h) - loss_at(-h)) / (2 * h), 1e-6, "align grad");
+  char what[160];
+  const hl_matrix xm{x.data(), n, d, d, 1}, ym{y.data(), n, d, d, 1}, x_strided{x_wide.data(), n, d, 2 * d, 2};
+  std::vector<T> gx(n * d), gy(n * d), gx_only(n * d), gy_only(n * d);
+  double loss = 0, loss_none = 0, loss_x = 0, loss_y = 0, loss_strided = 0, loss_one_thread = 0;
+  EXPECT(hl_align_cpu(dtype, xm, ym, alpha, 0, &loss, gx.data(), gy.data()) == HL_OK, "align: status");
+  std::snprintf(what, sizeof what, "align n=%lld d=%lld alpha=%g %s", (long long)n, (long long)d, alpha,
+                sizeof(T) == 4 ? "float32" : "float64");
+  CHECK_CLOSE(loss, want, tol, what);
+  double gmax = 1e-300;
+  for (double g : g_ref) gmax = std::fmax(gmax, std::fabs(g));
+  int bad = 0;
+  for (int64_t k = 0; k < n * d; ++k) {
+    bad += !(std::fabs(gx[k] - g_ref[k]) <= tol * gmax);
+    bad += !(gy[k] == -gx[k]);
+  }
+  for (int64_t c = 0; c < d; ++c) bad += !(gx[c] == 0 && gy[c] == 0);  // the row with x_0 == y_0
+  EXPECT(bad == 0, what);
+
+  // One output, or none: the same loss and the same bits in the output that is written.
+  hl_align_cpu(dtype, xm, ym, alpha, 0, &loss_none, nullptr, nullptr);
+  hl_align_cpu(dtype, xm, ym, alpha, 0, &loss_x, gx_only.data(), nullptr);
+  hl_align_cpu(dtype, xm, ym, alpha, 0, &loss_y, nullptr, gy_only.data());
+  EXPECT(loss_none == loss && loss_x == loss && loss_y == loss, "align: the loss whatever gradients are asked for");
+  EXPECT(std::memcmp(gx_only.data(), gx.data(), gx.size() * sizeof(T)) == 0, "align: grad_x alone");
+  EXPECT(std::memcmp(gy_only.data(), gy.data(), gy.size() * sizeof(T)) == 0, "align: grad_y alone");
+
+  // A strided x, and one thread: the same bits.
+  std::fill(gx_only.begin(), gx_only.end(), T(0));
+  hl_align_cpu(dtype, x_strided, ym, alpha, 0, &loss_strided, gx_only.data(), nullptr);
+  EXPECT(loss_strided == loss, "align: strided x, the same loss");
+  EXPECT(std::memcmp(gx_only.data(), gx.data(), gx.size() * sizeof(T)) == 0, "align: strided x, the same grad_x");
+  std::fill(gx_only.begin(), gx_only.end(), T(0));
+  std::fill(gy_only.begin(), gy_only.end(), T(0));
+  hl_align_cpu(dtype, xm, ym, alpha, 1, &loss_one_thread, gx_only.data(), gy_only.data());
+  EXPECT(loss_one_thread == loss, "align: 1 thread, the same loss");
+  EXPECT(std::memcmp(gx_only.data(), gx.data(), gx.size() * sizeof(T)) == 0 &&
+             std::memcmp(gy_only.data(), gy.data(), gy.size() * sizeof(T)) == 0,
+         "align: 1 thread, the same gradients");
 }
 
 static void check_errors() {
@@ -170,8 +205,10 @@ static void check_thread_counts() {
   EXPECT(hl_uniform_lse_cpu(HL_FLOAT32, am, none, 2.0, 1, -1, &negative, nullptr, nullptr) == HL_ERR_INVALID_ARGUMENT,
          "num_threads = -1 is HL_ERR_INVALID_ARGUMENT");
   double loss = 0;
-  EXPECT(hl_align_cpu(HL_FLOAT32, am, am, 2.0, 2000, &loss, nullptr) == HL_OK && loss == 0, "align, 2000 threads");
-  EXPECT(hl_align_cpu(HL_FLOAT32, am, am, 2.0, -3, &loss, nullptr) == HL_ERR_INVALID_ARGUMENT, "align, -3 threads");
+  EXPECT(hl_align_cpu(HL_FLOAT32, am, am, 2.0, 2000, &loss, nullptr, nullptr) == HL_OK && loss == 0,
+         "align, 2000 threads");
+  EXPECT(hl_align_cpu(HL_FLOAT32, am, am, 2.0, -3, &loss, nullptr, nullptr) == HL_ERR_INVALID_ARGUMENT,
+         "align, -3 threads");
 }
 
 // Rows with a large common offset: the centered CPU kernel sees only their spread.
@@ -370,13 +407,13 @@ static void check_cuda_arguments() {
        hl_uniform_lse_cuda(HL_FLOAT32, HL_PRECISION_IEEE, hl_matrix{a, big, 1 << 10, 1 << 10, 1}, none, 2.0, 1, out,
                            nullptr, nullptr, workspace, ws, nullptr)},
       {"align cuda: unknown dtype",
-       hl_align_cuda(bad_dtype, am, am, 2.0, out, nullptr, workspace, ws, nullptr)},
-      {"align cuda: workspace of 0 bytes", hl_align_cuda(HL_FLOAT32, am, am, 2.0, out, a, workspace, 0, nullptr)},
-      {"align cuda: no workspace", hl_align_cuda(HL_FLOAT32, am, am, 2.0, out, a, nullptr, ws, nullptr)},
-      {"align cuda: alpha = 0", hl_align_cuda(HL_FLOAT32, am, am, 0.0, out, a, workspace, ws, nullptr)},
+       hl_align_cuda(bad_dtype, am, am, 2.0, out, nullptr, nullptr, workspace, ws, nullptr)},
+      {"align cuda: workspace of 0 bytes", hl_align_cuda(HL_FLOAT32, am, am, 2.0, out, a, a, workspace, 0, nullptr)},
+      {"align cuda: no workspace", hl_align_cuda(HL_FLOAT32, am, am, 2.0, out, a, a, nullptr, ws, nullptr)},
+      {"align cuda: alpha = 0", hl_align_cuda(HL_FLOAT32, am, am, 0.0, out, a, a, workspace, ws, nullptr)},
       {"align cuda: shapes differ",
-       hl_align_cuda(HL_FLOAT32, am, hl_matrix{a, 9, 8, 8, 1}, 2.0, out, a, workspace, ws, nullptr)},
-      {"align cuda: no loss_out", hl_align_cuda(HL_FLOAT32, am, am, 2.0, nullptr, a, workspace, ws, nullptr)},
+       hl_align_cuda(HL_FLOAT32, am, hl_matrix{a, 9, 8, 8, 1}, 2.0, out, a, a, workspace, ws, nullptr)},
+      {"align cuda: no loss_out", hl_align_cuda(HL_FLOAT32, am, am, 2.0, nullptr, a, a, workspace, ws, nullptr)},
   };
   for (const Case& c : cases)
     if (c.got != invalid) {
@@ -395,9 +432,12 @@ int main() {
       check_uniform<double>(77, nb, 5, 200.0, intra, 1.0, 1e-10);  // every exp(s) underflows in double
       check_uniform<float>(77, nb, 5, 50.0, intra, 1.0, 1e-5);  // ... and in float
     }
-  check_align(50, 7, 2.0);
-  check_align(50, 7, 0.7);
-  check_align(50, 7, 3.5);
+  for (double alpha : {2.0, 0.7, 3.5}) {
+    check_align<double>(50, 7, alpha, 1e-12);
+    check_align<float>(50, 7, alpha, 1e-5);
+    check_align<double>(3000, 40, alpha, 1e-12);  // many chunks of rows: the threaded path
+    check_align<float>(3000, 40, alpha, 1e-5);
+  }
   check_errors();
   check_thread_counts();
   check_common_offset<float>();

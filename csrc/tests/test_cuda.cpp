@@ -327,7 +327,10 @@ static void check_nonfinite() {
   }
 }
 
-static void check_align(double alpha) {
+// Alignment of every input dtype against the CPU kernel in float64 (on the values the dtype holds), with each
+// combination of gradient outputs; grad_y must be the exact negation of grad_x.
+template <typename Tin, typename Tc>
+static void check_align(hl_dtype dtype, double alpha, double tol, const char* name) {
   const int64_t n = 300, d = 70;
   std::vector<double> x(n * d), y(n * d);
   std::mt19937 rng(11);
@@ -335,30 +338,51 @@ static void check_align(double alpha) {
   for (auto& v : x) v = normal(rng);
   for (auto& v : y) v = normal(rng);
   for (int64_t c = 0; c < d; ++c) y[5 * d + c] = x[5 * d + c];  // one row with x_i == y_i
+  std::vector<Tin> x_in, y_in;
+  const std::vector<double> x_held = round_to(x, x_in), y_held = round_to(y, y_in);
   double want = 0;
-  std::vector<double> g_ref(n * d);
-  hl_align_cpu(HL_FLOAT64, hl_matrix{x.data(), n, d, d, 1}, hl_matrix{y.data(), n, d, d, 1}, alpha, 0, &want,
-               g_ref.data());
-  std::vector<float> xf(x.begin(), x.end()), yf(y.begin(), y.end());
-  float *x_dev = to_device(xf), *y_dev = to_device(yf), *loss = nullptr, *grad = nullptr;
-  CUDA_OK(cudaMalloc(&loss, sizeof(float)));
-  CUDA_OK(cudaMalloc(&grad, sizeof(float) * n * d));
-  const size_t bytes = hl_align_workspace_bytes_cuda(HL_FLOAT32, n);
+  std::vector<double> gx_ref(n * d), gy_ref(n * d);
+  hl_align_cpu(HL_FLOAT64, hl_matrix{x_held.data(), n, d, d, 1}, hl_matrix{y_held.data(), n, d, d, 1}, alpha, 0,
+               &want, gx_ref.data(), gy_ref.data());
+  Tin *x_dev = to_device(x_in), *y_dev = to_device(y_in);
+  Tc *loss = nullptr, *gx = nullptr, *gy = nullptr;
+  CUDA_OK(cudaMalloc(&loss, sizeof(Tc)));
+  CUDA_OK(cudaMalloc(&gx, sizeof(Tc) * n * d));
+  CUDA_OK(cudaMalloc(&gy, sizeof(Tc) * n * d));
+  const size_t bytes = hl_align_workspace_bytes_cuda(dtype, n);
   void* ws = nullptr;
   CUDA_OK(cudaMalloc(&ws, bytes));
-  const hl_status st = hl_align_cuda(HL_FLOAT32, hl_matrix{x_dev, n, d, d, 1}, hl_matrix{y_dev, n, d, d, 1}, alpha,
-                                     loss, grad, ws, bytes, nullptr);
-  CUDA_OK(cudaDeviceSynchronize());
-  const double got = to_host(loss, 1)[0];
-  if (st != HL_OK || !(std::fabs(got - want) <= 1e-5 * (1 + std::fabs(want)))) {
-    std::printf("FAIL align alpha=%g: %.9g want %.9g (%s)\n", alpha, got, want, hl_status_string(st));
-    ++failures;
+  char what[96];
+  for (int outputs = 0; outputs < 4; ++outputs) {  // bit 0: grad_x, bit 1: grad_y
+    CUDA_OK(cudaMemset(gx, 0, sizeof(Tc) * n * d));
+    CUDA_OK(cudaMemset(gy, 0, sizeof(Tc) * n * d));
+    const hl_status st = hl_align_cuda(dtype, hl_matrix{x_dev, n, d, d, 1}, hl_matrix{y_dev, n, d, d, 1}, alpha,
+                                       loss, outputs & 1 ? gx : nullptr, outputs & 2 ? gy : nullptr, ws, bytes,
+                                       nullptr);
+    CUDA_OK(cudaDeviceSynchronize());
+    const double got = to_host(loss, 1)[0];
+    std::snprintf(what, sizeof what, "align %s alpha=%g outputs=%d", name, alpha, outputs);
+    if (st != HL_OK || !(std::fabs(got - want) <= tol * (1 + std::fabs(want)))) {
+      std::printf("FAIL %s: %.9g want %.9g (%s)\n", what, got, want, hl_status_string(st));
+      ++failures;
+    }
+    if (outputs & 1) compare_grad(gx, gx_ref, tol, what, "grad_x");
+    if (outputs & 2) compare_grad(gy, gy_ref, tol, what, "grad_y");
+    if (outputs == 3) {
+      const std::vector<Tc> hx = to_host(gx, n * d), hy = to_host(gy, n * d);
+      int bad = 0;
+      for (int64_t k = 0; k < n * d; ++k) bad += !(hy[k] == -hx[k]);
+      if (bad) {
+        std::printf("FAIL %s: grad_y != -grad_x at %d elements\n", what, bad);
+        ++failures;
+      }
+    }
   }
-  compare_grad(grad, g_ref, 1e-5, "align", "grad_x");
   cudaFree(x_dev);
   cudaFree(y_dev);
   cudaFree(loss);
-  cudaFree(grad);
+  cudaFree(gx);
+  cudaFree(gy);
   cudaFree(ws);
 }
 
@@ -377,7 +401,12 @@ int main() {
   check_near_zero<double, double>(HL_FLOAT64, 1e-8, "float64");
   check_near_zero<float, float>(HL_FLOAT32, 1e-4, "float32");
   check_nonfinite();
-  for (double alpha : {2.0, 1.0, 0.5}) check_align(alpha);
+  for (double alpha : {2.0, 1.0, 0.5}) {
+    check_align<double, double>(HL_FLOAT64, alpha, 1e-10, "float64");
+    check_align<float, float>(HL_FLOAT32, alpha, 1e-5, "float32");
+    check_align<__half, float>(HL_FLOAT16, alpha, 1e-5, "float16");
+    check_align<__nv_bfloat16, float>(HL_BFLOAT16, alpha, 1e-5, "bfloat16");
+  }
   std::printf("%s: %d failures\n", failures ? "FAILED" : "OK", failures);
   return failures ? 1 : 0;
 }

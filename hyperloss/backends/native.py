@@ -141,7 +141,7 @@ def _align_cpu(
     loss = ctypes.c_double()
     status = _lib.lib.hl_align_cpu(
         _DTYPE[x.dtype], _matrix(x, x.shape[1]), _matrix(y, y.shape[1]), float(alpha), torch.get_num_threads(),
-        ctypes.byref(loss), _pointer(gx),
+        ctypes.byref(loss), _pointer(gx), None,
     )  # fmt: skip
     _lib.check(status, "align")
     return torch.tensor(loss.value, dtype=x.dtype), gx
@@ -156,7 +156,7 @@ def _align_cuda(x, y, alpha, grad_x):
         size = _lib.lib.hl_align_workspace_bytes_cuda(code, x.shape[0])
         workspace = torch.empty(size, dtype=torch.uint8, device=x.device)
         status = _lib.lib.hl_align_cuda(
-            code, _matrix(x, x.shape[1]), _matrix(y, y.shape[1]), float(alpha), loss.data_ptr(), _pointer(gx),
+            code, _matrix(x, x.shape[1]), _matrix(y, y.shape[1]), float(alpha), loss.data_ptr(), _pointer(gx), None,
             workspace.data_ptr(), size, torch.cuda.current_stream(x.device).cuda_stream,
         )  # fmt: skip
     _lib.check(status, "align (CUDA)")

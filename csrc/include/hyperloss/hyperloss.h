@@ -8,7 +8,7 @@
  *   s_p  = -t * ||a_i - b_k||^2                     (or a_j for the intra pairs)
  *   lse  = log sum_{p in P} exp(s_p)                 (the loss is lse - log |P|)
  *   grad_a = d lse / d A,  grad_b = d lse / d B      (written only when the pointers are non-null)
- * Alignment: loss = mean_i ||x_i - y_i||^alpha, grad_x = d loss / d x (grad_y = -grad_x).
+ * Alignment: loss = mean_i ||x_i - y_i||^alpha, grad_x = d loss / d x, grad_y = d loss / d y = -grad_x.
  */
 #ifndef HYPERLOSS_H_
 #define HYPERLOSS_H_
@@ -55,15 +55,18 @@ typedef struct {
 hl_status hl_uniform_lse_cpu(hl_dtype dtype, hl_matrix a, hl_matrix b, double t, int intra_batch, int num_threads,
                              double* lse_out, void* grad_a, void* grad_b);
 
-/* Alignment loss and the gradient with respect to x on the CPU. grad_x may be NULL. Where x_i == y_i the
- * gradient of that row is zero (the subgradient torch's norm uses), for every alpha. */
+/* Alignment loss and its gradients on the CPU, in one pass that reads x and y once. grad_x / grad_y: contiguous
+ * rows x cols outputs of the input dtype, each NULL when not wanted; grad_y is written as the exact negation of
+ * grad_x. Where x_i == y_i the gradient of that row is zero (the subgradient torch's norm uses), for every alpha.
+ * num_threads as for hl_uniform_lse_cpu (small calls run on the calling thread); the results are bitwise the same
+ * for every num_threads. */
 hl_status hl_align_cpu(hl_dtype dtype, hl_matrix x, hl_matrix y, double alpha, int num_threads, double* loss_out,
-                       void* grad_x);
+                       void* grad_x, void* grad_y);
 
 /* CUDA versions (present when the library is built with CUDA; HL_ERR_UNSUPPORTED otherwise).
  * Every pointer is device memory, every call is asynchronous on `stream` (a cudaStream_t, NULL for the default).
  * lse_out / loss_out: one element of the compute type (double for float64 inputs, float otherwise).
- * grad_a / grad_b / grad_x: rows x cols of the compute type, or NULL. workspace: 256-byte aligned, at least the
+ * grad_a / grad_b / grad_x / grad_y: rows x cols of the compute type, or NULL. workspace: 256-byte aligned, at least the
  * bytes that hl_uniform_workspace_bytes_cuda / hl_align_workspace_bytes_cuda return for the same arguments.
  * Every argument (dtype, shapes, t or alpha, precision, output pointer, workspace size and alignment) is checked
  * before the device is touched: a bad one gives HL_ERR_INVALID_ARGUMENT, with or without a GPU present; only a
@@ -84,8 +87,9 @@ hl_status hl_uniform_lse_f64_cuda(hl_dtype dtype, hl_precision precision, hl_mat
                                   int intra_batch, double* lse_out, void* grad_a, void* grad_b, void* workspace,
                                   size_t workspace_bytes, void* stream);
 size_t hl_align_workspace_bytes_cuda(hl_dtype dtype, int64_t rows);
+/* grad_y, where wanted, is written by the same kernel as grad_x (its exact negation): x and y are read once. */
 hl_status hl_align_cuda(hl_dtype dtype, hl_matrix x, hl_matrix y, double alpha, void* loss_out, void* grad_x,
-                        void* workspace, size_t workspace_bytes, void* stream);
+                        void* grad_y, void* workspace, size_t workspace_bytes, void* stream);
 
 /* Whether this build has the CUDA kernels. */
 int hl_has_cuda(void);
