@@ -55,6 +55,13 @@ def scale_saved_grad(grad_output: torch.Tensor, grad: torch.Tensor | None, dtype
         return None
     if torch.is_grad_enabled():  # backward(create_graph=True)
         raise RuntimeError(_SECOND_DERIVATIVE)
+    # A loss backpropagated on its own (grad_output 1) takes the saved gradient as it is: no pass over it. Checked
+    # eagerly on the CPU only, where reading the value costs nothing (on a GPU it would wait for the device; a
+    # traced backward cannot branch on it). Autograd copies the tensor before accumulating into .grad while it is
+    # saved here, so retain_graph stays safe.
+    eager_cpu = grad_output.device.type == "cpu" and not torch.compiler.is_compiling()
+    if grad.dtype == dtype and eager_cpu and bool(grad_output == 1):
+        return grad
     return (grad_output * grad).to(dtype)
 
 

@@ -328,14 +328,14 @@ class _DistributedUniform(torch.autograd.Function):
 class _DistributedAlign(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_local, y_local, alpha, backend, group, grad_enabled):
-        need_grad = grad_enabled and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
+        need_x, need_y = (grad_enabled and ctx.needs_input_grad[i] for i in (0, 1))
         n_local = x_local.shape[0]
         dtype = compute_dtype(x_local.dtype)
         if n_local:
-            loss, gx = backends.get(backend).align(x_local, y_local, as_scalar_tensor(alpha), need_grad)
-        else:  # no rows here: a zero loss term and an empty gradient
+            loss, gx, gy = backends.get(backend).align(x_local, y_local, as_scalar_tensor(alpha), need_x, need_y)
+        else:  # no rows here: a zero loss term and empty gradients
             loss = x_local.new_zeros((), dtype=dtype)
-            gx = x_local.new_zeros(x_local.shape, dtype=dtype) if need_grad else None
+            gx, gy = (x_local.new_zeros(x_local.shape, dtype=dtype) if need else None for need in (need_x, need_y))
         same = [
             _Same("feature dimension D", x_local.shape[1], _show_int),
             _Same("dtype", SUPPORTED_DTYPES.index(x_local.dtype), _show_dtype),
@@ -346,18 +346,14 @@ class _DistributedAlign(torch.autograd.Function):
         n = sum(int(row[1]) for row in table)
         if n == 0:
             raise ValueError("the global batch is empty")
-        ctx.save_for_backward(None if gx is None else gx * (n_local / n))
+        ctx.save_for_backward(*(None if g is None else g.mul_(n_local / n) for g in (gx, gy)))
         ctx.dtype = x_local.dtype
         return x_local.new_full((), math.fsum(row[0] for row in table) / n, dtype=dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
-        (grad,) = ctx.saved_tensors
-        gx = scale_saved_grad(grad_output, grad, ctx.dtype)
-        if gx is None:
-            return None, None, None, None, None, None
-        grad_y = -gx if ctx.needs_input_grad[1] else None
-        return (gx if ctx.needs_input_grad[0] else None), grad_y, None, None, None, None
+        gx, gy = (scale_saved_grad(grad_output, g, ctx.dtype) for g in ctx.saved_tensors)
+        return gx, gy, None, None, None, None
 
 
 def uniform_loss(

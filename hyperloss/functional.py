@@ -48,18 +48,16 @@ class _UniformLoss(torch.autograd.Function):
 class _AlignLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, alpha, backend):
-        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        loss, gx = backends.get(backend).align(x, y, alpha, need_grad)
-        ctx.save_for_backward(gx)
+        # Both gradients from the one pass that reads x and y (no -grad_x pass afterwards).
+        loss, gx, gy = backends.get(backend).align(x, y, alpha, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        ctx.save_for_backward(gx, gy)
         ctx.dtype = x.dtype
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):
-        (gx,) = ctx.saved_tensors
-        grad_x = scale_saved_grad(grad_output, gx, ctx.dtype)  # y has x's dtype; its gradient is the opposite
-        grad_y = -grad_x if ctx.needs_input_grad[1] else None
-        return (grad_x if ctx.needs_input_grad[0] else None), grad_y, None, None
+        gx, gy = ctx.saved_tensors
+        return scale_saved_grad(grad_output, gx, ctx.dtype), scale_saved_grad(grad_output, gy, ctx.dtype), None, None
 
 
 def align_loss(
@@ -85,7 +83,7 @@ def align_loss(
     if normalize:
         x, y = torch.nn.functional.normalize(x, dim=1), torch.nn.functional.normalize(y, dim=1)
     if not (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)):  # no graph to build: skip autograd
-        return backends.get(name).align(x, y, as_scalar_tensor(alpha), False)[0]
+        return backends.get(name).align(x, y, as_scalar_tensor(alpha), False, False)[0]
     return _AlignLoss.apply(x, y, as_scalar_tensor(alpha), name)
 
 

@@ -71,10 +71,10 @@ class Backend(Protocol):
         ...
 
     def align(
-        self, x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, grad_x: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """mean_i ||x_i - y_i||^alpha (0-dim, compute dtype) and its gradient for x where asked for (that for y is
-        its negative). ``alpha`` is a 0-dim float64 CPU tensor."""
+        self, x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, grad_x: bool, grad_y: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """mean_i ||x_i - y_i||^alpha (0-dim, compute dtype) and its gradients for x and for y where asked for
+        (else None; the one for y is the other's negative). ``alpha`` is a 0-dim float64 CPU tensor."""
         ...
 
 

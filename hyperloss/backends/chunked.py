@@ -229,8 +229,9 @@ class ChunkedBackend:
         # Float32 products follow torch's own matmul setting here; ``precision`` is for the fused kernels.
         return uniform_lse(x, queue, t, intra_batch, grad_x, grad_queue)
 
-    def align(self, x, y, alpha, grad_x):
-        return align(x, y, alpha, grad_x)
+    def align(self, x, y, alpha, grad_x, grad_y=False):
+        loss, gx = align(x, y, alpha, grad_x or grad_y)
+        return loss, (gx if grad_x else None), (None if not grad_y else -gx)
 
 
 CHUNKED = ChunkedBackend()

@@ -6,7 +6,7 @@ Both are torch ops over the C API of libhyperloss (loaded by ``hyperloss._lib``)
 matters for small batches), with their fake implementations beside them so that torch.compile and torch.export
 trace them:
   hyperloss::uniform_lse(x, queue, t, intra_batch, grad_x, grad_queue, precision) -> (lse, grad_x, grad_queue)
-  hyperloss::align(x, y, alpha, grad_x) -> (loss, grad_x)
+  hyperloss::align(x, y, alpha, grad_x, grad_y) -> (loss, grad_x, grad_y)
 t and alpha are 0-dim float64 CPU tensors (one compiled graph for every value), lse is float64, absent gradients
 are empty tensors (an op returns tensors). ``CPU`` and ``CUDA`` at the end are the two backends (the
 ``hyperloss.backends.Backend`` protocol).
@@ -84,7 +84,7 @@ _OPS.define(
     "uniform_lse(Tensor x, Tensor? queue, Tensor t, bool intra_batch, bool grad_x, bool grad_queue, int precision=0)"
     " -> (Tensor, Tensor, Tensor)"
 )
-_OPS.define("align(Tensor x, Tensor y, Tensor alpha, bool grad_x) -> (Tensor, Tensor)")
+_OPS.define("align(Tensor x, Tensor y, Tensor alpha, bool grad_x, bool grad_y=False) -> (Tensor, Tensor, Tensor)")
 
 
 def _uniform_lse_cpu(
@@ -133,40 +133,45 @@ def _uniform_lse_fake(x, queue, t, intra_batch, grad_x, grad_queue, precision=0)
     )
 
 
+def _align_outputs(x: torch.Tensor, grad_x: bool, grad_y: bool, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """The op's gradient outputs: x's shape where asked for, else empty (the CPU and CUDA impls and the fake)."""
+    return tuple(x.new_empty(x.shape if wanted else (0,), dtype=dtype) for wanted in (grad_x, grad_y))
+
+
 def _align_cpu(
-    x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, grad_x: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
+    x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, grad_x: bool, grad_y: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x, y = _cpu_input(x), _cpu_input(y)
-    gx = torch.empty(x.shape if grad_x else (0,), dtype=x.dtype)
+    gx, gy = _align_outputs(x, grad_x, grad_y, x.dtype)
     loss = ctypes.c_double()
     status = _lib.lib.hl_align_cpu(
         _DTYPE[x.dtype], _matrix(x, x.shape[1]), _matrix(y, y.shape[1]), float(alpha), torch.get_num_threads(),
-        ctypes.byref(loss), _pointer(gx), None,
+        ctypes.byref(loss), _pointer(gx), _pointer(gy),
     )  # fmt: skip
     _lib.check(status, "align")
-    return torch.tensor(loss.value, dtype=x.dtype), gx
+    return torch.tensor(loss.value, dtype=x.dtype), gx, gy
 
 
-def _align_cuda(x, y, alpha, grad_x):
+def _align_cuda(x, y, alpha, grad_x, grad_y=False):
     dtype = compute_dtype(x.dtype)
     with torch.cuda.device(x.device):
         loss = torch.empty((), dtype=dtype, device=x.device)
-        gx = torch.empty(x.shape if grad_x else (0,), dtype=dtype, device=x.device)
+        gx, gy = _align_outputs(x, grad_x, grad_y, dtype)
         code = _DTYPE[x.dtype]
         size = _lib.lib.hl_align_workspace_bytes_cuda(code, x.shape[0])
         workspace = torch.empty(size, dtype=torch.uint8, device=x.device)
         status = _lib.lib.hl_align_cuda(
-            code, _matrix(x, x.shape[1]), _matrix(y, y.shape[1]), float(alpha), loss.data_ptr(), _pointer(gx), None,
-            workspace.data_ptr(), size, torch.cuda.current_stream(x.device).cuda_stream,
+            code, _matrix(x, x.shape[1]), _matrix(y, y.shape[1]), float(alpha), loss.data_ptr(), _pointer(gx),
+            _pointer(gy), workspace.data_ptr(), size, torch.cuda.current_stream(x.device).cuda_stream,
         )  # fmt: skip
     _lib.check(status, "align (CUDA)")
-    return loss, gx
+    return loss, gx, gy
 
 
 @torch.library.register_fake("hyperloss::align", lib=_OPS)
-def _align_fake(x, y, alpha, grad_x):
+def _align_fake(x, y, alpha, grad_x, grad_y=False):
     dtype = compute_dtype(x.dtype)
-    return x.new_empty((), dtype=dtype), x.new_empty(x.shape if grad_x else (0,), dtype=dtype)
+    return x.new_empty((), dtype=dtype), *_align_outputs(x, grad_x, grad_y, dtype)
 
 
 _OPS.impl("uniform_lse", _uniform_lse_cpu, "CPU")
@@ -191,10 +196,10 @@ def _uniform_lse(
 
 
 def _align(
-    x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, grad_x: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    loss, gx = torch.ops.hyperloss.align(x, y, alpha, grad_x)
-    return loss, (gx if grad_x else None)
+    x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, grad_x: bool, grad_y: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    loss, gx, gy = torch.ops.hyperloss.align(x, y, alpha, grad_x, grad_y)
+    return loss, (gx if grad_x else None), (gy if grad_y else None)
 
 
 class NativeBackend:

@@ -45,8 +45,9 @@ class TritonBackend:
     def uniform_lse(self, x, queue, t, intra_batch, grad_x, grad_queue, precision=None):
         return self._kernels.uniform_lse(x, queue, t, intra_batch, grad_x, grad_queue, precision=precision)
 
-    def align(self, x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, grad_x: bool):
-        return self._kernels.align(x, y, alpha, grad_x)
+    def align(self, x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, grad_x: bool, grad_y: bool = False):
+        loss, gx = self._kernels.align(x, y, alpha, grad_x or grad_y)
+        return loss, (gx if grad_x else None), (None if not grad_y else -gx)
 
 
 TRITON = TritonBackend()
