@@ -91,6 +91,8 @@ def measure_case(case: Case, budget_s: float) -> dict:
     # by a collection that could otherwise fall inside a timed call.
     gc.collect()
     gc.freeze()
+    for tensor in inputs:  # the warm-up's gradients go before the baseline: the call's own count in its peak
+        tensor.grad = None
     peak = isolation.peak_extra_memory(step, device)
     if device.type == "cuda":
         from triton.testing import do_bench
