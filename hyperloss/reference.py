@@ -6,7 +6,7 @@
 - ``dense_align_loss`` / ``dense_uniform_loss``: numerically stable dense versions (a log-sum-exp over the pair
   scores, autograd through torch). In float64 they are the one math definition every backend is tested against.
 The pure-PyTorch backend that runs on any device is ``hyperloss.backends.chunked`` (named "chunked"; "reference"
-is its old name).
+is its old name); its primitives ``uniform_lse`` and ``align`` stay importable from here too.
 """
 
 from __future__ import annotations
@@ -130,3 +130,7 @@ def dense_uniform_loss(
     k = 0 if queue is None else queue.shape[0]
     lse = torch.logsumexp(torch.cat(scores), dim=0)
     return lse - log_num_pairs(x.shape[0], k, intra_batch, x.device).to(lse.dtype)
+
+
+# The chunked backend's primitives, at the path they had before the registry (``hyperloss.backends.chunked``).
+from .backends.chunked import align, uniform_lse  # noqa: E402, F401
