@@ -33,7 +33,7 @@ lint: $(STAMP)
 # The Triton kernels run on the CPU only under TRITON_INTERPRET=1, which must be set before Python starts.
 pytest: build
 	$(PY) -m pytest -q tests bench
-	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/test_triton.py
+	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/test_triton.py tests/test_triton_lean.py
 
 # The C library: build (CUDA kernels too where nvcc is found), C++ tests, then install it and build a separate
 # program against it with find_package(hyperloss).
