@@ -65,6 +65,19 @@ def scale_saved_grad(grad_output: torch.Tensor, grad: torch.Tensor | None, dtype
     return (grad_output * grad).to(dtype)
 
 
+def normalized_rows(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """Each (N, D) tensor with its rows L2-normalized (differentiably; None passes through): the ``normalize=``
+    option of every loss and module."""
+    return tuple(None if v is None else torch.nn.functional.normalize(v, dim=1) for v in tensors)
+
+
+def split_align_gradient(
+    loss: torch.Tensor, grad_x: torch.Tensor | None, want_x: bool, want_y: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The align primitive's outputs for a kernel that returns d loss/dx only: d loss/dy is its negative."""
+    return loss, (grad_x if want_x else None), (-grad_x if want_y else None)
+
+
 def temperature_gradient(
     x: torch.Tensor,
     queue: torch.Tensor | None,

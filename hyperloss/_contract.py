@@ -25,13 +25,8 @@ SUPPORTED_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
 def dtype_name(dtype: object) -> str:
-    """ "float32" for torch.float32, numpy.float32, jnp.float32 or a numpy dtype."""
-    name = str(dtype)
-    if name.startswith("torch."):
-        return name.removeprefix("torch.")
-    if name.startswith("<class"):  # numpy scalar types: <class 'numpy.float32'>
-        return getattr(dtype, "__name__", name)
-    return name
+    """ "float32" for torch.float32 or numpy.dtype("float32") (what a JAX or NumPy array's ``dtype`` is)."""
+    return str(dtype).removeprefix("torch.")
 
 
 def compute_dtype_name(dtype: str) -> str:

@@ -48,7 +48,14 @@ import torch
 import torch.distributed as dist
 
 from . import backends
-from ._common import as_scalar_tensor, log_mean_from_lse, num_pairs, scale_saved_grad, temperature_gradient
+from ._common import (
+    as_scalar_tensor,
+    log_mean_from_lse,
+    normalized_rows,
+    num_pairs,
+    scale_saved_grad,
+    temperature_gradient,
+)
 from ._contract import check_bool
 from ._precision import OPERAND_PRECISIONS, check_precision, resolve_precision
 from ._validation import SUPPORTED_DTYPES, check_align_args, check_uniform_args, compute_dtype
@@ -394,8 +401,7 @@ def uniform_loss(
     check_precision(precision)
     name = backends.resolve(backend, x_local.device)
     if normalize:
-        x_local = torch.nn.functional.normalize(x_local, dim=1)
-        queue = None if queue is None else torch.nn.functional.normalize(queue, dim=1)
+        x_local, queue = normalized_rows(x_local, queue)
     trainable_t = isinstance(t, torch.Tensor) and t.requires_grad
     return _DistributedUniform.apply(
         x_local,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from . import backends
-from ._common import as_scalar_tensor, log_mean_from_lse, scale_saved_grad, temperature_gradient
+from ._common import as_scalar_tensor, log_mean_from_lse, normalized_rows, scale_saved_grad, temperature_gradient
 from ._contract import check_bool
 from ._precision import check_precision
 from ._validation import check_align_args, check_uniform_args, compute_dtype
@@ -81,7 +81,7 @@ def align_loss(
     check_bool("normalize", normalize)
     name = backends.resolve(backend, x.device)
     if normalize:
-        x, y = torch.nn.functional.normalize(x, dim=1), torch.nn.functional.normalize(y, dim=1)
+        x, y = normalized_rows(x, y)
     if not (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)):  # no graph to build: skip autograd
         return backends.get(name).align(x, y, as_scalar_tensor(alpha), False, False)[0]
     return _AlignLoss.apply(x, y, as_scalar_tensor(alpha), name)
@@ -127,8 +127,7 @@ def uniform_loss(
     check_precision(precision)
     name = backends.resolve(backend, x.device)
     if normalize:
-        x = torch.nn.functional.normalize(x, dim=1)
-        queue = None if queue is None else torch.nn.functional.normalize(queue, dim=1)
+        x, queue = normalized_rows(x, queue)
     t_scalar = as_scalar_tensor(t)
     trainable_t = isinstance(t, torch.Tensor) and t.requires_grad
     if not (

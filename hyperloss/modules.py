@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from . import functional as F
+from ._common import normalized_rows
 from ._contract import check_bool
 from ._precision import check_precision
 from ._validation import check_positive, check_weight
@@ -60,9 +61,13 @@ class _Temperature(nn.Module):
     def forward(self) -> float | torch.Tensor:
         return self.log_t.exp() if hasattr(self, "log_t") else self.fixed
 
+    @property
+    def value(self) -> float:
+        """t now, as a number."""
+        return float(self.log_t.detach().exp()) if hasattr(self, "log_t") else self.fixed
+
     def extra_repr(self) -> str:
-        t = self()
-        return f"t={float(t.detach()) if isinstance(t, torch.Tensor) else t}" + (", trainable" * hasattr(self, "log_t"))
+        return f"t={self.value}" + (", trainable" * hasattr(self, "log_t"))
 
 
 class UniformLoss(nn.Module):
@@ -100,8 +105,7 @@ class UniformLoss(nn.Module):
     @property
     def t(self) -> float:
         """The temperature's current value."""
-        t = self.temperature()
-        return float(t.detach()) if isinstance(t, torch.Tensor) else t
+        return self.temperature.value
 
     def forward(self, x: torch.Tensor, queue: torch.Tensor | None = None) -> torch.Tensor:
         """The uniformity loss of x's rows (and of their pairs with the queue, if any).
@@ -190,8 +194,7 @@ class AlignUniformLoss(nn.Module):
     @property
     def t(self) -> float:
         """The temperature's current value."""
-        t = self.temperature()
-        return float(t.detach()) if isinstance(t, torch.Tensor) else t
+        return self.temperature.value
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | AlignUniformParts:
         """The weighted sum of the alignment of (x_i, y_i) and the mean uniformity of x and of y.
@@ -205,7 +208,7 @@ class AlignUniformLoss(nn.Module):
             ``AlignUniformParts`` (loss, align, uniform).
         """
         if self.normalize:  # once here, not once per term
-            x, y = torch.nn.functional.normalize(x, dim=1), torch.nn.functional.normalize(y, dim=1)
+            x, y = normalized_rows(x, y)
         align = F.align_loss(x, y, self.alpha, backend=self.backend)
         t, options = self.temperature(), {"backend": self.backend, "precision": self.precision}
         uniform = (F.uniform_loss(x, t, **options) + F.uniform_loss(y, t, **options)) / 2

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .._common import log_num_pairs, poison_nonfinite
+from .._common import log_num_pairs, poison_nonfinite, split_align_gradient
 from .._validation import compute_dtype
 
 # Scores held at once: block_rows * columns elements (64 MB in float32).
@@ -230,8 +230,7 @@ class ChunkedBackend:
         return uniform_lse(x, queue, t, intra_batch, grad_x, grad_queue)
 
     def align(self, x, y, alpha, grad_x, grad_y=False):
-        loss, gx = align(x, y, alpha, grad_x or grad_y)
-        return loss, (gx if grad_x else None), (None if not grad_y else -gx)
+        return split_align_gradient(*align(x, y, alpha, grad_x or grad_y), grad_x, grad_y)
 
 
 CHUNKED = ChunkedBackend()

@@ -65,13 +65,13 @@ def _pointer(t: torch.Tensor) -> int | None:
 
 
 def _gradient_outputs(
-    x: torch.Tensor, queue: torch.Tensor | None, grad_x: bool, grad_queue: bool, dtype: torch.dtype
+    x: torch.Tensor, other: torch.Tensor | None, grad_x: bool, grad_other: bool, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The op's gradient outputs on x's device: x's (and the queue's) shape where asked for, else empty. One rule for
-    the CPU and CUDA implementations and the fake."""
+    """An op's gradient outputs on x's device: x's (and the other input's: the queue, or y) shape where asked for,
+    else empty. One rule for both ops' CPU and CUDA implementations and their fakes."""
     gx = x.new_empty(x.shape if grad_x else (0,), dtype=dtype)
-    gq = x.new_empty(queue.shape if grad_queue and queue is not None else (0,), dtype=dtype)
-    return gx, gq
+    g_other = x.new_empty(other.shape if grad_other and other is not None else (0,), dtype=dtype)
+    return gx, g_other
 
 
 def _cpu_input(t: torch.Tensor) -> torch.Tensor:
@@ -133,16 +133,11 @@ def _uniform_lse_fake(x, queue, t, intra_batch, grad_x, grad_queue, precision=0)
     )
 
 
-def _align_outputs(x: torch.Tensor, grad_x: bool, grad_y: bool, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """The op's gradient outputs: x's shape where asked for, else empty (the CPU and CUDA impls and the fake)."""
-    return tuple(x.new_empty(x.shape if wanted else (0,), dtype=dtype) for wanted in (grad_x, grad_y))
-
-
 def _align_cpu(
     x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, grad_x: bool, grad_y: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x, y = _cpu_input(x), _cpu_input(y)
-    gx, gy = _align_outputs(x, grad_x, grad_y, x.dtype)
+    gx, gy = _gradient_outputs(x, y, grad_x, grad_y, x.dtype)
     loss = ctypes.c_double()
     status = _lib.lib.hl_align_cpu(
         _DTYPE[x.dtype], _matrix(x, x.shape[1]), _matrix(y, y.shape[1]), float(alpha), torch.get_num_threads(),
@@ -156,7 +151,7 @@ def _align_cuda(x, y, alpha, grad_x, grad_y=False):
     dtype = compute_dtype(x.dtype)
     with torch.cuda.device(x.device):
         loss = torch.empty((), dtype=dtype, device=x.device)
-        gx, gy = _align_outputs(x, grad_x, grad_y, dtype)
+        gx, gy = _gradient_outputs(x, y, grad_x, grad_y, dtype)
         code = _DTYPE[x.dtype]
         size = _lib.lib.hl_align_workspace_bytes_cuda(code, x.shape[0])
         workspace = torch.empty(size, dtype=torch.uint8, device=x.device)
@@ -171,7 +166,7 @@ def _align_cuda(x, y, alpha, grad_x, grad_y=False):
 @torch.library.register_fake("hyperloss::align", lib=_OPS)
 def _align_fake(x, y, alpha, grad_x, grad_y=False):
     dtype = compute_dtype(x.dtype)
-    return x.new_empty((), dtype=dtype), *_align_outputs(x, grad_x, grad_y, dtype)
+    return x.new_empty((), dtype=dtype), *_gradient_outputs(x, y, grad_x, grad_y, dtype)
 
 
 _OPS.impl("uniform_lse", _uniform_lse_cpu, "CPU")

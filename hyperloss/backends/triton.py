@@ -11,6 +11,8 @@ from types import ModuleType
 
 import torch
 
+from .._common import split_align_gradient
+
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
@@ -46,8 +48,7 @@ class TritonBackend:
         return self._kernels.uniform_lse(x, queue, t, intra_batch, grad_x, grad_queue, precision=precision)
 
     def align(self, x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, grad_x: bool, grad_y: bool = False):
-        loss, gx = self._kernels.align(x, y, alpha, grad_x or grad_y)
-        return loss, (gx if grad_x else None), (None if not grad_y else -gx)
+        return split_align_gradient(*self._kernels.align(x, y, alpha, grad_x or grad_y), grad_x, grad_y)
 
 
 TRITON = TritonBackend()
