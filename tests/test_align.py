@@ -80,8 +80,8 @@ def test_second_derivative_raises(backend):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_native_large_gradients(dtype):
-    """Past the native kernel's size thresholds (gradients on huge pages, non-temporal stores; 33 columns put the
-    rows at every alignment): the oracle's values, and the same bits with one thread as with several."""
+    """Past the native kernel's size threshold (gradients advised to huge pages, non-temporal stores; 33 columns put
+    the rows at every alignment): the oracle's values, and the same bits with one thread as with several."""
     if "cpu" not in CPU_BACKENDS:
         pytest.skip("the native extension is not built")
     x = features(70_000, 33, seed=9, dtype=dtype, device="cpu")

@@ -15,7 +15,6 @@ are empty tensors (an op returns tensors). ``CPU`` and ``CUDA`` at the end are t
 from __future__ import annotations
 
 import ctypes
-import mmap
 from collections.abc import Callable
 
 import torch
@@ -134,32 +133,12 @@ def _uniform_lse_fake(x, queue, t, intra_batch, grad_x, grad_queue, precision=0)
     )
 
 
-# From this size on, a CPU alignment gradient lives on transparent huge pages. It is written once in a pass that
-# runs at memory speed, so first-touch page faults weigh as much as the pass: with 4 KiB pages, 256k faults for
-# two 512 MB gradients (~200 ms of a ~260 ms call on a 2-core VM); with 2 MiB pages, 512 faults.
-_HUGE_PAGE_BYTES = 2 << 20
-
-
-def _on_huge_pages(t: torch.Tensor) -> torch.Tensor:
-    """An uninitialized tensor of ``t``'s shape and dtype on fresh anonymous memory marked MADV_HUGEPAGE (Linux THP
-    "madvise" or "always"), freed with the tensor; ``t`` itself where it is small or the platform has no madvise.
-    The kernel writes every page in the parallel loop: each page is first touched by the thread that fills it."""
-    nbytes = t.numel() * t.element_size()
-    if nbytes < _HUGE_PAGE_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return t
-    # Private (a shared mapping is shmem, outside THP's "madvise" mode); the tensor holds the mapping alive.
-    pages = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    pages.madvise(mmap.MADV_HUGEPAGE)
-    return torch.frombuffer(pages, dtype=t.dtype, count=t.numel()).view(t.shape)
-
-
 def _align_cpu(
     x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, grad_x: bool, grad_y: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x, y = _cpu_input(x), _cpu_input(y)
+    # Large gradients are advised to huge pages by the kernel before it first touches them (csrc/cpu/align.cpp).
     gx, gy = _gradient_outputs(x, y, grad_x, grad_y, x.dtype)
-    if x.numel() * x.element_size() >= _HUGE_PAGE_BYTES:  # one test for small calls, where every µs shows
-        gx, gy = _on_huge_pages(gx), _on_huge_pages(gy)
     loss = ctypes.c_double()
     status = _lib.lib.hl_align_cpu(
         _DTYPE[x.dtype], _matrix(x, x.shape[1]), _matrix(y, y.shape[1]), float(alpha), torch.get_num_threads(),
