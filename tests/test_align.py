@@ -76,3 +76,26 @@ def test_second_derivative_raises(backend):
     loss = hyperloss.align_loss(x, features(5, 3, seed=8), backend=backend)
     with pytest.raises(RuntimeError, match="second derivatives"):
         torch.autograd.grad(loss, x, create_graph=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_large_gradients(dtype):
+    """Past the native kernel's size threshold (gradients advised to huge pages, non-temporal stores; 33 columns put
+    the rows at every alignment): the oracle's values, and the same bits with one thread as with several."""
+    if "cpu" not in CPU_BACKENDS:
+        pytest.skip("the native extension is not built")
+    x = features(70_000, 33, seed=9, dtype=dtype, device="cpu")
+    y = x + features(70_000, 33, seed=10, dtype=dtype, scale=0.1, normalize=False, device="cpu")
+    check_align("cpu", x, y, 2.0)
+    runs = []
+    threads = torch.get_num_threads()
+    for n_threads in (1, max(2, threads)):
+        torch.set_num_threads(n_threads)
+        try:
+            a, b = x.clone().requires_grad_(), y.clone().requires_grad_()
+            hyperloss.align_loss(a, b, 1.5, backend="cpu").backward()
+        finally:
+            torch.set_num_threads(threads)
+        runs.append((a.grad, b.grad))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert torch.equal(runs[0][1], -runs[0][0])

@@ -18,6 +18,24 @@
 
 namespace hyperloss::cpu {
 
+constexpr size_t kHugePageBytes = size_t(2) << 20;  // x86-64's (transparent) huge page
+
+// Marks the whole huge pages inside [data, data + bytes) for transparent huge pages where the kernel offers them
+// (Linux, THP "madvise" or "always"): the pages not yet touched are then faulted 2 MiB at a time, 512x fewer faults
+// than 4 kB pages (a fault costs ~0.5 us, several in a VM). A hint on the memory's paging only: contents and
+// ownership are untouched, pages already present stay as they are, and elsewhere it does nothing.
+inline void advise_huge_pages(void* data, size_t bytes) {
+#if defined(HYPERLOSS_HAS_MMAP) && defined(MADV_HUGEPAGE)
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data), end = begin + bytes;
+  const uintptr_t first = (begin + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+  const uintptr_t last = end / kHugePageBytes * kHugePageBytes;
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
 template <typename T>
 class PageBuffer {
  public:
@@ -60,15 +78,14 @@ class PageBuffer {
 
  private:
   static constexpr size_t kMapBytes = size_t(1) << 20;
-  static constexpr size_t kHugeBytes = size_t(2) << 20;  // x86-64's huge page
+  static constexpr size_t kHugeBytes = kHugePageBytes;
   static constexpr size_t kAlignment = 64;
   static_assert(kAlignment % sizeof(T) == 0, "whole elements per alignment unit");
 
 #ifdef HYPERLOSS_HAS_MMAP
   // Anonymous pages (zero). From kHugeBytes on, the mapping starts on a huge-page boundary and is marked for
-  // transparent huge pages where the kernel offers them (Linux, THP "madvise" or "always"): far fewer page faults
-  // (a 4 kB fault costs ~0.5 us, more in a VM: 3-7 ms for 8 MB) and TLB misses in the tile sweep, which visits the
-  // packed rows in an order no prefetcher follows. A hint only: elsewhere it is ignored.
+  // transparent huge pages (advise_huge_pages): far fewer page faults (3-7 ms for 8 MB in a VM with 4 kB pages)
+  // and TLB misses in the tile sweep, which visits the packed rows in an order no prefetcher follows.
   void map(size_t bytes) {
     const size_t extra = bytes >= kHugeBytes ? kHugeBytes : 0;
     void* p = mmap(nullptr, bytes + extra, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -79,9 +96,7 @@ class PageBuffer {
       if (aligned != start) munmap(start, aligned - start);
       if (aligned + bytes < start + bytes + extra) munmap(aligned + bytes, start + bytes + extra - (aligned + bytes));
       start = aligned;
-#ifdef MADV_HUGEPAGE
-      madvise(start, bytes, MADV_HUGEPAGE);
-#endif
+      advise_huge_pages(start, bytes);
     }
     data_ = reinterpret_cast<T*>(start);
     mapped_ = true;

@@ -161,6 +161,31 @@ static void check_align(int64_t n, int64_t d, double alpha, double tol) {
          "align: 1 thread, the same gradients");
 }
 
+// Gradients large enough for the non-temporal stores (two outputs of 12 MB: past 16 MB together, one alone is below), 33 columns putting the rows at
+// every alignment: the same bits as one output alone (plain stores), and as outputs aligned differently from each
+// other (where streaming is not possible).
+template <typename T>
+static void check_align_streaming() {
+  const hl_dtype dtype = sizeof(T) == 4 ? HL_FLOAT32 : HL_FLOAT64;
+  const int64_t d = 33, n = (int64_t(12) << 20) / d / int64_t(sizeof(T));  // 12 MB per gradient
+  std::mt19937 rng(11);
+  std::normal_distribution<double> normal;
+  std::vector<T> x(n * d), y(n * d), gx(n * d), gy(n * d), gx_alone(n * d), gx_shifted(n * d + 1), gy_other(n * d);
+  for (auto& v : x) v = static_cast<T>(normal(rng));
+  for (auto& v : y) v = static_cast<T>(normal(rng));
+  const hl_matrix xm{x.data(), n, d, d, 1}, ym{y.data(), n, d, d, 1};
+  double loss = 0, loss_alone = 0, loss_shifted = 0;
+  EXPECT(hl_align_cpu(dtype, xm, ym, 1.5, 0, &loss, gx.data(), gy.data()) == HL_OK, "align streaming: status");
+  hl_align_cpu(dtype, xm, ym, 1.5, 0, &loss_alone, gx_alone.data(), nullptr);
+  hl_align_cpu(dtype, xm, ym, 1.5, 0, &loss_shifted, gx_shifted.data() + 1, gy_other.data());
+  int bad = 0;
+  for (int64_t k = 0; k < n * d; ++k) {
+    bad += !(gy[k] == -gx[k]) + (std::memcmp(&gx[k], &gx_alone[k], sizeof(T)) != 0);
+    bad += (std::memcmp(&gx[k], &gx_shifted[k + 1], sizeof(T)) != 0) + !(gy_other[k] == gy[k]);
+  }
+  EXPECT(bad == 0 && loss_alone == loss && loss_shifted == loss, "align streaming: the same bits as plain stores");
+}
+
 static void check_errors() {
   std::vector<float> a(8, 1.0f);
   double lse = 0;
@@ -438,6 +463,8 @@ int main() {
     check_align<double>(3000, 40, alpha, 1e-12);  // many chunks of rows: the threaded path
     check_align<float>(3000, 40, alpha, 1e-5);
   }
+  check_align_streaming<float>();
+  check_align_streaming<double>();
   check_errors();
   check_thread_counts();
   check_common_offset<float>();
