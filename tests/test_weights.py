@@ -66,13 +66,18 @@ def weight_gradient_scale(x, queue, intra_batch, weights, queue_weights) -> floa
     return max(float(g.abs().max()) for g in (d_w, d_qw) if g is not None)
 
 
-def check_weighted(backend, x, t, queue=None, intra_batch=True, weights=None, queue_weights=None, wanted=("x",)):
-    """The public loss on ``backend`` with the inputs in ``wanted`` requiring grad (t is a tensor when named):
+def check_weighted(
+    backend, x, t, queue=None, intra_batch=True, weights=None, queue_weights=None, wanted=("x",), t_tensor=False
+):
+    """The public loss on ``backend`` with the inputs in ``wanted`` requiring grad (t is a tensor when named, or
+    with ``t_tensor``: then without grad where not named):
     value, dtypes and gradients against the float64 dense definition, in the tolerance model of
     tests/helpers.py (the weights' gradients on the scale of their largest entry)."""
     inputs = {"x": x, "queue": queue, "weights": weights, "queue_weights": queue_weights}
     inputs = {k: None if v is None else v.detach().requires_grad_(k in wanted) for k, v in inputs.items()}
-    t_arg = torch.tensor(t, dtype=torch.float64, device=DEVICE, requires_grad=True) if "t" in wanted else t
+    t_arg = t
+    if "t" in wanted or t_tensor:
+        t_arg = torch.tensor(t, dtype=torch.float64, device=DEVICE, requires_grad="t" in wanted)
     got = hyperloss.uniform_loss(
         inputs["x"],
         t_arg,
@@ -128,13 +133,15 @@ def check_weighted(backend, x, t, queue=None, intra_batch=True, weights=None, qu
     ),
     intra_batch=st.booleans(),
     offset=st.sampled_from([0.0, 300.0]),
+    t_tensor=st.booleans(),
     seed=st.integers(0, 2**16),
 )
 def test_matches_dense_weighted_definition(
-    backend, n, k, d, t, dtype, pattern, queue_pattern, wanted, intra_batch, offset, seed
+    backend, n, k, d, t, dtype, pattern, queue_pattern, wanted, intra_batch, offset, t_tensor, seed
 ):
     """Value and gradients for x, the queue, t and both weights, with zero weights, weights over 13 orders of
-    magnitude or scaled by 1e250, underflow (t = 50), and rows around a far common vector (offset)."""
+    magnitude or scaled by 1e250, underflow (t = 50), rows around a far common vector (offset), and t a number or a
+    tensor with or without grad."""
     x = features(n, d, seed=seed) + offset
     queue = features(k, d, seed=seed + 1) + offset if k else None
     intra_batch = intra_batch or queue is None
@@ -151,7 +158,7 @@ def test_matches_dense_weighted_definition(
     wanted = tuple(v for v in wanted if not (v in ("queue", "queue_weights") and queue is None))
     wanted = tuple(v for v in wanted if v != "queue_weights" or queue_weights is not None)
     x, queue = x.to(dtype), None if queue is None else queue.to(dtype)
-    check_weighted(backend, x, t, queue, intra_batch, weights, queue_weights, wanted)
+    check_weighted(backend, x, t, queue, intra_batch, weights, queue_weights, wanted, t_tensor)
 
 
 @pytest.mark.parametrize("backend", WEIGHT_BACKENDS)
@@ -354,3 +361,21 @@ def test_native_kernel_on_many_blocks_matches_chunked(dtype):
     rel = 1e-10 if dtype == torch.float64 else 1e-4
     for got, want in zip(*results, strict=True):
         assert_close_scaled(got, want, rel, "cpu vs chunked", floor=1e-300)
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+def test_every_instruction_set_of_the_weighted_tile(isa, monkeypatch):
+    """The weighted tile arithmetic is compiled once per instruction set (a set the CPU lacks falls back to a lower
+    one): each against the chunked backend, at t = 50 with zero weights."""
+    if "cpu" not in backends.usable("cpu") or not backends.supports_weights("cpu"):
+        pytest.skip("the native CPU kernel with weights is not built")
+    monkeypatch.setenv("HYPERLOSS_CPU_ISA", isa)
+    for dtype, rel in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
+        x = features(200, 7, seed=31, device="cpu", dtype=dtype).requires_grad_()
+        w = row_weights(200, "zeros", 32).cpu().requires_grad_()
+        results = []
+        for backend in ("cpu", "chunked"):
+            loss = hyperloss.uniform_loss(x, 50.0, weights=w, backend=backend)
+            results.append((loss, *torch.autograd.grad(loss, (x, w))))
+        for got, want in zip(*results, strict=True):
+            assert_close_scaled(got, want, rel, f"cpu ({isa}) vs chunked", floor=1e-300)
