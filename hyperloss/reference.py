@@ -116,7 +116,8 @@ def dense_uniform_loss(
 
     With per-row weights, the weighted mean: log( sum_pairs w_u w_v exp(-t d_uv) / sum_pairs w_u w_v ), taken as
     m + log sum_pairs w_u w_v exp(-t d_uv - m) with m the largest score of a pair of positive weight (no log of a
-    weight: autograd gives finite weight gradients where a weight is 0).
+    weight: autograd gives finite weight gradients where a weight is 0, as long as no pair of weight 0 scores more
+    than ~700 above m, beyond which exp overflows to inf and the value becomes NaN).
 
     Materializes the N x N (and N x K) scores: for small inputs and tests only.
 
