@@ -110,6 +110,59 @@ def temperature_gradient(
     return total / (2 * t.to(device=total.device, dtype=torch.float64))
 
 
+def power_of_two_scale(*weights: torch.Tensor | None) -> torch.Tensor:
+    """2^-e (0-dim float64) with e the exponent of the largest entry of the given float64 weights: scaled by it
+    (exactly), the largest is in [0.5, 1), so every log-weight is <= 0 and no sum of pair weights overflows. 1 where
+    every weight is 0."""
+    largest = torch.stack([w.amax() for w in weights if w is not None and w.numel()]).amax()
+    return torch.ldexp(torch.ones_like(largest), -torch.frexp(largest).exponent)
+
+
+def row_weights(weights: torch.Tensor | None, rows: int, device: torch.device) -> torch.Tensor:
+    """Per-row weights as a float64 tensor on ``device`` (detached): ones where none are given."""
+    if weights is None:
+        return torch.ones(rows, dtype=torch.float64, device=device)
+    return weights.detach().to(device=device, dtype=torch.float64)
+
+
+def pair_weight_log_sum(
+    weights: torch.Tensor | None,
+    queue_weights: torch.Tensor | None,
+    n: int,
+    k: int,
+    intra_batch: bool,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """log W with W = sum over the pairs of w_u w_v (missing weights mean 1), and d log W / dw, d log W / d qw
+    (the latter None without a queue); all float64, analytic (the losses' backward only scales saved gradients).
+
+    Only sums of nonnegative terms, so nothing cancels: the i < j pairs as sum_u w_u (w_0 + ... + w_{u-1}) (the
+    closed form ((sum w)^2 - sum w^2) / 2 loses every digit when one weight dominates), each row's partners as its
+    exclusive prefix plus suffix sums, on weights scaled by a power of two (``power_of_two_scale``) so that W
+    neither overflows nor underflows for any scale of the weights.
+    """
+    w = row_weights(weights, n, device)
+    qw = None if k == 0 else row_weights(queue_weights, k, device)
+    scale = power_of_two_scale(w, qw)
+    w = w * scale
+    total = w.new_zeros(())
+    partners = torch.zeros_like(w)  # for each row of x: the sum of its partners' weights
+    q_partners = None
+    if intra_batch:
+        before = torch.cat([w.new_zeros(1), w.cumsum(0)[:-1]])
+        after = torch.cat([w.flip(0).cumsum(0)[:-1].flip(0), w.new_zeros(1)])
+        total = total + (w * before).sum()
+        partners = partners + before + after
+    if qw is not None:
+        qw = qw * scale
+        q_sum, w_sum = qw.sum(), w.sum()
+        total = total + w_sum * q_sum
+        partners = partners + q_sum
+        q_partners = (w_sum * scale / total).expand(k)
+    # W = W' / scale^2 and dW/dw = dW'/dw' / scale: d log W / dw = partners' * scale / W'.
+    return total.log() - 2 * scale.log(), partners * (scale / total), q_partners
+
+
 def poison_nonfinite(
     inputs: tuple[torch.Tensor, ...], lse: torch.Tensor, grads: tuple[torch.Tensor | None, ...]
 ) -> tuple[torch.Tensor, tuple[torch.Tensor | None, ...]]:

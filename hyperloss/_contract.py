@@ -110,6 +110,39 @@ def check_uniform(
             raise ValueError(f"queue has {queue[0][1]} features per row but {x_name} has {x[0][1]}")
 
 
+def check_row_weights(name: str, shape: Sequence[int], dtype: str, rows: int, rows_name: str) -> None:
+    """Per-row weights of a uniformity loss: a 1-D floating array with one entry per row of ``rows_name``."""
+    if dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name} must be a floating-point array ({', '.join(SUPPORTED_DTYPES)}), got {dtype}")
+    if len(shape) != 1 or shape[0] != rows:
+        raise ValueError(
+            f"{name} must have shape ({rows},): one weight per row of {rows_name}, got shape {tuple(shape)}"
+        )
+
+
+def check_row_weight_values(
+    name: str, finite: bool, nonnegative: bool, pair_sum_positive: bool, intra_batch: bool, queue: bool
+) -> None:
+    """The values of per-row weights (as read by the frontend): finite, >= 0, and some pair of positive weight.
+
+    Args:
+        name: what to call the weights in the message ("weights", "queue_weights", or both).
+        finite, nonnegative: whether every entry is finite, and >= 0.
+        pair_sum_positive: whether the sum over the pairs of w_u w_v is > 0.
+        intra_batch, queue: which pairs exist (for the message).
+    """
+    if not finite:
+        raise ValueError(f"{name} must be finite (got NaN or inf entries)")
+    if not nonnegative:
+        raise ValueError(f"{name} must be >= 0 (got negative entries)")
+    if not pair_sum_positive:
+        partners = " and ".join(p for p, on in (("another row of x", intra_batch), ("a row of the queue", queue)) if on)
+        raise ValueError(
+            "the pair weights sum to 0: no pair has two positive weights (a row of positive weight needs a partner "
+            f"of positive weight: {partners}); the weighted mean over the pairs is undefined"
+        )
+
+
 def check_align(
     x: tuple[Sequence[int], str],
     y: tuple[Sequence[int], str],

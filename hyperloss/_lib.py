@@ -59,6 +59,10 @@ def _declare(library: ctypes.CDLL) -> None:
             status,
             [c.c_int, matrix, matrix, c.c_double, c.c_int, c.c_int, double_p, void_p, void_p],
         ),
+        "hl_uniform_lse_weighted_cpu": (
+            status,
+            [c.c_int, matrix, matrix, void_p, void_p, c.c_double, c.c_int, c.c_int, double_p, *[void_p] * 4],
+        ),
         "hl_align_cpu": (status, [c.c_int, matrix, matrix, c.c_double, c.c_int, double_p, void_p, void_p]),
         "hl_uniform_workspace_bytes_cuda": (size_t, [c.c_int, i64, i64, i64, c.c_int, c.c_int]),
         "hl_uniform_lse_f64_cuda": (

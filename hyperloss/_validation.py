@@ -70,6 +70,45 @@ def check_uniform_args(
     return check_temperature(t)
 
 
+def check_uniform_weights(
+    x: torch.Tensor,
+    queue: torch.Tensor | None,
+    weights: object,
+    queue_weights: object,
+    intra_batch: bool,
+) -> None:
+    """Checks per-row weights of a uniformity loss (x, the queue and intra_batch checked already): each None or a
+    1-D floating tensor with one entry per row, on x's device; finite, >= 0, and with a positive pair weight sum
+    (some pair of two positive weights).
+
+    The values are read in eager mode only: one device sync on a GPU (all of them in one read). Under
+    torch.compile they are not read, and invalid weights give a NaN loss there (negative ones: a ValueError from
+    the cpu kernel).
+    """
+    n, k = x.shape[0], 0 if queue is None else queue.shape[0]
+    if queue_weights is not None and queue is None:
+        raise ValueError("queue_weights needs a queue")
+    given = []
+    for name, w, rows, rows_name in (("weights", weights, n, "x"), ("queue_weights", queue_weights, k, "queue")):
+        if w is None:
+            continue
+        _contract.check_row_weights(name, *_tensor(name, w), rows, rows_name)
+        _same_device(name, w, x)
+        given.append((name, w))
+    if not given or torch.compiler.is_compiling():
+        return
+    flags = []
+    for _, w in given:
+        flags += [torch.isfinite(w).all(), (w >= 0).all()]
+    positive_x = (weights > 0).sum() if weights is not None else torch.tensor(n, device=x.device)
+    positive_q = (queue_weights > 0).any() if queue_weights is not None else torch.tensor(k > 0, device=x.device)
+    flags.append(((positive_x >= 2) & intra_batch) | ((positive_x >= 1) & positive_q))
+    read = torch.stack(flags).tolist()  # the one read (device sync)
+    for index, (name, _) in enumerate(given):
+        _contract.check_row_weight_values(name, read[2 * index], read[2 * index + 1], True, intra_batch, k > 0)
+    _contract.check_row_weight_values("weights", True, True, read[-1], intra_batch, k > 0)
+
+
 def check_align_args(
     x: object, y: object, alpha: object, *, names: tuple[str, str] = ("x", "y"), min_rows: int = 1
 ) -> float:

@@ -9,10 +9,17 @@ from __future__ import annotations
 import torch
 
 from . import backends
-from ._common import as_scalar_tensor, log_mean_from_lse, normalized_rows, scale_saved_grad, temperature_gradient
+from ._common import (
+    as_scalar_tensor,
+    log_mean_from_lse,
+    normalized_rows,
+    pair_weight_log_sum,
+    scale_saved_grad,
+    temperature_gradient,
+)
 from ._contract import check_bool
 from ._precision import check_precision
-from ._validation import check_align_args, check_uniform_args, compute_dtype
+from ._validation import check_align_args, check_uniform_args, check_uniform_weights, compute_dtype
 
 
 def _log_mean(lse: torch.Tensor, x: torch.Tensor, queue: torch.Tensor | None, intra_batch: bool) -> torch.Tensor:
@@ -30,19 +37,70 @@ class _UniformLoss(torch.autograd.Function):
         grad_x = ctx.needs_input_grad[0] or grad_t  # d lse/dt is formed from the rows' gradients
         grad_queue = queue is not None and (ctx.needs_input_grad[1] or grad_t)
         lse, gx, gq = backends.get(backend).uniform_lse(x, queue, t_scalar, intra_batch, grad_x, grad_queue, precision)
-        dt = temperature_gradient(x, queue, gx, gq, t_scalar) if grad_t else None
-        keep_x, keep_q = ctx.needs_input_grad[0], queue is not None and ctx.needs_input_grad[1]
-        ctx.save_for_backward(gx if keep_x else None, gq if keep_q else None, dt)
-        ctx.dtypes = (x.dtype, None if queue is None else queue.dtype, None if t is None else t.dtype)
+        _save_gradients(ctx, x, queue, t, t_scalar, gx, gq, grad_t)
         return _log_mean(lse, x, queue, intra_batch)
 
     @staticmethod
     def backward(ctx, grad_output):
-        gx, gq, dt = ctx.saved_tensors
-        x_dtype, q_dtype, t_dtype = ctx.dtypes
-        grad_x, grad_q = scale_saved_grad(grad_output, gx, x_dtype), scale_saved_grad(grad_output, gq, q_dtype)
-        grad_t = scale_saved_grad(grad_output.double(), dt, t_dtype)
-        return grad_x, grad_q, grad_t, None, None, None, None
+        return *_scaled_gradients(ctx, grad_output), None, None, None, None
+
+
+def _save_gradients(ctx, x, queue, t, t_scalar, gx, gq, grad_t, *weight_grads) -> None:
+    """Saves what the backward pass scales: d loss/dx, d queue (where wanted), dt (formed here from the row
+    gradients, see temperature_gradient; it holds with weights too) and the weights' gradients, if any."""
+    dt = temperature_gradient(x, queue, gx, gq, t_scalar) if grad_t else None
+    keep_x, keep_q = ctx.needs_input_grad[0], queue is not None and ctx.needs_input_grad[1]
+    ctx.save_for_backward(gx if keep_x else None, gq if keep_q else None, dt, *weight_grads)
+    ctx.dtypes = (x.dtype, None if queue is None else queue.dtype, None if t is None else t.dtype)
+
+
+def _scaled_gradients(ctx, grad_output) -> tuple[torch.Tensor | None, ...]:
+    gx, gq, dt = ctx.saved_tensors[:3]
+    x_dtype, q_dtype, t_dtype = ctx.dtypes[:3]
+    grad_x, grad_q = scale_saved_grad(grad_output, gx, x_dtype), scale_saved_grad(grad_output, gq, q_dtype)
+    return grad_x, grad_q, scale_saved_grad(grad_output.double(), dt, t_dtype)
+
+
+def _weighted_loss(x, queue, t_scalar, intra_batch, weights, queue_weights, backend, precision, grads):
+    """The loss with per-row weights, log(S / W), and the gradients of ``grads`` (x, queue, weights, queue
+    weights; flags): S = sum_pairs w_u w_v exp(-t d_uv) from the backend (as lse = log S, with its gradients),
+    W = sum_pairs w_u w_v and d log W/dw in closed form (``pair_weight_log_sum``): d loss/dw = d lse/dw - d log W/dw.
+    """
+    w64, qw64 = (None if v is None else v.detach().to(torch.float64) for v in (weights, queue_weights))
+    lse, gx, gq, gw, gqw = backends.get(backend).uniform_lse_weighted(
+        x, queue, t_scalar, intra_batch, w64, qw64, *grads, precision
+    )
+    k = 0 if queue is None else queue.shape[0]
+    log_w, d_log_w, d_log_qw = pair_weight_log_sum(w64, qw64, x.shape[0], k, intra_batch, x.device)
+    # log of a weighted mean of numbers <= 1 is <= 0: the bound clamps the sums' rounding, as without weights.
+    loss = (lse.to(torch.float64) - log_w).clamp_max(0.0).to(compute_dtype(x.dtype))
+    return loss, gx, gq, (None if gw is None else gw - d_log_w), (None if gqw is None else gqw - d_log_qw)
+
+
+class _WeightedUniformLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, queue, t, weights, queue_weights, t_scalar, intra_batch, backend, precision):
+        grad_t = t is not None and ctx.needs_input_grad[2]
+        grads = (
+            ctx.needs_input_grad[0] or grad_t,
+            queue is not None and (ctx.needs_input_grad[1] or grad_t),
+            weights is not None and ctx.needs_input_grad[3],
+            queue_weights is not None and ctx.needs_input_grad[4],
+        )
+        loss, gx, gq, gw, gqw = _weighted_loss(
+            x, queue, t_scalar, intra_batch, weights, queue_weights, backend, precision, grads
+        )
+        _save_gradients(ctx, x, queue, t, t_scalar, gx, gq, grad_t, gw, gqw)
+        ctx.dtypes += tuple(None if v is None else v.dtype for v in (weights, queue_weights))
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        wide = grad_output.double()
+        grad_w, grad_qw = (
+            scale_saved_grad(wide, g, d) for g, d in zip(ctx.saved_tensors[3:], ctx.dtypes[3:], strict=True)
+        )
+        return *_scaled_gradients(ctx, grad_output), grad_w, grad_qw, None, None, None, None
 
 
 class _AlignLoss(torch.autograd.Function):
@@ -93,11 +151,16 @@ def uniform_loss(
     *,
     queue: torch.Tensor | None = None,
     intra_batch: bool = True,
+    weights: torch.Tensor | None = None,
+    queue_weights: torch.Tensor | None = None,
     normalize: bool = False,
     backend: str = "auto",
     precision: str | None = None,
 ) -> torch.Tensor:
     """Uniformity loss of Wang & Isola (2020): ``log mean_{pairs} exp(-t ||u - v||_2^2)``, without an N x N matrix.
+
+    With per-row weights (e.g. item frequencies, as in DirectAU) it is the weighted mean over the same pairs,
+    ``log( sum_{pairs} w_u w_v exp(-t ||u - v||^2) / sum_{pairs} w_u w_v )``, still without an N x N matrix.
 
     Args:
         x: features, shape (N, D); float16, bfloat16, float32 or float64 (float16 and bfloat16 are computed in
@@ -108,9 +171,19 @@ def uniform_loss(
         queue: optional (K, D) features, e.g. a MoCo memory bank, same dtype and device as x; it may or may not
             require grad. With a queue the pairs are every (x_i, queue_k).
         intra_batch: include the pairs x_i, x_j with i < j (always true without a queue).
+        weights: optional (N,) weights of x's rows, a floating tensor on x's device (any float dtype; it may
+            require grad: d loss/dw comes from the same kernel call). Finite and >= 0, with some pair of two
+            positive weights. None: every weight 1. The loss does not change when every weight (queue ones too)
+            is scaled by one factor. A row of weight 0 takes no part in the loss (its x gradient is 0) but gets
+            its weight's gradient.
+        queue_weights: optional (K,) weights of the queue's rows, as ``weights`` (needs a queue).
         normalize: L2-normalize the rows of x (and of the queue) first, with its gradient, as lightly's
             HypersphereLoss does (one more pass over the rows).
-        backend: "auto" (HYPERLOSS_BACKEND overrides it) or one of ``hyperloss.backends()``.
+        backend: "auto" (HYPERLOSS_BACKEND overrides it) or one of ``hyperloss.backends()``. With weights only the
+            backends that support them run ("cpu" and "chunked"; ``hyperloss.backends.supports_weights``): "auto"
+            takes the best-ranked of them on x's device (the native "cpu" kernel on the CPU, "chunked" elsewhere),
+            and HYPERLOSS_BACKEND applies where it names one of them; another one named explicitly raises
+            NotImplementedError.
         precision: how the fused GPU kernels multiply float32 inputs: "highest"/"ieee" (exact), "high"/"tf32",
             "medium"/"bf16" (tensor cores, float32 accumulation); None follows torch's float32 matmul setting
             (``torch.backends.cuda.matmul.fp32_precision``, else ``torch.get_float32_matmul_precision()``). Other
@@ -120,19 +193,36 @@ def uniform_loss(
         A 0-dim tensor (float64 for float64 inputs, float32 otherwise). Equal to the paper's
         ``torch.pdist(x).pow(2).mul(-t).exp().mean().log()`` where that is finite, and the exact finite
         log-mean-exp where the paper's code underflows to -inf. Invariant to translating every row (and the queue)
-        by one vector. NaN if any input element is NaN or infinite.
+        by one vector. NaN if any input element (weights included) is NaN or infinite.
+
+    Raises:
+        ValueError, TypeError: for invalid arguments, before any work. The weights' values (finite, >= 0, a
+            positive pair weight sum) are read in eager mode only, in one device sync on a GPU; under
+            torch.compile they are not read, and invalid weights give a NaN loss.
+        NotImplementedError: weights with a backend that does not support them, named explicitly.
     """
     t = check_uniform_args(x, t, queue, intra_batch)
+    check_uniform_weights(x, queue, weights, queue_weights, intra_batch)
     check_bool("normalize", normalize)
     check_precision(precision)
-    name = backends.resolve(backend, x.device)
+    weighted = weights is not None or queue_weights is not None
+    name = backends.resolve(backend, x.device, weighted=weighted)
     if normalize:
         x, queue = normalized_rows(x, queue)
     t_scalar = as_scalar_tensor(t)
     trainable_t = isinstance(t, torch.Tensor) and t.requires_grad
-    if not (
-        torch.is_grad_enabled() and (x.requires_grad or (queue is not None and queue.requires_grad) or trainable_t)
-    ):
+    t_graph = t if trainable_t else None
+    graph = torch.is_grad_enabled() and any(
+        v is not None and v.requires_grad for v in (x, queue, t_graph, weights, queue_weights)
+    )
+    if weighted and not graph:  # no graph to build: skip autograd
+        no_grads = (False, False, False, False)
+        return _weighted_loss(x, queue, t_scalar, intra_batch, weights, queue_weights, name, precision, no_grads)[0]
+    if weighted:
+        return _WeightedUniformLoss.apply(
+            x, queue, t_graph, weights, queue_weights, t_scalar, intra_batch, name, precision
+        )
+    if not graph:
         lse, _, _ = backends.get(name).uniform_lse(x, queue, t_scalar, intra_batch, False, False, precision)
         return _log_mean(lse, x, queue, intra_batch)
-    return _UniformLoss.apply(x, queue, t if trainable_t else None, t_scalar, intra_batch, name, precision)
+    return _UniformLoss.apply(x, queue, t_graph, t_scalar, intra_batch, name, precision)

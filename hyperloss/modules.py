@@ -107,13 +107,22 @@ class UniformLoss(nn.Module):
         """The temperature's current value."""
         return self.temperature.value
 
-    def forward(self, x: torch.Tensor, queue: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        queue: torch.Tensor | None = None,
+        *,
+        weights: torch.Tensor | None = None,
+        queue_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The uniformity loss of x's rows (and of their pairs with the queue, if any).
 
         Args:
             x: features, shape (N, D) (see ``hyperloss.uniform_loss``).
             queue: optional (K, D) features of x's dtype and device, e.g. a MoCo memory bank: adds every
                 (x_i, queue_k) pair.
+            weights, queue_weights: optional per-row weights, (N,) and (K,): the weighted mean over the pairs (see
+                ``hyperloss.uniform_loss``).
 
         Returns:
             A 0-dim tensor: float64 for float64 inputs, float32 otherwise.
@@ -122,6 +131,8 @@ class UniformLoss(nn.Module):
             x,
             self.temperature(),
             queue=queue,
+            weights=weights,
+            queue_weights=queue_weights,
             intra_batch=self.intra_batch,
             normalize=self.normalize,
             backend=self.backend,

@@ -103,10 +103,21 @@ def direct_sq_dists(a: torch.Tensor, b: torch.Tensor, rows_per_block: int = 64) 
 
 
 def dense_uniform_loss(
-    x: torch.Tensor, t: float = 2, *, queue: torch.Tensor | None = None, intra_batch: bool = True
+    x: torch.Tensor,
+    t: float = 2,
+    *,
+    queue: torch.Tensor | None = None,
+    intra_batch: bool = True,
+    weights: torch.Tensor | None = None,
+    queue_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """log mean over the pair set of exp(-t ||.||^2), as a log-sum-exp over distances taken by direct differences:
     finite where the paper's code gives -inf, and exact for rows with a large common offset.
+
+    With per-row weights, the weighted mean: log( sum_pairs w_u w_v exp(-t d_uv) / sum_pairs w_u w_v ), taken as
+    m + log sum_pairs w_u w_v exp(-t d_uv - m) with m the largest score of a pair of positive weight (no log of a
+    weight: autograd gives finite weight gradients where a weight is 0, as long as no pair of weight 0 scores more
+    than ~700 above m, beyond which exp overflows to inf and the value becomes NaN).
 
     Materializes the N x N (and N x K) scores: for small inputs and tests only.
 
@@ -115,21 +126,37 @@ def dense_uniform_loss(
         t: temperature.
         queue: optional (K, D) features of x's dtype and device: adds every (x_i, queue_k) pair.
         intra_batch: include the i < j pairs of x (at least one of these and the queue must give pairs).
+        weights: optional (N,) weights of x's rows (>= 0; None: all 1).
+        queue_weights: optional (K,) weights of the queue's rows (None: all 1).
 
     Returns:
         A 0-dim tensor of x's dtype; autograd through torch (also to higher orders). In float64 it is the
         definition every backend is tested against.
     """
-    scores = []
+    scores, pair_weights = [], []
+    w = x.new_ones(x.shape[0]) if weights is None else weights.to(x.dtype)
+    qw = None if queue is None else queue.new_ones(queue.shape[0])
+    if queue is not None and queue_weights is not None:
+        qw = queue_weights.to(x.dtype)
+    # The loss does not change when every weight is scaled by one factor: by the largest, no product overflows.
+    largest = torch.stack([v.detach().amax() for v in (w, qw) if v is not None]).amax()
+    w, qw = w / largest, None if qw is None else qw / largest
     if intra_batch:
         n = x.shape[0]
         upper = torch.triu_indices(n, n, offset=1, device=x.device)
         scores.append(direct_sq_dists(x, x)[upper[0], upper[1]].mul(-t))
+        pair_weights.append(w[upper[0]] * w[upper[1]])
     if queue is not None:
         scores.append(direct_sq_dists(x, queue).flatten().mul(-t))
-    k = 0 if queue is None else queue.shape[0]
-    lse = torch.logsumexp(torch.cat(scores), dim=0)
-    return lse - log_num_pairs(x.shape[0], k, intra_batch, x.device).to(lse.dtype)
+        pair_weights.append((w[:, None] * qw[None, :]).flatten())
+    scores = torch.cat(scores)
+    if weights is None and queue_weights is None:
+        k = 0 if queue is None else queue.shape[0]
+        lse = torch.logsumexp(scores, dim=0)
+        return lse - log_num_pairs(x.shape[0], k, intra_batch, x.device).to(lse.dtype)
+    pair_weights = torch.cat(pair_weights)
+    top = torch.where(pair_weights > 0, scores, -torch.inf).amax().detach()
+    return top + (pair_weights * (scores - top).exp()).sum().log() - pair_weights.sum().log()
 
 
 # The chunked backend's primitives, at the path they had before the registry (``hyperloss.backends.chunked``).

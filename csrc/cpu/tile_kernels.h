@@ -44,6 +44,18 @@ struct TileKernels {
   // its range); row_sums[i], col_sums[j] (kTile each, filled); returns the tile's total in double (each row's sum
   // taken as sum e, or as its count minus sum (1 - e) where that keeps more digits).
   double (*exponentials)(const TileView<T>& tile, T* e, T d_min, T t_log2e, T* row_sums, T* col_sums);
+  // Per-row weights (see uniform.cpp), on e = the distances() of the tile, with the log2-weights bi (vi entries)
+  // and bj (vj) (<= 0, -inf for weight 0), t_log2e = t' log2(e) in double (inf beyond its range), in log2 units
+  // and relative to -t' d_min: rel_ij = -t_log2e (d_ij - d_min) (0 for the closest pairs, -inf for absent ones).
+  //   row side:    row_top[i] = max_j (bj_j + rel_ij),  row_part[i] = sum_j 2^(bj_j + rel_ij - row_top[i])
+  //   column side: col_top[j] = max_i (bi_i + rel_ij),  col_part[j] = sum_i 2^(bi_i + rel_ij - col_top[j])
+  //                (only where col_top is not null)
+  //   *top = max_ij (bi_i + bj_j + rel_ij),  e := 2^(bi_i + bj_j + rel_ij - *top), formed as the row side's term times
+  //   2^(bi_i + row_top[i] - *top) (both <= 1), and its row_sums, col_sums (kTile each, filled) and total (returned,
+  //   in double). Where no pair has positive weight, *top is -inf and e is 0. Sides without a top are -inf / 0.
+  double (*weighted_exponentials)(const TileView<T>& tile, T* e, T d_min, double t_log2e, const double* bi,
+                                  const double* bj, T* row_sums, T* col_sums, double* top, double* row_top,
+                                  double* row_part, double* col_top, double* col_part);
   // C[r][c] += alpha * sum_k P[r * p_row + k * p_depth] * Q[k * q_row + c], r < rows, c < cols; Q readable up to
   // the next multiple of 64 bytes of columns.
   void (*accumulate)(int64_t rows, int64_t cols, int64_t depth, const T* P, int64_t p_row, int64_t p_depth,

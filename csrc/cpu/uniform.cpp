@@ -11,6 +11,15 @@
 // of its own, raised to a tile's M only when M passes it by kRescaleMargin e-folds: an exact log-sum-exp even where
 // every exp(s) underflows, and every pair's exponential is computed once and feeds both of its rows.
 //
+// Per-row weights (hl_uniform_lse_weighted_cpu): lse = log sum_pairs w_i w_j exp(s_ij). The weights are scaled by a
+// power of two c (exact; the largest in [0.5, 1)) and enter as log-weights b = log2(c w) <= 0, so a pair's score is
+// s_ij + (b_i + b_j) ln 2, never above its unweighted one. A tile's shift is then its largest weighted score, not
+// -t' min d (whose pair may weigh 0: with t = 50 every weighted term could underflow next to it), with the
+// exponents formed in double. The sums of the x gradient take the weighted e (a row of weight 0 gets 0), and
+// d lse / dw_i = r_i / S with r_i = sum over i's partners of w_j exp(s_ij): the row's own weight left out, so it is
+// summed per row relative to a shift of its own (a row of weight 0 may lie far nearer its partners than any pair
+// of positive weight does), merged across tiles as a log-sum-exp.
+//
 // Tiles are scheduled in rounds in which no two tiles touch the same block (a round-robin tournament over the
 // blocks), and a tile starts only once the earlier tiles of its blocks are done. So the threads add into shared
 // per-block sums without atomics or private copies (memory stays O(N D): the sums of sum_j e x'_j live in the
@@ -42,6 +51,7 @@ namespace {
 constexpr double kRescaleMargin = 16.0;  // e-folds a tile's maximum may exceed a block's shift before rescaling
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kLog2E = 1.4426950408889634;  // log2(e)
+constexpr double kLn2 = 0.6931471805599453;    // ln(2)
 
 int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
 
@@ -310,12 +320,20 @@ class TileQueue {
   std::unique_ptr<std::atomic<int64_t>[]> done_;  // per group: the sequence of its last finished tile
 };
 
+// Per-row weights as the kernel takes them: log2 of the weights scaled by 2^-exponent (<= 0, -inf for 0), for the
+// prepared rows (A's, then B's); which sides want d lse / dw.
+struct RowBiases {
+  std::vector<double> log2_weights;
+  int exponent = 0;  // the weights were scaled by 2^-exponent
+  bool grad_a = false, grad_b = false;
+};
+
 template <typename T>
 class UniformKernel {
  public:
   UniformKernel(const Prepared<T>& x, int64_t rows_a, bool intra, bool cross, double t, T* grad_a, T* grad_b,
-                int threads)
-      : x_(x), rows_a_(rows_a), grad_a_(grad_a), grad_b_(grad_b), threads_(threads),
+                int threads, const RowBiases* biases = nullptr)
+      : x_(x), rows_a_(rows_a), grad_a_(grad_a), grad_b_(grad_b), threads_(threads), biases_(biases),
         t_scaled_(std::ldexp(t, 2 * x.exponent)),
         t_log2e_c_(t_scaled_ * kLog2E > std::numeric_limits<T>::max() ? std::numeric_limits<T>::infinity()
                                                                        : static_cast<T>(t_scaled_ * kLog2E)) {
@@ -336,6 +354,10 @@ class UniformKernel {
     schedule_ = Schedule(a_groups, static_cast<int32_t>(groups_.size()) - a_groups, intra, cross);
     sums_.resize(blocks_.size());
     if (grad_a_ || grad_b_) weights_.assign(x.rows, 0.0);
+    if (biases_ != nullptr && (biases_->grad_a || biases_->grad_b)) {
+      partner_shift_.assign(x.rows, -kInf);
+      partner_sum_.assign(x.rows, 0.0);
+    }
     if (blocks_.size() >= kPanelBlocks) transpose_blocks();
   }
 
@@ -370,6 +392,17 @@ class UniformKernel {
     double total = 0;
     for (const BlockSums& s : sums_) total += s.total * std::exp(s.shift - shift);
     return std::min(shift + std::log(total), max_score + log_pairs);
+  }
+
+  // d lse / dw_r = r_r / S for the rows of A (into grad_a) and of B (grad_b), where wanted; lse is the kernel's
+  // (of the scaled weights: d/dw = 2^-exponent d/d(scaled w)).
+  void weight_gradients(double lse, double* grad_a, double* grad_b) const {
+    for (int64_t r = 0; r < x_.rows; ++r) {
+      double* out = r < rows_a_ ? grad_a : grad_b;
+      if (out == nullptr) continue;
+      const double g = partner_sum_[r] == 0 ? 0.0 : partner_sum_[r] * std::exp(partner_shift_[r] - lse);
+      out[r < rows_a_ ? r : r - rows_a_] = std::ldexp(g, -biases_->exponent);
+    }
   }
 
   // d lse / d x = -2t 2^E exp(shift_b - lse) (w_i x'_i - acc_i), in place in the gradient buffers.
@@ -452,10 +485,24 @@ class UniformKernel {
     const T d_min = kernels_.distances(view, scratch);
     if (d_min == std::numeric_limits<T>::infinity()) return;  // no pair in this tile (a one-row diagonal block)
     // The tile's largest score, in double: t' d may be far outside T's range.
-    const double tile_max = d_min == T(0) ? 0.0 : -(t_scaled_ * static_cast<double>(d_min));
+    double tile_max = d_min == T(0) ? 0.0 : -(t_scaled_ * static_cast<double>(d_min));
     if (tile_max == -kInf) return;  // t' overflows double: these terms vanish next to any finite score
     T row_sums[kTile], col_sums[kTile];
-    const double tile_total = kernels_.exponentials(view, scratch.e, d_min, t_log2e_c_, row_sums, col_sums);
+    double tile_total;
+    if (biases_ != nullptr) {
+      const double* b = biases_->log2_weights.data();
+      double top, row_top[kTile], row_part[kTile], col_top[kTile], col_part[kTile];
+      const bool row_w = wants_weight_gradient(bi), col_w = wants_weight_gradient(bj);
+      tile_total = kernels_.weighted_exponentials(view, scratch.e, d_min, t_scaled_ * kLog2E, b + bi.start,
+                                                  b + bj.start, row_sums, col_sums, &top, row_top, row_part,
+                                                  col_w ? col_top : nullptr, col_part);
+      if (row_w) add_partners(bi, tile_max, row_top, row_part);
+      if (col_w) add_partners(bj, tile_max, col_top, col_part);
+      if (top == -kInf) return;  // no pair of positive weight here
+      tile_max += top * kLn2;
+    } else {
+      tile_total = kernels_.exponentials(view, scratch.e, d_min, t_log2e_c_, row_sums, col_sums);
+    }
 
     const double factor_i = raise_shift(tile.i, tile_max);
     BlockSums& si = sums_[tile.i];
@@ -473,6 +520,25 @@ class UniformKernel {
       for (int64_t j = 0; j < bj.rows; ++j) weights_[bj.start + j] += factor_j * col_sums[j];
       kernels_.accumulate(bj.rows, cols, bi.rows, scratch.e, 1, kTile, view.xi, pc, acc, cols,
                           static_cast<T>(factor_j));
+    }
+  }
+
+  bool wants_weight_gradient(const Block& block) const {
+    return biases_ != nullptr && (block.side_b ? biases_->grad_b : biases_->grad_a);
+  }
+
+  // Merges a tile's partner sums of the block's rows (relative to base + top[i] ln 2) into their running sums.
+  void add_partners(const Block& block, double base, const double* top, const double* part) {
+    for (int64_t i = 0; i < block.rows; ++i) {
+      if (top[i] == -kInf) continue;
+      const int64_t r = block.start + i;
+      const double shift = base + top[i] * kLn2;
+      if (shift > partner_shift_[r]) {
+        partner_sum_[r] = partner_sum_[r] * std::exp(partner_shift_[r] - shift) + part[i];
+        partner_shift_[r] = shift;
+      } else {
+        partner_sum_[r] += part[i] * std::exp(shift - partner_shift_[r]);
+      }
     }
   }
 
@@ -502,6 +568,7 @@ class UniformKernel {
   T* grad_a_;
   T* grad_b_;
   int threads_;
+  const RowBiases* biases_;  // per-row weights, or null
   double t_scaled_;  // t' = t 4^E
   T t_log2e_c_;      // t' log2(e) in T (inf where it is above T's range), for the tiles' exp2
   std::vector<Block> blocks_;
@@ -509,25 +576,74 @@ class UniformKernel {
   Schedule schedule_{0, 0, false, false};
   std::vector<BlockSums> sums_;
   std::vector<double> weights_;  // w_i per prepared row
+  std::vector<double> partner_shift_, partner_sum_;  // r_i = partner_sum exp(partner_shift), where wanted
   PageBuffer<T> panels_;         // see transpose_blocks (empty with few blocks: each tile transposes its own)
 };
+
+// NaN in every output: a non-finite input, as one rule for every backend.
+template <typename T>
+void write_nan(const hl_matrix& a, const hl_matrix& b, double* lse_out, T* grad_a, T* grad_b, double* grad_wa = nullptr,
+               double* grad_wb = nullptr) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  *lse_out = nan;
+  if (grad_a) std::fill(grad_a, grad_a + a.rows * a.cols, static_cast<T>(nan));
+  if (grad_b) std::fill(grad_b, grad_b + b.rows * b.cols, static_cast<T>(nan));
+  if (grad_wa) std::fill(grad_wa, grad_wa + a.rows, nan);
+  if (grad_wb) std::fill(grad_wb, grad_wb + b.rows, nan);
+}
 
 template <typename T>
 hl_status uniform_lse(const hl_matrix& a, const hl_matrix& b, double t, bool intra, int threads, double* lse_out,
                       T* grad_a, T* grad_b) {
   const bool cross = b.data != nullptr;
   const Prepared<T> x = prepare<T>(Rows<T>{a, b}, a.cols, threads);
-  if (!x.finite) {  // non-finite input: a NaN result, as one rule for every backend
-    const double nan = std::numeric_limits<double>::quiet_NaN();
-    *lse_out = nan;
-    if (grad_a) std::fill(grad_a, grad_a + a.rows * a.cols, static_cast<T>(nan));
-    if (grad_b) std::fill(grad_b, grad_b + b.rows * b.cols, static_cast<T>(nan));
+  if (!x.finite) {
+    write_nan(a, b, lse_out, grad_a, grad_b);
     return HL_OK;
   }
   UniformKernel<T> kernel(x, a.rows, intra, cross, t, grad_a, cross ? grad_b : nullptr, threads);
   const double lse = kernel.run(std::log(num_pairs(a.rows, cross ? b.rows : 0, intra)));
   *lse_out = lse;
   if (grad_a || (cross && grad_b)) kernel.finish_gradients(t, lse);
+  return HL_OK;
+}
+
+// The weights as log2 of 2^-e w (e: the exponent of the largest, so that they are <= 1 and exactly scaled); false
+// where one is not finite.
+bool row_biases(const hl_matrix& a, const hl_matrix& b, const double* wa, const double* wb, RowBiases& out) {
+  const int64_t na = a.rows, nb = b.data ? b.rows : 0;
+  const auto weight = [&](int64_t r) { return r < na ? (wa ? wa[r] : 1.0) : (wb ? wb[r - na] : 1.0); };
+  double largest = 0;
+  for (int64_t r = 0; r < na + nb; ++r) {
+    if (!std::isfinite(weight(r))) return false;
+    largest = std::max(largest, weight(r));
+  }
+  out.exponent = exponent_of(largest);
+  out.log2_weights.resize(static_cast<size_t>(na + nb));
+  for (int64_t r = 0; r < na + nb; ++r) out.log2_weights[r] = std::log2(weight(r)) - out.exponent;
+  return true;
+}
+
+template <typename T>
+hl_status uniform_lse_weighted(const hl_matrix& a, const hl_matrix& b, const double* weights_a,
+                               const double* weights_b, double t, bool intra, int threads, double* lse_out, T* grad_a,
+                               T* grad_b, double* grad_wa, double* grad_wb) {
+  const bool cross = b.data != nullptr;
+  if (!cross) grad_b = nullptr, grad_wb = nullptr;
+  RowBiases biases;
+  const Prepared<T> x = prepare<T>(Rows<T>{a, b}, a.cols, threads);
+  if (!x.finite || !row_biases(a, b, weights_a, weights_b, biases)) {
+    write_nan(a, b, lse_out, grad_a, grad_b, grad_wa, grad_wb);
+    return HL_OK;
+  }
+  biases.grad_a = grad_wa != nullptr;
+  biases.grad_b = grad_wb != nullptr;
+  UniformKernel<T> kernel(x, a.rows, intra, cross, t, grad_a, grad_b, threads, &biases);
+  const double lse = kernel.run(std::log(num_pairs(a.rows, cross ? b.rows : 0, intra)));
+  // lse of the scaled weights; the caller's pair weights are 4^exponent times theirs.
+  *lse_out = lse + 2 * biases.exponent * kLn2;
+  if (grad_a || grad_b) kernel.finish_gradients(t, lse);
+  if (grad_wa || grad_wb) kernel.weight_gradients(lse, grad_wa, grad_wb);
   return HL_OK;
 }
 
@@ -547,6 +663,35 @@ extern "C" hl_status hl_uniform_lse_cpu(hl_dtype dtype, hl_matrix a, hl_matrix b
                                      static_cast<float*>(grad_b));
     return cpu::uniform_lse<double>(a, b, t, intra_batch != 0, threads, lse_out, static_cast<double*>(grad_a),
                                     static_cast<double*>(grad_b));
+  } catch (const std::bad_alloc&) {
+    return HL_ERR_OUT_OF_MEMORY;
+  } catch (const std::length_error&) {
+    return HL_ERR_OUT_OF_MEMORY;
+  }
+}
+
+extern "C" hl_status hl_uniform_lse_weighted_cpu(hl_dtype dtype, hl_matrix a, hl_matrix b, const double* weights_a,
+                                                 const double* weights_b, double t, int intra_batch, int num_threads,
+                                                 double* lse_out, void* grad_a, void* grad_b, double* grad_weights_a,
+                                                 double* grad_weights_b) {
+  using namespace hyperloss;
+  if (const hl_status status = check_uniform_args(dtype, a, b, t, intra_batch); status != HL_OK) return status;
+  if (lse_out == nullptr || num_threads < 0) return HL_ERR_INVALID_ARGUMENT;
+  if (dtype != HL_FLOAT32 && dtype != HL_FLOAT64) return HL_ERR_UNSUPPORTED;
+  // A negative weight is an invalid argument (NaN is not: the NaN rule makes the result NaN).
+  for (int64_t r = 0; weights_a && r < a.rows; ++r)
+    if (weights_a[r] < 0) return HL_ERR_INVALID_ARGUMENT;
+  for (int64_t r = 0; b.data && weights_b && r < b.rows; ++r)
+    if (weights_b[r] < 0) return HL_ERR_INVALID_ARGUMENT;
+  const int threads = cpu::cpu_threads(num_threads);
+  try {
+    if (dtype == HL_FLOAT32)
+      return cpu::uniform_lse_weighted<float>(a, b, weights_a, weights_b, t, intra_batch != 0, threads, lse_out,
+                                              static_cast<float*>(grad_a), static_cast<float*>(grad_b),
+                                              grad_weights_a, grad_weights_b);
+    return cpu::uniform_lse_weighted<double>(a, b, weights_a, weights_b, t, intra_batch != 0, threads, lse_out,
+                                             static_cast<double*>(grad_a), static_cast<double*>(grad_b),
+                                             grad_weights_a, grad_weights_b);
   } catch (const std::bad_alloc&) {
     return HL_ERR_OUT_OF_MEMORY;
   } catch (const std::length_error&) {

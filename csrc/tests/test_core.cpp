@@ -99,6 +99,152 @@ static void check_uniform(int64_t na, int64_t nb, int64_t d, double t, bool intr
   CHECK_CLOSE(lse_only, lse, tol, "loss-only lse");
 }
 
+// Per-row weights: lse = log sum_pairs w_i w_j exp(s_ij) and its gradients (rows and weights) against direct double
+// sums, for weights with zeros (some rows nearer each other than any pair of positive weight), exactly one pair of
+// positive weight, a common scale far from 1, and NULL weights (all 1: the unweighted function's values).
+struct WeightedReference {
+  double lse;
+  std::vector<double> ga, gb, gwa, gwb;
+};
+
+static WeightedReference reference_weighted(const std::vector<double>& a, const std::vector<double>& wa, int64_t na,
+                                            const std::vector<double>& b, const std::vector<double>& wb, int64_t nb,
+                                            int64_t d, double t, bool intra) {
+  auto score = [&](const double* u, const double* v) {
+    double d2 = 0;
+    for (int64_t c = 0; c < d; ++c) d2 += (u[c] - v[c]) * (u[c] - v[c]);
+    return -t * d2;
+  };
+  // Every pair once: f(i, row i, weight, j, row j, weight, side of j).
+  auto pairs = [&](auto&& f) {
+    for (int64_t i = 0; i < na; ++i) {
+      if (intra)
+        for (int64_t j = i + 1; j < na; ++j) f(i, &a[i * d], wa[i], j, &a[j * d], wa[j], false);
+      for (int64_t k = 0; k < nb; ++k) f(i, &a[i * d], wa[i], k, &b[k * d], wb[k], true);
+    }
+  };
+  // Weights scaled by their largest c (the pair weights by c^2), so that no product overflows.
+  double c = 0;
+  for (double w : wa) c = std::fmax(c, w);
+  for (double w : wb) c = std::fmax(c, w);
+  double mx = -INFINITY;
+  pairs([&](int64_t, const double* u, double w, int64_t, const double* v, double w2, bool) {
+    if (w * w2 > 0) mx = std::fmax(mx, score(u, v));
+  });
+  WeightedReference r{0, std::vector<double>(na * d), std::vector<double>(nb * d), std::vector<double>(na),
+                      std::vector<double>(nb)};
+  double z = 0;
+  pairs([&](int64_t i, const double* u, double w, int64_t j, const double* v, double w2, bool cross) {
+    const double e = std::exp(score(u, v) - mx);
+    w /= c, w2 /= c;
+    z += w * w2 * e;
+    std::vector<double>& gv = cross ? r.gb : r.ga;
+    for (int64_t c = 0; c < d; ++c) {
+      r.ga[i * d + c] += -2 * t * w * w2 * e * (u[c] - v[c]);
+      gv[j * d + c] += -2 * t * w * w2 * e * (v[c] - u[c]);
+    }
+    r.gwa[i] += w2 * e;
+    (cross ? r.gwb : r.gwa)[j] += w * e;
+  });
+  for (auto* g : {&r.ga, &r.gb, &r.gwa, &r.gwb})
+    for (double& v : *g) v /= z;
+  for (auto* g : {&r.gwa, &r.gwb})
+    for (double& v : *g) v /= c;
+  r.lse = mx + std::log(z) + 2 * std::log(c);
+  return r;
+}
+
+template <typename T>
+static void check_weighted(int64_t na, int64_t nb, int64_t d, double t, bool intra, const char* pattern, double tol) {
+  std::mt19937 rng(static_cast<unsigned>(na * 7 + nb * 3 + d));
+  std::normal_distribution<double> normal;
+  std::uniform_real_distribution<double> uniform(0.05, 1.0);
+  std::vector<double> a(na * d), b(nb * d), wa(na), wb(nb);
+  for (auto& v : a) v = normal(rng) / std::sqrt(static_cast<double>(d));
+  for (auto& v : b) v = normal(rng) / std::sqrt(static_cast<double>(d));
+  for (auto& w : wa) w = uniform(rng);
+  for (auto& w : wb) w = uniform(rng);
+  const bool null_weights = std::strcmp(pattern, "null") == 0;
+  if (std::strcmp(pattern, "zeros") == 0) {
+    for (int64_t i = 0; i < na; i += 2) wa[i] = 0;
+    for (int64_t c = 0; c < d; ++c) a[2 * d + c] = a[4 * d + c] + 1e-3;  // a close pair of weight 0
+  } else if (std::strcmp(pattern, "one pair") == 0) {
+    std::fill(wa.begin(), wa.end(), 0.0);
+    std::fill(wb.begin(), wb.end(), 0.0);
+    wa[1] = 0.5;
+    (intra ? wa[na - 1] : wb[nb - 1]) = 2.0;
+  } else if (std::strcmp(pattern, "huge") == 0) {
+    for (auto& w : wa) w *= 1e300;
+    for (auto& w : wb) w *= 1e300;
+  }
+  if (null_weights) std::fill(wa.begin(), wa.end(), 1.0), std::fill(wb.begin(), wb.end(), 1.0);
+  const WeightedReference want = reference_weighted(a, wa, na, b, wb, nb, d, t, intra);
+
+  std::vector<T> at(a.begin(), a.end()), bt(b.begin(), b.end()), ga(na * d), gb(nb * d);
+  std::vector<double> gwa(na), gwb(nb);
+  const hl_dtype dtype = sizeof(T) == 4 ? HL_FLOAT32 : HL_FLOAT64;
+  const hl_matrix am{at.data(), na, d, d, 1};
+  const hl_matrix bm{nb ? bt.data() : nullptr, nb, d, d, 1};
+  double lse = 0;
+  const hl_status st = hl_uniform_lse_weighted_cpu(
+      dtype, am, bm, null_weights ? nullptr : wa.data(), null_weights ? nullptr : wb.data(), t, intra, 0, &lse,
+      ga.data(), nb ? gb.data() : nullptr, gwa.data(), nb ? gwb.data() : nullptr);
+  char what[160];
+  std::snprintf(what, sizeof what, "weighted %s na=%lld nb=%lld t=%g", pattern, (long long)na, (long long)nb, t);
+  EXPECT(st == HL_OK, what);
+  // The value relative to the pair-weight scale: lse moves by 2 log c when every weight is scaled by c.
+  CHECK_CLOSE(lse, want.lse, tol, what);
+  const auto close = [&](const auto& got, const std::vector<double>& ref, const char* name) {
+    double top = 1e-300;
+    for (double v : ref) top = std::fmax(top, std::fabs(v));
+    char label[200];
+    std::snprintf(label, sizeof label, "%s (%s)", name, what);
+    for (size_t k = 0; k < ref.size(); ++k) CHECK_CLOSE(got[k] / top, ref[k] / top, tol, label);
+  };
+  close(ga, want.ga, "weighted grad_a");
+  close(gb, want.gb, "weighted grad_b");
+  close(gwa, want.gwa, "weighted grad_weights_a");
+  close(gwb, want.gwb, "weighted grad_weights_b");
+  if (std::strcmp(pattern, "zeros") == 0)
+    for (int64_t c = 0; c < d; ++c) EXPECT(ga[2 * d + c] == 0, "a row of weight 0 has a zero gradient");
+  if (null_weights) {  // every weight 1: the unweighted function's value
+    double plain = 0;
+    hl_uniform_lse_cpu(dtype, am, bm, t, intra, 0, &plain, nullptr, nullptr);
+    CHECK_CLOSE(lse, plain, tol, "weighted with NULL weights = unweighted");
+  }
+  // One thread: bitwise the same.
+  std::vector<T> ga1(na * d);
+  std::vector<double> gwa1(na);
+  double lse1 = 0;
+  hl_uniform_lse_weighted_cpu(dtype, am, bm, null_weights ? nullptr : wa.data(), null_weights ? nullptr : wb.data(),
+                              t, intra, 1, &lse1, ga1.data(), nullptr, gwa1.data(), nullptr);
+  EXPECT(lse1 == lse && std::memcmp(ga1.data(), ga.data(), ga.size() * sizeof(T)) == 0 &&
+             std::memcmp(gwa1.data(), gwa.data(), gwa.size() * sizeof(double)) == 0,
+         "weighted: 1 thread, the same results");
+}
+
+static void check_weighted_errors() {
+  std::vector<double> a(12, 0.5), w(3, 1.0);
+  a[4] = 1.0;
+  const hl_matrix am{a.data(), 3, 4, 4, 1}, none{nullptr, 0, 4, 0, 0};
+  double lse = 0;
+  w[1] = -1.0;
+  EXPECT(hl_uniform_lse_weighted_cpu(HL_FLOAT64, am, none, w.data(), nullptr, 2.0, 1, 0, &lse, nullptr, nullptr,
+                                     nullptr, nullptr) == HL_ERR_INVALID_ARGUMENT,
+         "a negative weight is an invalid argument");
+  w[1] = NAN;
+  std::vector<double> gw(3);
+  EXPECT(hl_uniform_lse_weighted_cpu(HL_FLOAT64, am, none, w.data(), nullptr, 2.0, 1, 0, &lse, nullptr, nullptr,
+                                     gw.data(), nullptr) == HL_OK &&
+             std::isnan(lse) && std::isnan(gw[0]),
+         "a NaN weight gives NaN");
+  w = {0.0, 0.0, 1.0};
+  EXPECT(hl_uniform_lse_weighted_cpu(HL_FLOAT64, am, none, w.data(), nullptr, 2.0, 1, 0, &lse, nullptr, nullptr,
+                                     nullptr, nullptr) == HL_OK &&
+             lse == -INFINITY,
+         "no pair of positive weight: lse = -inf");
+}
+
 // Alignment against a direct double sum and its analytic gradient, for every combination of gradient outputs;
 // grad_y must be the exact negation of grad_x, one row has x_i == y_i (a zero gradient for every alpha), and a
 // strided x (every other column of a wider matrix) must give the same results.
@@ -465,6 +611,15 @@ int main() {
   }
   check_align_streaming<float>();
   check_align_streaming<double>();
+  for (const char* pattern : {"random", "zeros", "one pair", "huge", "null"})
+    for (bool intra : {true, false}) {
+      const int64_t nb = intra ? 0 : 37;
+      check_weighted<double>(150, nb, 9, 2.0, intra, pattern, 1e-10);
+      check_weighted<float>(150, nb, 9, 2.0, intra, pattern, 5e-5);
+      check_weighted<double>(150, 29, 9, 50.0, intra, pattern, 1e-9);  // t = 50: underflow next to the closest pair
+      check_weighted<float>(150, 29, 9, 50.0, intra, pattern, 2e-4);
+    }
+  check_weighted_errors();
   check_errors();
   check_thread_counts();
   check_common_offset<float>();

@@ -77,6 +77,13 @@ class Backend(Protocol):
         (else None; the one for y is the other's negative). ``alpha`` is a 0-dim float64 CPU tensor."""
         ...
 
+    # Optional (not part of the checked protocol, so that backends written before it keep registering): the
+    # per-row weighted uniformity primitive, which ``supports_weights`` looks for,
+    #   uniform_lse_weighted(x, queue, t, intra_batch, weights, queue_weights, grad_x, grad_queue, grad_weights,
+    #                        grad_queue_weights, precision=None) -> (lse, grad_x, grad_queue, grad_w, grad_qw)
+    # with lse = log sum over the pairs of w_u w_v exp(-t ||u - v||^2) and the weights' gradients in float64
+    # (see README.md in this folder).
+
 
 class BackendStatus(NamedTuple):
     """One row of ``hyperloss.backends()``.
@@ -130,6 +137,7 @@ def unregister(name: str) -> None:
 def _forget_choices() -> None:
     availability.cache_clear()
     _choose.cache_clear()
+    _choose_weighted.cache_clear()
 
 
 def get(name: str) -> Backend:
@@ -193,24 +201,50 @@ def _choose(requested: str, device_type: str) -> str:
     return name
 
 
+def supports_weights(name: str) -> bool:
+    """Whether the registered backend ``name`` has the per-row weighted primitive ``uniform_lse_weighted``."""
+    return callable(getattr(get(name), "uniform_lse_weighted", None))
+
+
+@functools.cache
+def _choose_weighted(requested: str, device_type: str) -> str:
+    if requested == "auto":
+        ranked = [n for n in usable(device_type) if get(n).auto_rank(device_type) is not None and supports_weights(n)]
+        if not ranked:
+            raise ValueError(f"no backend with per-row weights runs on {device_type} tensors here: {status()}")
+        return ranked[0]
+    name = _choose(requested, device_type)
+    if not supports_weights(name):
+        able = ", ".join(n for n in names() if supports_weights(n))
+        raise NotImplementedError(
+            f"backend {requested!r} does not support per-row weights (weights=, queue_weights=); backends that do: "
+            f"{able} (backend='auto' picks one of them)"
+        )
+    return name
+
+
 @torch.compiler.assume_constant_result
-def _resolve(backend: str, device_type: str) -> str:
+def _resolve(backend: str, device_type: str, weighted: bool) -> str:
     if backend == "auto":
         backend = check_name(os.environ.get("HYPERLOSS_BACKEND", "auto") or "auto", "HYPERLOSS_BACKEND")
-    return _choose(backend, device_type)
+        if weighted and backend != "auto" and not supports_weights(ALIASES.get(backend, backend)):
+            backend = "auto"  # the override names a backend without weights: "auto" picks one that has them
+    return _choose_weighted(backend, device_type) if weighted else _choose(backend, device_type)
 
 
-def resolve(backend: str, device: torch.device | str) -> str:
+def resolve(backend: str, device: torch.device | str, *, weighted: bool = False) -> str:
     """The registered name of the backend that runs ``backend`` ("auto", a name or an alias) on ``device``.
 
     "auto" takes the environment variable HYPERLOSS_BACKEND when set, else the available backend of the lowest
-    ``auto_rank`` for the device. Under torch.compile this runs once at trace time and its answer is baked into
-    the graph.
+    ``auto_rank`` for the device. With ``weighted`` (a loss with per-row weights) only backends that
+    ``supports_weights`` count: "auto" (and HYPERLOSS_BACKEND naming one without them) takes the best-ranked of
+    those. Under torch.compile this runs once at trace time and its answer is baked into the graph.
 
     Raises:
         ValueError: for an unknown name, or a backend that is unavailable or does not run on that device.
+        NotImplementedError: with ``weighted``, for a backend named explicitly that has no weighted primitive.
     """
-    return _resolve(check_name(backend), torch.device(device).type)
+    return _resolve(check_name(backend), torch.device(device).type, weighted)
 
 
 for _backend in (triton_adapter.TRITON, native.CUDA, native.CPU, chunked.CHUNKED):
@@ -239,6 +273,7 @@ __all__ = [
     "register",
     "resolve",
     "status",
+    "supports_weights",
     "unregister",
     "usable",
 ]

@@ -11,15 +11,15 @@ import math
 
 import torch
 
-from .._common import log_num_pairs, poison_nonfinite, split_align_gradient
+from .._common import log_num_pairs, poison_nonfinite, power_of_two_scale, row_weights, split_align_gradient
 from .._validation import compute_dtype
 
 # Scores held at once: block_rows * columns elements (64 MB in float32).
 _BLOCK_ELEMENTS = 1 << 24
 
 
-def _row_blocks(n: int, columns: int):
-    block = max(1, min(n, _BLOCK_ELEMENTS // max(columns, 1)))
+def _row_blocks(n: int, columns: int, elements: int = _BLOCK_ELEMENTS):
+    block = max(1, min(n, elements // max(columns, 1)))
     for start in range(0, n, block):
         yield start, min(n, start + block)
 
@@ -168,16 +168,133 @@ def uniform_lse(
                     continue
                 d_min, arg = _excess_arg(d, t_scaled)
                 w = arg.exp_().mul_((_shift(d_min, t_scaled) - lse).exp().to(dtype))
-                if gx is not None:
-                    gx[start:stop] += w.sum(1)[:, None] * xb - w @ other
                 other_grad = gq if other is qs else (None if gx is None else gx[start:])
-                if other_grad is not None:
-                    other_grad += w.sum(0)[:, None] * other - w.T @ xb
-        # The factor -2t 2^E last, in float64: it may be beyond float32 where the sums are 0 (identical rows).
-        coef = -2 * torch.ldexp(t, exponent)
-        gx, gq = (None if g is None else torch.where(g == 0, 0.0, g.double() * coef).to(dtype) for g in (gx, gq))
+                _add_pair_gradients(w, xb, other, None if gx is None else gx[start:stop], other_grad)
+        gx, gq = _finish_gradients(gx, gq, t, exponent, dtype)
     lse, (gx, gq) = poison_nonfinite((x,) if queue is None else (x, queue), lse, (gx, gq))
     return lse, gx, gq
+
+
+def _add_pair_gradients(w, xb, other, row_grad, other_grad) -> None:
+    """The sums of the pair gradients in x' coordinates, without the factor -2t': sum_j w_ij (x'_i - x'_j) into the
+    block's rows and sum_i w_ij (x'_j - x'_i) into the other side's, where wanted (None: not)."""
+    if row_grad is not None:
+        row_grad += w.sum(1)[:, None] * xb - w @ other
+    if other_grad is not None:
+        other_grad += w.sum(0)[:, None] * other - w.T @ xb
+
+
+def _finish_gradients(gx, gq, t, exponent, dtype):
+    """The factor -2t 2^E last, in float64: it may be beyond float32 where the sums are 0 (identical rows)."""
+    coef = -2 * torch.ldexp(t, exponent)
+    return (None if g is None else torch.where(g == 0, 0.0, g.double() * coef).to(dtype) for g in (gx, gq))
+
+
+def _relative_scores(sq_dists: torch.Tensor, t_scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(-t' d_min, -t' (d - d_min)) in float64, absent pairs (d = +inf) at -inf: the unweighted scores relative to
+    the block's largest, formed from d - d_min as in ``_excess_arg`` but in float64, where log-weights are added."""
+    d_min = sq_dists.amin()
+    excess = torch.where(torch.isinf(sq_dists), math.inf, sq_dists - d_min).double()
+    relative = torch.where(excess == 0, 0.0, -(t_scaled * excess))
+    shift = torch.where(torch.isinf(d_min), -math.inf, _shift(d_min, t_scaled))
+    return shift, relative
+
+
+def uniform_lse_weighted(
+    x: torch.Tensor,
+    queue: torch.Tensor | None,
+    t: torch.Tensor,
+    intra_batch: bool,
+    weights: torch.Tensor | None,
+    queue_weights: torch.Tensor | None,
+    grad_x: bool,
+    grad_queue: bool,
+    grad_weights: bool,
+    grad_queue_weights: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """lse = log sum over pairs w_u w_v exp(-t ||u - v||^2) and its gradients for x, the queue and the weights.
+
+    The weights are scaled by a power of two c (exact; the largest in [0.5, 1)) and enter as log-weights
+    b = log(c w) <= 0: the scores s_uv = -t' d_uv + b_u + b_v, each block's sums taken relative to its largest
+    weighted score (never to -t' d_min, whose pair may weigh 0: then every weighted term could underflow), in
+    float64. lse = log sum exp(s) - 2 log c. With P_uv = exp(s_uv - lse) the pair shares, the x gradient is the
+    unweighted one with P as the pair weights (a zero-weight row gets 0), and d lse / dw_u = r_u / S with
+    r_u = sum over u's partners v of w_v exp(-t d_uv): taken as exp(-t' d_uv + b_v - lse'), the row's own
+    log-weight left out, so that rows of weight 0 get theirs too.
+
+    Args:
+        x, queue, t, intra_batch, grad_x, grad_queue: as for ``uniform_lse``.
+        weights: (N,) weights of x's rows, >= 0, on x's device, or None (all 1).
+        queue_weights: (K,) weights of the queue's rows, or None (all 1).
+        grad_weights, grad_queue_weights: also compute d lse / d weights, d lse / d queue_weights.
+
+    Returns:
+        (lse, grad_x, grad_queue, grad_weights, grad_queue_weights): lse a 0-dim float64 tensor, the row
+        gradients in the compute dtype, the weight gradients in float64, None where not asked for. NaN where any
+        input element (weights included) is not finite.
+    """
+    dtype = compute_dtype(x.dtype)
+    xs, qs, exponent = centered_and_scaled(x, queue, dtype)
+    exponent = exponent.to(x.device)
+    t = t.to(device=x.device, dtype=torch.float64)
+    t_scaled = torch.ldexp(t, 2 * exponent)
+    n, k = x.shape[0], 0 if qs is None else qs.shape[0]
+    w = row_weights(weights, n, x.device)
+    qw = None if qs is None else row_weights(queue_weights, k, x.device)
+    scale = power_of_two_scale(w, qw)
+    bias = (w * scale).log()
+    q_bias = None if qw is None else (qw * scale).log()
+    norms = xs.pow(2).sum(1, dtype=torch.float64).to(dtype)
+    q_norms = None if qs is None else qs.pow(2).sum(1, dtype=torch.float64).to(dtype)
+    columns = (n if intra_batch else 0) + k
+    elements = _BLOCK_ELEMENTS // 4  # several float64 blocks of scores at once
+
+    def scores(start, stop):
+        """(shift, relative unweighted scores, row log-weights, column log-weights, other rows) of each part."""
+        for d, col_bias, other in zip(
+            _block_sq_dists(xs, norms, start, stop, qs, q_norms, intra_batch),
+            (bias[start:], q_bias),
+            (xs[start:], qs),
+            strict=True,
+        ):
+            if d is not None and d.numel():
+                yield (*_relative_scores(d, t_scaled), bias[start:stop, None], col_bias[None, :], other)
+
+    block_lse = []
+    for start, stop in _row_blocks(n, columns, elements):
+        for shift, relative, row_b, col_b, _ in scores(start, stop):
+            s = relative + row_b + col_b
+            top = s.amax()
+            total = (s - torch.where(torch.isinf(top), 0.0, top)).exp().sum()
+            block_lse.append(shift + top + total.log())
+    lse = torch.logsumexp(torch.stack(block_lse), dim=0)
+
+    gx = torch.zeros_like(xs) if grad_x else None
+    gq = torch.zeros_like(qs) if grad_queue and qs is not None else None
+    gw = torch.zeros_like(w) if grad_weights else None
+    gqw = torch.zeros_like(qw) if grad_queue_weights and qw is not None else None
+    if any(g is not None for g in (gx, gq, gw, gqw)):
+        for start, stop in _row_blocks(n, columns, elements):
+            for shift, relative, row_b, col_b, other in scores(start, stop):
+                relative = relative + (shift - lse)
+                cross = other is qs
+                if gx is not None or gq is not None:
+                    share = (relative + row_b + col_b).exp().to(dtype)
+                    other_grad = gq if cross else (None if gx is None else gx[start:])
+                    _add_pair_gradients(
+                        share, xs[start:stop], other, None if gx is None else gx[start:stop], other_grad
+                    )
+                if gw is not None:
+                    gw[start:stop] += (relative + col_b).exp().sum(1)
+                other_w = gqw if cross else (None if gw is None else gw[start:])
+                if other_w is not None:
+                    other_w += (relative + row_b).exp().sum(0)
+        gx, gq = _finish_gradients(gx, gq, t, exponent, dtype)
+        gw, gqw = (None if g is None else g * scale for g in (gw, gqw))
+    inputs = (x,) if queue is None else (x, queue)
+    inputs += tuple(v for v in (weights, queue_weights) if v is not None)
+    lse, grads = poison_nonfinite(inputs, lse - 2 * scale.log(), (gx, gq, gw, gqw))
+    return (lse, *grads)
 
 
 def align(
@@ -228,6 +345,24 @@ class ChunkedBackend:
     def uniform_lse(self, x, queue, t, intra_batch, grad_x, grad_queue, precision=None):
         # Float32 products follow torch's own matmul setting here; ``precision`` is for the fused kernels.
         return uniform_lse(x, queue, t, intra_batch, grad_x, grad_queue)
+
+    def uniform_lse_weighted(
+        self,
+        x,
+        queue,
+        t,
+        intra_batch,
+        weights,
+        queue_weights,
+        grad_x,
+        grad_queue,
+        grad_weights,
+        grad_queue_weights,
+        precision=None,
+    ):
+        return uniform_lse_weighted(
+            x, queue, t, intra_batch, weights, queue_weights, grad_x, grad_queue, grad_weights, grad_queue_weights
+        )
 
     def align(self, x, y, alpha, grad_x, grad_y=False):
         return split_align_gradient(*align(x, y, alpha, grad_x or grad_y), grad_x, grad_y)

@@ -7,6 +7,8 @@ matters for small batches), with their fake implementations beside them so that 
 trace them:
   hyperloss::uniform_lse(x, queue, t, intra_batch, grad_x, grad_queue, precision) -> (lse, grad_x, grad_queue)
   hyperloss::align(x, y, alpha, grad_x, grad_y) -> (loss, grad_x, grad_y)
+  hyperloss::uniform_lse_weighted(x, queue, t, intra_batch, weights, queue_weights, grad_x, grad_queue,
+      grad_weights, grad_queue_weights) -> (lse, grad_x, grad_queue, grad_weights, grad_queue_weights)  [CPU only]
 t and alpha are 0-dim float64 CPU tensors (one compiled graph for every value), lse is float64, absent gradients
 are empty tensors (an op returns tensors). ``CPU`` and ``CUDA`` at the end are the two backends (the
 ``hyperloss.backends.Backend`` protocol).
@@ -85,6 +87,11 @@ _OPS.define(
     " -> (Tensor, Tensor, Tensor)"
 )
 _OPS.define("align(Tensor x, Tensor y, Tensor alpha, bool grad_x, bool grad_y=False) -> (Tensor, Tensor, Tensor)")
+_OPS.define(
+    "uniform_lse_weighted(Tensor x, Tensor? queue, Tensor t, bool intra_batch, Tensor? weights,"
+    " Tensor? queue_weights, bool grad_x, bool grad_queue, bool grad_weights, bool grad_queue_weights)"
+    " -> (Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
 
 
 def _uniform_lse_cpu(
@@ -133,6 +140,42 @@ def _uniform_lse_fake(x, queue, t, intra_batch, grad_x, grad_queue, precision=0)
     )
 
 
+def _weight_gradient_outputs(
+    x: torch.Tensor, queue: torch.Tensor | None, grad_weights: bool, grad_queue_weights: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weighted op's float64 weight-gradient outputs: (N,) and (K,) where asked for, else empty."""
+    gw = x.new_empty((x.shape[0] if grad_weights else 0,), dtype=torch.float64)
+    gqw = x.new_empty((queue.shape[0] if grad_queue_weights and queue is not None else 0,), dtype=torch.float64)
+    return gw, gqw
+
+
+def _uniform_lse_weighted_cpu(
+    x, queue, t, intra_batch, weights, queue_weights, grad_x, grad_queue, grad_weights, grad_queue_weights
+):
+    x, queue = _cpu_input(x), None if queue is None else _cpu_input(queue)
+    weights, queue_weights = (None if w is None else w.to(torch.float64).contiguous() for w in (weights, queue_weights))
+    gx, gq = _gradient_outputs(x, queue, grad_x, grad_queue, x.dtype)
+    gw, gqw = _weight_gradient_outputs(x, queue, grad_weights, grad_queue_weights)
+    lse = ctypes.c_double()
+    status = _lib.lib.hl_uniform_lse_weighted_cpu(
+        _DTYPE[x.dtype], _matrix(x, x.shape[1]), _matrix(queue, x.shape[1]),
+        None if weights is None else weights.data_ptr(), None if queue_weights is None else queue_weights.data_ptr(),
+        float(t), intra_batch, torch.get_num_threads(), ctypes.byref(lse), _pointer(gx), _pointer(gq), _pointer(gw),
+        _pointer(gqw),
+    )  # fmt: skip
+    _lib.check(status, "uniform_lse_weighted")
+    return torch.tensor(lse.value, dtype=torch.float64), gx, gq, gw, gqw
+
+
+@torch.library.register_fake("hyperloss::uniform_lse_weighted", lib=_OPS)
+def _uniform_lse_weighted_fake(
+    x, queue, t, intra_batch, weights, queue_weights, grad_x, grad_queue, grad_weights, grad_queue_weights
+):
+    lse = x.new_empty((), dtype=torch.float64)
+    gx, gq = _gradient_outputs(x, queue, grad_x, grad_queue, compute_dtype(x.dtype))
+    return lse, gx, gq, *_weight_gradient_outputs(x, queue, grad_weights, grad_queue_weights)
+
+
 def _align_cpu(
     x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, grad_x: bool, grad_y: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -173,6 +216,7 @@ def _align_fake(x, y, alpha, grad_x, grad_y=False):
 _OPS.impl("uniform_lse", _uniform_lse_cpu, "CPU")
 _OPS.impl("uniform_lse", _uniform_lse_cuda, "CUDA")
 _OPS.impl("align", _align_cpu, "CPU")
+_OPS.impl("uniform_lse_weighted", _uniform_lse_weighted_cpu, "CPU")
 _OPS.impl("align", _align_cuda, "CUDA")
 
 
@@ -191,6 +235,27 @@ def _uniform_lse(
     return lse, (gx if grad_x else None), (gq if grad_queue and queue is not None else None)
 
 
+def _uniform_lse_weighted(
+    x: torch.Tensor,
+    queue: torch.Tensor | None,
+    t: torch.Tensor,
+    intra_batch: bool,
+    weights: torch.Tensor | None,
+    queue_weights: torch.Tensor | None,
+    grad_x: bool,
+    grad_queue: bool,
+    grad_weights: bool,
+    grad_queue_weights: bool,
+    precision: str | None = None,  # the CPU kernels' float32 products are exact
+) -> tuple[torch.Tensor, ...]:
+    has_queue = queue is not None
+    outputs = torch.ops.hyperloss.uniform_lse_weighted(
+        x, queue, t, intra_batch, weights, queue_weights, grad_x, grad_queue, grad_weights, grad_queue_weights
+    )
+    wanted = (True, grad_x, grad_queue and has_queue, grad_weights, grad_queue_weights and has_queue)
+    return tuple(out if want else None for out, want in zip(outputs, wanted, strict=True))
+
+
 def _align(
     x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, grad_x: bool, grad_y: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -201,10 +266,19 @@ def _align(
 class NativeBackend:
     """A backend over libhyperloss's torch ops for one device type (``hyperloss.backends.Backend``)."""
 
-    def __init__(self, name: str, device_type: str, description: str, available: Callable[[], tuple[bool, str]]):
+    def __init__(
+        self,
+        name: str,
+        device_type: str,
+        description: str,
+        available: Callable[[], tuple[bool, str]],
+        weighted: bool = False,
+    ):
         self.name, self.description, self.devices = name, description, (device_type,)
         self.available = available
         self.uniform_lse, self.align = _uniform_lse, _align
+        if weighted:  # per-row weights: only the CPU kernels have them (hyperloss.backends.supports_weights)
+            self.uniform_lse_weighted = _uniform_lse_weighted
 
     def runs_on(self, device_type: str) -> bool:
         return device_type in self.devices
@@ -218,5 +292,6 @@ CPU = NativeBackend(
     "cpu",
     "native C++ CPU kernels (csrc/cpu, OpenMP; AVX2/AVX-512 chosen at run time), libhyperloss",
     _available_cpu,
+    weighted=True,
 )
 CUDA = NativeBackend("cuda", "cuda", "CUDA C++ kernels (csrc/cuda), libhyperloss built with CUDA", _available_cuda)

@@ -55,6 +55,21 @@ typedef struct {
 hl_status hl_uniform_lse_cpu(hl_dtype dtype, hl_matrix a, hl_matrix b, double t, int intra_batch, int num_threads,
                              double* lse_out, void* grad_a, void* grad_b);
 
+/* Uniformity with per-row weights on the CPU: lse = log sum_{p in P} w_p exp(s_p), the pair weight w_p being
+ * weights_a[i] weights_a[j] for an intra pair and weights_a[i] weights_b[k] for a cross pair.
+ * weights_a / weights_b: a.rows / b.rows doubles, finite and >= 0, or NULL (every weight 1). A negative weight gives
+ * HL_ERR_INVALID_ARGUMENT; a non-finite one (as any non-finite input element) makes every output NaN. Where no pair
+ * has a positive weight lse is -inf (the caller checks that the pair weights sum to more than 0).
+ * grad_a / grad_b: as for hl_uniform_lse_cpu, d lse / d A and d lse / d B (0 for a row of weight 0).
+ * grad_weights_a / grad_weights_b: a.rows / b.rows doubles d lse / d weights, each NULL when not wanted; a row of
+ * weight 0 gets its gradient too (r_i / S, r_i = sum over its partners j of w_j exp(s_ij), S = the weighted sum).
+ * The loss a caller reports is lse - log sum_p w_p. num_threads and reproducibility as for hl_uniform_lse_cpu; with
+ * every weight 1 the results equal hl_uniform_lse_cpu's to rounding (not bitwise: other sums). */
+hl_status hl_uniform_lse_weighted_cpu(hl_dtype dtype, hl_matrix a, hl_matrix b, const double* weights_a,
+                                      const double* weights_b, double t, int intra_batch, int num_threads,
+                                      double* lse_out, void* grad_a, void* grad_b, double* grad_weights_a,
+                                      double* grad_weights_b);
+
 /* Alignment loss and its gradients on the CPU, in one pass that reads x and y once. grad_x / grad_y: contiguous
  * rows x cols outputs of the input dtype, each NULL when not wanted; grad_y is written as the exact negation of
  * grad_x. Where x_i == y_i the gradient of that row is zero (the subgradient torch's norm uses), for every alpha.
