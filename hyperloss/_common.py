@@ -60,7 +60,7 @@ def scale_saved_grad(grad_output: torch.Tensor, grad: torch.Tensor | None, dtype
     # traced backward cannot branch on it). Autograd copies the tensor before accumulating into .grad while it is
     # saved here, so retain_graph stays safe.
     eager_cpu = grad_output.device.type == "cpu" and not torch.compiler.is_compiling()
-    if grad.dtype == dtype and eager_cpu and bool(grad_output == 1):
+    if grad.dtype == dtype and eager_cpu and grad_output.numel() == 1 and grad_output.item() == 1:
         return grad
     return (grad_output * grad).to(dtype)
 

@@ -74,7 +74,8 @@ hl_status hl_uniform_lse_weighted_cpu(hl_dtype dtype, hl_matrix a, hl_matrix b, 
  * rows x cols outputs of the input dtype, each NULL when not wanted; grad_y is written as the exact negation of
  * grad_x. Where x_i == y_i the gradient of that row is zero (the subgradient torch's norm uses), for every alpha.
  * num_threads as for hl_uniform_lse_cpu (small calls run on the calling thread); the results are bitwise the same
- * for every num_threads. */
+ * for every num_threads. Outputs of 16 MB or more are written with streaming stores, and their whole 2 MiB pages are
+ * advised to transparent huge pages (madvise, a paging hint: contents untouched) before they are first written. */
 hl_status hl_align_cpu(hl_dtype dtype, hl_matrix x, hl_matrix y, double alpha, int num_threads, double* loss_out,
                        void* grad_x, void* grad_y);
 
