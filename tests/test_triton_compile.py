@@ -39,22 +39,22 @@ def _compile(kernel, types: dict[str, str], constants: dict[str, object], num_wa
 
 
 @pytest.mark.parametrize(
-    ("operand", "acc", "precision", "self_mode", "need_acc", "one_chunk"),
+    ("operand", "acc", "split", "self_mode", "need_acc", "one_chunk"),
     [
-        ("fp32", "fp32", "tf32", 2, True, True),  # fp32 inputs on tf32 tensor cores, loss and gradient
-        ("bf16", "fp32", "ieee", 0, True, True),  # fp32 inputs stored as bf16 (precision bf16), queue-only pairs
-        ("bf16", "fp32", "ieee", 1, False, True),  # bf16 inputs, forward only (j > i)
-        ("fp16", "fp32", "ieee", 2, True, True),
-        ("fp64", "fp64", "ieee", 2, True, True),  # float64: exact products, libdevice exp2
-        ("fp32", "fp32", "tf32", 2, True, False),  # long rows: D in chunks, float64 folds, acc in memory
-        ("bf16", "fp32", "ieee", 1, False, False),
-        ("fp64", "fp64", "ieee", 0, True, False),
+        ("fp16", "fp32", True, 2, True, True),  # exact fp32 products: a float16 split, loss and gradient
+        ("bf16", "fp32", False, 0, True, True),  # fp32 inputs stored as bf16 (precision bf16), queue-only pairs
+        ("bf16", "fp32", False, 1, False, True),  # bf16 inputs, forward only (j > i)
+        ("fp16", "fp32", False, 2, True, True),
+        ("fp64", "fp64", False, 2, True, True),  # float64: exact products, libdevice exp2
+        ("fp16", "fp32", True, 2, True, False),  # long rows: D in chunks, float64 folds, acc in memory
+        ("bf16", "fp32", False, 1, False, False),
+        ("fp64", "fp64", False, 0, True, False),
     ],
 )
-def test_uniformity_kernel_compiles_for_sm90(operand, acc, precision, self_mode, need_acc, one_chunk):
+def test_uniformity_kernel_compiles_for_sm90(operand, acc, split, self_mode, need_acc, one_chunk):
     kernel = uniform._uniform_rows_kernel
     types = {name: "i32" for name in kernel.arg_names}
-    types.update({name: f"*{operand}" for name in ("rows_ptr", "other_ptr")})
+    types.update({name: f"*{operand}" for name in ("rows_ptr", "rows_lo_ptr", "other_ptr", "other_lo_ptr")})
     types.update({name: "*fp64" for name in ("a_rows_ptr", "a_other_ptr", "consts_ptr", "info_ptr", "sums_ptr")})
     types.update({name: f"*{acc}" for name in ("dref_ptr", "acc_ptr")})
     types["flags_ptr"] = "*i32"
@@ -64,7 +64,8 @@ def test_uniformity_kernel_compiles_for_sm90(operand, acc, precision, self_mode,
         HAS_OTHER=self_mode != 1,
         NEED_ACC=need_acc,
         ONE_CHUNK=one_chunk,
-        INPUT_PRECISION=precision,
+        INPUT_PRECISION="ieee",
+        SPLIT=split,
         BLOCK_M=64,
         BLOCK_N=64,
         BLOCK_D=128 if one_chunk else 64,
@@ -74,25 +75,26 @@ def test_uniformity_kernel_compiles_for_sm90(operand, acc, precision, self_mode,
 
 
 @pytest.mark.parametrize(
-    ("operand", "precision", "self_mode", "has_other", "need_acc", "shift"),
+    ("operand", "split", "self_mode", "has_other", "need_acc", "shift"),
     [
-        ("bf16", "ieee", 2, False, True, 0),  # the training step's sweep
-        ("bf16", "ieee", 1, False, False, 0),  # forward only (j > i): the diagonal tile masked, then plain tiles
-        ("fp16", "ieee", 2, True, True, 14),  # float16: p shifted into its range
-        ("fp32", "tf32", 0, True, True, 0),  # the queue's sweep, tf32
-        ("fp32", "ieee", 2, True, False, 0),
+        ("bf16", False, 2, False, True, 0),  # the training step's sweep
+        ("bf16", False, 1, False, False, 0),  # forward only (j > i): the diagonal tile masked, then plain tiles
+        ("fp16", False, 2, True, True, 14),  # float16: p shifted into its range
+        ("fp16", True, 0, True, True, 14),  # the queue's sweep, exact fp32 products (a float16 split)
+        ("fp16", True, 2, True, False, 14),
     ],
 )
-def test_lean_kernel_compiles_for_sm90(operand, precision, self_mode, has_other, need_acc, shift):
+def test_lean_kernel_compiles_for_sm90(operand, split, self_mode, has_other, need_acc, shift):
     kernel = uniform._uniform_lean_kernel
     types = {name: "i32" for name in kernel.arg_names}
-    types.update({name: f"*{operand}" for name in ("rows_ptr", "other_ptr")})
+    types.update({name: f"*{operand}" for name in ("rows_ptr", "rows_lo_ptr", "other_ptr", "other_lo_ptr")})
     types.update({name: "*fp32" for name in ("dref_ptr", "acc_ptr", "rowb_ptr", "otherb_ptr")})
     types.update({name: "*fp64" for name in ("consts_ptr", "info_ptr", "sums_ptr")})
     types["flags_ptr"] = "*i32"
     for d in (100, 128):  # EVEN_D false and true
         constants = dict(SELF_MODE=self_mode, HAS_OTHER=has_other, NEED_ACC=need_acc, EVEN_D=d == 128,
-                         INPUT_PRECISION=precision, SHIFT=shift, BLOCK_M=64, BLOCK_N=128, BLOCK_D=128)  # fmt: skip
+                         INPUT_PRECISION="ieee", SPLIT=split, SHIFT=shift, BLOCK_M=64, BLOCK_N=128,
+                         BLOCK_D=128)  # fmt: skip
         _compile(kernel, types, constants)
 
 
@@ -108,10 +110,17 @@ def test_alignment_kernel_compiles_for_sm90(elem):
 
 
 @pytest.mark.parametrize(
-    ("elem", "operand", "parts"),
-    [("fp32", "fp32", 1), ("fp32", "bf16", 2), ("bf16", "bf16", 2), ("fp16", "fp16", 1), ("fp64", "fp64", 2)],
+    ("elem", "operand", "parts", "split"),
+    [
+        ("fp32", "fp16", 1, True),  # exact float32 products: two float16 parts
+        ("fp32", "bf16", 2, False),
+        ("fp32", "fp16", 2, False),
+        ("bf16", "bf16", 2, False),
+        ("fp16", "fp16", 1, False),
+        ("fp64", "fp64", 2, False),
+    ],
 )
-def test_preparation_kernels_compile_for_sm90(elem, operand, parts):
+def test_preparation_kernels_compile_for_sm90(elem, operand, parts, split):
     """Centering and scaling: statistics, float64 column sums, the centered copy; bfloat16/float16 inputs round
     their center to the input dtype (Sterbenz), float16 is never scaled down."""
     flags = dict(NUM_PARTS=parts, SCALE_DOWN=elem != "fp16")
@@ -126,16 +135,19 @@ def test_preparation_kernels_compile_for_sm90(elem, operand, parts):
     types = {name: "i32" for name in kernel.arg_names}
     types.update({name: "*fp64" for name in ("partials_ptr", "partials2_ptr", "center_ptr", "scales_ptr", "info_ptr")})
     types.update(bounds_ptr=f"*{elem}")
-    _compile(kernel, types, dict(STERBENZ=elem in ("bf16", "fp16"), BLOCK_C=64, **flags))
+    _compile(kernel, types, dict(STERBENZ=elem in ("bf16", "fp16"), HEADROOM=12 if split else 0, BLOCK_C=64, **flags))
     kernel = prepare_module._center_kernel
     types = {name: "i32" for name in kernel.arg_names}
     types.update(src_ptr=f"*{elem}", scales_ptr="*fp64", center_ptr="*fp64", out_ptr=f"*{operand}")
-    types.update(norms_ptr="*fp64", stride_n="i64")
-    _compile(kernel, types, dict(BLOCK_R=32, BLOCK_C=128))
+    types.update(lo_ptr=f"*{operand}", norms_ptr="*fp64", stride_n="i64")
+    _compile(kernel, types, dict(SPLIT=split, BLOCK_R=32, BLOCK_C=128))
 
 
-@pytest.mark.parametrize(("operand", "acc"), [("fp32", "fp32"), ("bf16", "fp32"), ("fp16", "fp32"), ("fp64", "fp64")])
-def test_finishing_kernels_compile_for_sm90(operand, acc):
+@pytest.mark.parametrize(
+    ("operand", "acc", "split"),
+    [("fp16", "fp32", True), ("bf16", "fp32", False), ("fp16", "fp32", False), ("fp64", "fp64", False)],
+)
+def test_finishing_kernels_compile_for_sm90(operand, acc, split):
     """The float64 combine into lse (one program) and the gradient scaling (exact powers of two, libdevice)."""
     kernel = uniform._combine_kernel
     types = {name: "*fp64" for name in kernel.arg_names}
@@ -144,29 +156,32 @@ def test_finishing_kernels_compile_for_sm90(operand, acc):
         _compile(kernel, types, dict(SELF_MODE=self_mode, BLOCK=1024))
     kernel = uniform._grad_kernel
     types = {name: "*fp64" for name in kernel.arg_names}
-    types.update(v_ptr=f"*{operand}", acc_ptr=f"*{acc}", dref_ptr=f"*{acc}", n_rows="i32", D="i32")
-    _compile(kernel, types, dict(BLOCK_R=32, BLOCK_C=128))
+    types.update(v_ptr=f"*{operand}", v_lo_ptr=f"*{operand}", acc_ptr=f"*{acc}", dref_ptr=f"*{acc}")
+    types.update(n_rows="i32", D="i32")
+    _compile(kernel, types, dict(SPLIT=split, BLOCK_R=32, BLOCK_C=128))
 
 
 def test_kernels_compile_with_sizes_of_one():
     """Triton turns an integer argument equal to 1 into a constant: one row, a one-row queue, D = 1."""
     kernel = uniform._uniform_rows_kernel
     types = {name: "i32" for name in kernel.arg_names}
-    types.update({name: "*fp32" for name in ("rows_ptr", "other_ptr", "dref_ptr", "acc_ptr")})
+    types.update({name: "*fp16" for name in ("rows_ptr", "rows_lo_ptr", "other_ptr", "other_lo_ptr")})
+    types.update({name: "*fp32" for name in ("dref_ptr", "acc_ptr")})
     types.update({name: "*fp64" for name in ("a_rows_ptr", "a_other_ptr", "consts_ptr", "info_ptr", "sums_ptr")})
     types["flags_ptr"] = "*i32"
     for one_chunk in (True, False):
         constants = dict(n_rows=1, n_other=1, D=1, SELF_MODE=2, HAS_OTHER=True, NEED_ACC=True, ONE_CHUNK=one_chunk,
-                         INPUT_PRECISION="ieee", BLOCK_M=64, BLOCK_N=64, BLOCK_D=16, FOLD_D=256,
+                         INPUT_PRECISION="ieee", SPLIT=True, BLOCK_M=64, BLOCK_N=64, BLOCK_D=16, FOLD_D=256,
                          CHECK_FLAGS=one_chunk)  # fmt: skip
         _compile(kernel, types, constants)
     kernel = uniform._uniform_lean_kernel
     types = {name: "i32" for name in kernel.arg_names}
-    types.update({name: "*fp32" for name in ("rows_ptr", "other_ptr", "dref_ptr", "acc_ptr", "rowb_ptr", "otherb_ptr")})
+    types.update({name: "*fp16" for name in ("rows_ptr", "rows_lo_ptr", "other_ptr", "other_lo_ptr")})
+    types.update({name: "*fp32" for name in ("dref_ptr", "acc_ptr", "rowb_ptr", "otherb_ptr")})
     types.update({name: "*fp64" for name in ("consts_ptr", "info_ptr", "sums_ptr")})
     types["flags_ptr"] = "*i32"
     constants = dict(n_rows=1, n_other=1, D=1, SELF_MODE=2, HAS_OTHER=True, NEED_ACC=True, EVEN_D=False,
-                     INPUT_PRECISION="ieee", SHIFT=0, BLOCK_M=64, BLOCK_N=64, BLOCK_D=16)  # fmt: skip
+                     INPUT_PRECISION="ieee", SPLIT=True, SHIFT=14, BLOCK_M=64, BLOCK_N=64, BLOCK_D=16)  # fmt: skip
     _compile(kernel, types, constants)
     kernel = uniform._bias_kernel
     _compile(kernel, dict(norms_ptr="*fp64", n="i32", out_ptr="*fp32"), dict(n=1, BLOCK=1024))
@@ -176,8 +191,8 @@ def test_kernels_compile_with_sizes_of_one():
     _compile(kernel, types, dict(n_rows=1, n_other=1, SELF_MODE=2, BLOCK=1024))
     kernel = uniform._grad_kernel
     types = {name: "*fp64" for name in kernel.arg_names}
-    types.update(v_ptr="*fp32", acc_ptr="*fp32", dref_ptr="*fp32")
-    _compile(kernel, types, dict(n_rows=1, D=1, BLOCK_R=32, BLOCK_C=128))
+    types.update(v_ptr="*fp16", v_lo_ptr="*fp16", acc_ptr="*fp32", dref_ptr="*fp32")
+    _compile(kernel, types, dict(n_rows=1, D=1, SPLIT=True, BLOCK_R=32, BLOCK_C=128))
     for kernel, constants in (
         (prepare_module._first_kernel, dict(D=1, NUM_PARTS=2, SCALE_DOWN=True, BLOCK_C=64)),
         (
@@ -186,13 +201,24 @@ def test_kernels_compile_with_sizes_of_one():
         ),
         (
             prepare_module._stats_kernel,
-            dict(n_groups=1, n_groups2=1, total_rows=1, D=1, NUM_PARTS=2, SCALE_DOWN=True, STERBENZ=False, BLOCK_C=64),
+            dict(
+                n_groups=1,
+                n_groups2=1,
+                total_rows=1,
+                D=1,
+                NUM_PARTS=2,
+                SCALE_DOWN=True,
+                STERBENZ=False,
+                HEADROOM=12,
+                BLOCK_C=64,
+            ),
         ),
-        (prepare_module._center_kernel, dict(n_rows=1, D=1, BLOCK_R=32, BLOCK_C=128)),
+        (prepare_module._center_kernel, dict(n_rows=1, D=1, SPLIT=True, BLOCK_R=32, BLOCK_C=128)),
     ):
         types = {name: "i32" for name in kernel.arg_names}
-        types.update({name: "*fp32" if name in ("src_ptr", "bounds_ptr", "out_ptr") else "*fp64"
+        types.update({name: "*fp32" if name in ("src_ptr", "bounds_ptr") else "*fp64"
                       for name in kernel.arg_names if name.endswith("_ptr")})  # fmt: skip
+        types.update(out_ptr="*fp16", lo_ptr="*fp16")
         _compile(kernel, types, constants)
     kernel = align_module._align_kernel
     types = {name: "i32" for name in kernel.arg_names}

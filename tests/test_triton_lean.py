@@ -19,8 +19,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 if not (torch.cuda.is_available() or INTERPRET):
     pytest.skip("no CUDA device and TRITON_INTERPRET is not 1", allow_module_level=True)
 
+import hyperloss  # noqa: E402
 from hyperloss.triton import uniform as triton_uniform  # noqa: E402
-from tests.helpers import features  # noqa: E402
+from tests.helpers import assert_close_scaled, features, uniform_reference  # noqa: E402
 from tests.test_triton import check_uniform  # noqa: E402
 
 DEVICE = "cpu" if INTERPRET else "cuda"
@@ -70,13 +71,69 @@ def test_any_t_on_the_lean_path(thresholds, t):
     check_uniform(x, t, queue)
 
 
+# Exact float32 products ("highest"): a float16 split, hi.hi + (hi.lo + lo.hi) 2^-S, must keep float32-level
+# accuracy: loss and gradients within 1e-5 of float64 (relative; gradients to their largest entry), where a plain
+# float16 copy (11 bits) misses by ~1e-4.
+HIGHEST_REL = 1e-5
+
+
+def _check_highest(x, t, queue=None, intra_batch=True):
+    x = x.detach().requires_grad_()
+    queue = None if queue is None else queue.detach().requires_grad_()
+    got = hyperloss.uniform_loss(x, t, queue=queue, intra_batch=intra_batch, backend="triton", precision="highest")
+    want, want_grads = uniform_reference(x, t, queue, intra_batch)
+    value, want = float(got.detach()), float(want.detach())
+    assert abs(value - want) <= HIGHEST_REL * abs(want), (value, want)
+    inputs = [x] if queue is None else [x, queue]
+    for name, g, w in zip(("x", "queue")[: len(inputs)], torch.autograd.grad(got, inputs), want_grads, strict=True):
+        assert_close_scaled(g, w, HIGHEST_REL, f"d loss / d {name} (highest)", floor=0.0)
+
+
+@pytest.mark.parametrize("d", [16, 64, 128, 256])
+def test_highest_precision_split(thresholds, d):
+    x = features(40, d, seed=d, dtype=torch.float32).to(DEVICE)
+    queue = features(11, d, seed=d + 1, dtype=torch.float32).to(DEVICE)
+    _check_highest(x, 2.0)
+    _check_highest(x, 2.0, queue)
+    _check_highest(x[:9], 2.0, queue, intra_batch=False)
+
+
+def test_highest_precision_hostile_inputs(thresholds):
+    # A common offset 1e4 times the spread (the split is of the centered rows), losses where every term
+    # underflows float32 (t = 50, rows of norm 2) or lies within 1e-6 of 1 (t = 1e-6), tiny and huge spreads.
+    base = features(36, 24, seed=5, dtype=torch.float64)
+    offset = torch.linspace(-1e4, 1e4, 24, dtype=torch.float64)
+    _check_highest((base + offset).float().to(DEVICE), 2.0)
+    _check_highest(features(30, 64, seed=6, scale=2.0, dtype=torch.float32).to(DEVICE), 50.0)
+    _check_highest(features(30, 64, seed=7, dtype=torch.float32).to(DEVICE), 1e-6)
+    _check_highest(features(30, 8, seed=8, scale=1e-20, dtype=torch.float32).to(DEVICE), 1e39)
+    _check_highest(features(30, 8, seed=9, scale=1e15, dtype=torch.float32).to(DEVICE), 1e-30)
+
+
+@pytest.mark.parametrize("d", [1000, 4096])
+def test_highest_precision_long_rows(d):
+    # The chunked path (D swept in chunks, dot products folded in float64, acc in memory), split too.
+    x = (features(9, d, seed=d, dtype=torch.float64) + 3.0).float().to(DEVICE)
+    _check_highest(x, 2.0, (features(5, d, seed=d + 1, dtype=torch.float64) + 3.0).float().to(DEVICE))
+
+
+def test_highest_precision_needs_the_low_parts(monkeypatch):
+    # Without lo (a float16 copy alone) the same loss misses the 1e-5 target: the test above measures the split.
+    x = features(40, 16, seed=10, dtype=torch.float32).to(DEVICE)
+    monkeypatch.setattr(triton_uniform, "_split", lambda precision: 0)
+    with pytest.raises(AssertionError):
+        _check_highest(x, 2.0)
+
+
 def test_lean_configs_prune_to_fitting_tiles():
     configs = triton_uniform._LEAN_CONFIGS
     for d in (64, 128, 256):
-        for width in (2, 4):
-            kept = triton_uniform.prune_configs(configs, d, width)
+        for width, split in ((2, False), (4, False), (2, True)):
+            kept = triton_uniform.prune_configs(configs, d, width, split)
             assert kept and all(c in configs for c in kept)
-        assert len(triton_uniform.prune_configs(configs, d, 4)) == 1  # float32 "highest": FMA loops
+    # A split at D = 128: 64-column tiles, 16 rows per warp (the 128-column ones spill, bench/results/kernels-sm90.md)
+    split = triton_uniform.prune_configs(configs, 128, 2, True)
+    assert all(c.kwargs["BLOCK_N"] == 64 and c.kwargs["BLOCK_M"] >= 16 * c.num_warps for c in split)
     wide = triton_uniform.prune_configs(configs, 128, 2)
     assert all(c.kwargs["BLOCK_N"] == 128 for c in wide)
     assert {(c.kwargs["BLOCK_M"], c.num_warps, c.num_stages) for c in wide} >= {(64, 4, 3), (128, 8, 2), (128, 8, 3)}

@@ -15,10 +15,16 @@ The center c:
   to remove). float16 inputs are only ever scaled up (their products cannot overflow float32; scaling down would
   make small values subnormal); a float16 copy of float32 inputs (tf32) is scaled either way.
 
-Memory: one copy of x and of the queue in the operand dtype and their squared norms (float64, one per row); no
-float64 copy of the rows. Work: a min/max per column (torch.aminmax), the scale (one small program), float64
-column sums (one read), the center and second scale (one small program), and one pass that writes x' and the
-norms. Every scale is a tensor on the device:
+Exact float32 products ("ieee") of float32 inputs run on float16 tensor cores: x' is stored as two float16 parts,
+hi = fp16(x') and lo = fp16(x' - hi), with x' scaled 2^SPLIT_HEADROOM higher (its largest element in [2^11, 2^12),
+E lowered to match) so that lo, |lo| <= 1, stays in float16's normal range down to residuals of 2^-14: the parts
+carry x' to 2^-22 of each element and 2^-36 of the largest. The kernels multiply hi.hi + hi.lo + lo.hi (``uniform``);
+the norms are those of hi + lo.
+
+Memory: one copy of x and of the queue in the operand dtype (two float16 parts for "ieee") and their squared norms
+(float64, one per row); no float64 copy of the rows. Work: a min/max per column (torch.aminmax), the scale (one
+small program), float64 column sums (one read), the center and second scale (one small program), and one pass
+that writes x' and the norms. Every scale is a tensor on the device:
 no value goes to the host (nothing to synchronize, one torch.compile graph for every input).
 """
 
@@ -41,6 +47,7 @@ _PREP_COLS = 64 if INTERPRET else 128
 # Float64 element-wise work: 8 warps keep it to ~16 values per thread (no register spills).
 _WARPS = 8
 _INF = tl.constexpr(float("inf"))
+SPLIT_HEADROOM = 12  # x' 2^12 < 4096: hi and its products stay far from float16's and float32's limits
 
 
 @triton.jit
@@ -141,10 +148,12 @@ def _stats_kernel(
     NUM_PARTS: tl.constexpr,
     SCALE_DOWN: tl.constexpr,
     STERBENZ: tl.constexpr,
+    HEADROOM: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
     """One program, after _first_kernel: the center c (float64, D, in units of 2^first), 2^-second as two factors
-    in scales[2:4], and info[0] = E = first + second (float64)."""
+    in scales[2:4], and info[0] = E = first + second (float64); the largest centered magnitude ends in
+    [2^(HEADROOM - 1), 2^HEADROOM)."""
     first = tl.load(info_ptr).to(tl.int64)
     s1 = tl.load(scales_ptr)
     s2 = tl.load(scales_ptr + 1)
@@ -174,6 +183,7 @@ def _stats_kernel(
     second = frexp_exponent(tl.max(spread, axis=0))
     if not SCALE_DOWN:
         second = tl.minimum(second, 0)
+    second = second - HEADROOM
     s3, s4 = _scale_factors(second)
     tl.store(scales_ptr + 2, s3)
     tl.store(scales_ptr + 3, s4)
@@ -190,12 +200,15 @@ def _center_kernel(
     scales_ptr,
     center_ptr,
     out_ptr,
+    lo_ptr,
     norms_ptr,
+    SPLIT: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """out = ((x 2^-first) - c) 2^-second in out's dtype (contiguous), rounded once from float64; norms = the
-    squared norms of the stored rows, summed in float64."""
+    """out = ((x 2^-first) - c) 2^-second in out's dtype (contiguous), rounded once from float64; with SPLIT also
+    lo = that - out in lo's dtype (out + lo: the stored rows). norms = the squared norms of the stored rows, summed
+    in float64."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     mask_r = rows < n_rows
     rows64 = rows.to(tl.int64)
@@ -212,19 +225,28 @@ def _center_kernel(
         src = src_ptr + rows64[:, None] * stride_n + cols.to(tl.int64)[None, :] * stride_d
         v = tl.load(src, mask=mask, other=0.0)
         center = tl.load(center_ptr + cols, mask=mask_c, other=0.0)
-        w = ((v.to(tl.float64) * s1 * s2 - center[None, :]) * s3 * s4).to(out_ty)
-        tl.store(out_ptr + rows64[:, None] * D + cols[None, :], w, mask=mask)
-        w64 = tl.where(mask, w.to(tl.float64), 0.0)
+        exact = (v.to(tl.float64) * s1 * s2 - center[None, :]) * s3 * s4
+        w = exact.to(out_ty)
+        offs = rows64[:, None] * D + cols[None, :]
+        tl.store(out_ptr + offs, w, mask=mask)
+        w64 = w.to(tl.float64)
+        if SPLIT:
+            lo = (exact - w64).to(lo_ptr.dtype.element_ty)  # exact - w64: exact in float64
+            tl.store(lo_ptr + offs, lo, mask=mask)
+            w64 = w64 + lo.to(tl.float64)
+        w64 = tl.where(mask, w64, 0.0)
         norms += tl.sum(w64 * w64, axis=1)
     tl.store(norms_ptr + rows, norms, mask=mask_r)
 
 
 class Prepared(NamedTuple):
-    x: torch.Tensor  # x' (N x D, contiguous, operand dtype)
+    x: torch.Tensor  # x' (N x D, contiguous, operand dtype); with a split, its high part
     queue: torch.Tensor | None  # q' (K x D) or None
     x_norms: torch.Tensor  # ||x'_i||^2, float64
     queue_norms: torch.Tensor | None
     info: torch.Tensor  # float64 [E (integer-valued), 1.0 if every input element is finite else 0.0]
+    x_lo: torch.Tensor | None = None  # with a split: the low parts (see above), else None
+    queue_lo: torch.Tensor | None = None
 
 
 def padded(n: int | torch.SymInt, row_pad: int) -> int | torch.SymInt:
@@ -232,25 +254,29 @@ def padded(n: int | torch.SymInt, row_pad: int) -> int | torch.SymInt:
     return (torch.sym_max(n, 1) + row_pad - 1) // row_pad * row_pad
 
 
-def _centered(v, scales, center, dtype, row_pad):
-    """x' and its squared norms, each padded to a multiple of ``row_pad`` rows (zeros, norms +inf) and returned as
-    views of the first n rows: kernels that sweep whole blocks of rows read the padding without bounds checks."""
+def _centered(v, scales, center, dtype, row_pad, split):
+    """x' (with ``split``: its two parts) and its squared norms, each padded to a multiple of ``row_pad`` rows
+    (zeros, norms +inf) and returned as views of the first n rows: kernels that sweep whole blocks of rows read the
+    padding without bounds checks."""
     n, d = v.shape
     n_pad = padded(n, row_pad)
-    out = torch.empty((n_pad, d), dtype=dtype, device=v.device)
+    parts = torch.empty((2 if split else 1, n_pad, d), dtype=dtype, device=v.device)
     norms = torch.empty(n_pad, dtype=torch.float64, device=v.device)
-    out[n:].zero_()  # possibly empty
+    parts[:, n:].zero_()  # possibly empty
     norms[n:].fill_(float("inf"))
     wrap_triton(_center_kernel)[(triton.cdiv(n, _PREP_ROWS),)](
-        v, v.stride(0), v.stride(1), n, d, scales, center, out, norms,
-        BLOCK_R=_PREP_ROWS, BLOCK_C=_PREP_COLS, num_warps=_WARPS,
+        v, v.stride(0), v.stride(1), n, d, scales, center, parts[0], parts[-1], norms,
+        SPLIT=split, BLOCK_R=_PREP_ROWS, BLOCK_C=_PREP_COLS, num_warps=_WARPS,
     )  # fmt: skip
-    return out[:n], norms[:n]
+    return parts[0, :n], (parts[1, :n] if split else None), norms[:n]
 
 
-def prepare(x: torch.Tensor, queue: torch.Tensor | None, operand_dtype: torch.dtype, row_pad: int = 1) -> Prepared:
+def prepare(
+    x: torch.Tensor, queue: torch.Tensor | None, operand_dtype: torch.dtype, row_pad: int = 1, split: bool = False
+) -> Prepared:
     """x' and q' in ``operand_dtype`` with their squared norms, E, and whether the inputs are finite; x', q' and
-    their norms are views of buffers padded to a multiple of ``row_pad`` rows (zero rows of norm +inf)."""
+    their norms are views of buffers padded to a multiple of ``row_pad`` rows (zero rows of norm +inf). ``split``:
+    x' and q' as two float16 parts each, hi + lo (see above)."""
     parts = [x] if queue is None else [x, queue]
     d = x.shape[1]
     flags = {
@@ -276,10 +302,11 @@ def prepare(x: torch.Tensor, queue: torch.Tensor | None, operand_dtype: torch.dt
     wrap_triton(_stats_kernel)[(1,)](
         bounds, partials[0], partials[0].shape[0], second, second.shape[0] if queue is not None else 0,
         total_rows, d, center, scales, info,
-        STERBENZ=x.dtype in (torch.float16, torch.bfloat16), BLOCK_C=_STAT_COLS, **flags,
+        STERBENZ=x.dtype in (torch.float16, torch.bfloat16), HEADROOM=SPLIT_HEADROOM if split else 0,
+        BLOCK_C=_STAT_COLS, **flags,
     )  # fmt: skip
-    xs, x_norms = _centered(x, scales, center, operand_dtype, row_pad)
-    qs = q_norms = None
+    xs, xs_lo, x_norms = _centered(x, scales, center, operand_dtype, row_pad, split)
+    qs = qs_lo = q_norms = None
     if queue is not None:
-        qs, q_norms = _centered(queue, scales, center, operand_dtype, row_pad)
-    return Prepared(xs, qs, x_norms, q_norms, info)
+        qs, qs_lo, q_norms = _centered(queue, scales, center, operand_dtype, row_pad, split)
+    return Prepared(xs, qs, x_norms, q_norms, info, xs_lo, qs_lo)

@@ -48,7 +48,7 @@ DTYPES = {
     "fp16": ("fp16", "fp32", "native"),
     "fp32-high": ("fp16", "fp32", "tf32"),  # tf32 products from a float16 copy (uniform._operand_dtype)
     "fp32-medium": ("bf16", "fp32", "bf16"),
-    "fp32-highest": ("fp32", "fp32", "ieee"),
+    "fp32-highest": ("fp16", "fp32", "ieee"),  # exact products: a float16 split, three dots per product
 }
 
 # Row-kernel variants: (SELF_MODE, HAS_OTHER, NEED_ACC). "grad" is the training step's sweep (loss and gradient of
@@ -64,8 +64,8 @@ VARIANTS = {
 @dataclasses.dataclass(frozen=True)
 class Case:
     """One compilation: a row kernel ("lean": the fixed-shift sweep, autotuned; "fallback": the running-reference
-    sweep that recomputes the rows the lean one flags, one configuration) in one variant, dtype, row width and block
-    configuration."""
+    sweep that recomputes the rows the lean one flags, one configuration; "rows": the running-reference sweep alone,
+    autotuned, where the rows do not stay in registers) in one variant, dtype, row width and block configuration."""
 
     kernel: str
     variant: str
@@ -112,7 +112,8 @@ _BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 def autotune_configs(d: int, dtype: str) -> list[triton.Config]:
     """The configurations the autotuner may pick for the lean kernel at rows of width ``d`` (after its pruning)."""
-    return uniform.prune_configs(list(uniform._LEAN_CONFIGS), d, _BYTES[DTYPES[dtype][0]])
+    operand, _, precision = DTYPES[dtype]
+    return uniform.prune_configs(list(uniform._LEAN_CONFIGS), d, _BYTES[operand], uniform._split(precision))
 
 
 def cases(
@@ -126,8 +127,12 @@ def cases(
     for variant in variants:
         for dtype in dtypes:
             for d in ds:
-                configs = [("lean", c) for c in autotune_configs(d, dtype)]
-                configs.append(("fallback", uniform._fallback_config(d)))
+                split = uniform._split(DTYPES[dtype][2])
+                if uniform._in_registers(d, split):
+                    configs = [("lean", c) for c in autotune_configs(d, dtype)]
+                    configs.append(("fallback", uniform._fallback_config(d, split)))
+                else:  # D swept in chunks by the running-reference kernel alone
+                    configs = [("rows", c) for c in uniform.rows_configs(False, split)]
                 for kernel, config in configs:
                     kw = config.kwargs
                     blocks = (kw["BLOCK_M"], kw["BLOCK_N"], config.num_warps, config.num_stages)
@@ -150,7 +155,7 @@ def _signature(case: Case):
     else:
         kernel = uniform._uniform_rows_kernel
         constants = uniform.launch_constants(case.d, self_mode, has_other, need_acc, precision)
-        constants["CHECK_FLAGS"] = True
+        constants["CHECK_FLAGS"] = case.kernel == "fallback"
     constants.update(BLOCK_M=case.block_m, BLOCK_N=case.block_n)
     pointer_types = uniform.POINTER_TYPES
     unspecialized = {"size_bucket"}  # do_not_specialize

@@ -34,6 +34,15 @@ resolve that way (every term underflowing, or every term within 1/16 of 1, where
 series) it flags, and this kernel (``_uniform_rows_kernel`` with CHECK_FLAGS) recomputes only the row blocks holding
 a flagged row. float64 inputs and wider rows take this kernel alone.
 
+Exact float32 products ("ieee", torch's "highest") never feed float32 operands to the dots (FMA loops, which
+spill): x' is stored as two float16 parts, x' = hi + lo (``_prepare``: scaled so that lo stays in float16's normal
+range), and every dot of the sweeps runs on 16-bit tensor cores with float32 accumulation:
+    x'_i.x'_j = lo_i.hi_j + hi_i.lo_j + hi_i.hi_j            (``_gram``; lo_i.lo_j, ~2^-22 of it, left out)
+    p.x'_j = fp16(p - fp16(p)).hi_j + fp16(p).lo_j + fp16(p).hi_j  (``_weighted_rows``)
+each into the one accumulator; the parts carry ~22 bits, the products float32-level accuracy (~1e-7 relative on
+the loss and gradients in the tests, against 1e-4 for one float16 copy). With two parts per element the rows stay in
+registers up to D = 128 (above, D is swept in chunks).
+
 Limit: a distance below the rounding of the Gram form (~ eps ||x'||^2, x' the centered rows) is not resolved, e.g.
 two equal rows may come out at a tiny positive distance; at a very large t (t' d of such a rounding >> 1) such a
 pair then weighs ~0 instead of 1. The loss is still finite and within that score error, never NaN.
@@ -61,10 +70,14 @@ _SELF_NONE, _SELF_UPPER, _SELF_ALL = 0, 1, 2
 
 # The accumulator acc_i (BLOCK_M x D) stays in registers up to this padded D; above it lives in the output buffer
 # and D is swept in CHUNK_D columns (slower, but any D works), and the dot products are summed in float64 every
-# FOLD_D columns. Small under the interpreter so that the tests reach both paths with small D.
+# FOLD_D columns. Small under the interpreter so that the tests reach both paths with small D. A split (two float16
+# parts per element, see _gram) halves it: at D = 256 its extra dots spill at every tile size tried.
 _MAX_REGISTER_D = 32 if INTERPRET else 256
 _CHUNK_D = 16 if INTERPRET else 64
 _FOLD_D = 32 if INTERPRET else 256
+
+# The running reference's p <= 1 is scaled by 2^14 before its float16 split (float16's range for its small terms).
+_P_SPLIT_SCALE = tl.constexpr(16384.0)
 
 # A column block whose row sums miss at most this much of their count (every term p > 1 - 1/32) takes its deficit
 # sum (p - 1) from an expm1 series.
@@ -93,6 +106,36 @@ def _load_rows(ptr, offs_r64, mask_r, offs_d, D):
 
 
 @triton.jit
+def _gram(a, a_lo, b, b_lo, acc, INPUT_PRECISION: tl.constexpr, SPLIT: tl.constexpr):
+    """acc + a.b (acc's dtype). SPLIT: a + a_lo and b + b_lo, float16 parts (``_prepare``), as
+    a_lo.b + a.b_lo + a.b (a_lo.b_lo, ~2^-22 of a.b, left out): three tensor-core dots into the one accumulator,
+    the small terms first."""
+    if SPLIT:
+        acc = tl.dot(a_lo, b, acc, out_dtype=tl.float32)
+        acc = tl.dot(a, b_lo, acc, out_dtype=tl.float32)
+        acc = tl.dot(a, b, acc, out_dtype=tl.float32)
+    else:
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=acc.dtype)
+    return acc
+
+
+@triton.jit
+def _weighted_rows(p, x, x_lo, acc, INPUT_PRECISION: tl.constexpr, SPLIT: tl.constexpr):
+    """acc + p.x (p float32). SPLIT: x + x_lo (float16 parts) and p = hi + lo, hi = fp16(p), lo = fp16(p - hi)
+    (p - hi exact in float32), as lo.x + hi.x_lo + hi.x: three tensor-core dots into acc, no second accumulator.
+    lo's rounding costs at most 2^-25 absolute per pair (float16's subnormal step), against terms up to 2^14 (the
+    kernels scale p there)."""
+    if SPLIT:
+        hi = p.to(tl.float16)
+        acc = tl.dot((p - hi.to(tl.float32)).to(tl.float16), x, acc, out_dtype=tl.float32)
+        acc = tl.dot(hi, x_lo, acc, out_dtype=tl.float32)
+        acc = tl.dot(hi, x, acc, out_dtype=tl.float32)
+    else:
+        acc = tl.dot(p.to(x.dtype), x, acc, input_precision=INPUT_PRECISION, out_dtype=acc.dtype)
+    return acc
+
+
+@triton.jit
 def _pair_counts(offs_m, j0, n_cols, PAIR_MASK: tl.constexpr, BLOCK_N: tl.constexpr):
     """Per row, how many pairs the column block [j0, j0 + BLOCK_N) holds (no per-pair work)."""
     stop = tl.minimum(j0 + BLOCK_N, n_cols)
@@ -114,12 +157,15 @@ def _tile_step(
     u_keep,
     acc,
     xi,
+    xi_lo,
     a_i,
     a_i64,
     rows_ptr,
+    rows_lo_ptr,
     offs_m,
     mask_m,
     cols_ptr,
+    cols_lo_ptr,
     a_cols_ptr,
     j0,
     n_cols,
@@ -132,6 +178,7 @@ def _tile_step(
     NEED_ACC: tl.constexpr,
     ONE_CHUNK: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -149,7 +196,8 @@ def _tile_step(
     a_j64 = tl.load(a_cols_ptr + offs_n, mask=mask_n, other=float("inf"))
     if ONE_CHUNK:
         xj = _load_rows(cols_ptr, offs_n64, mask_n, offs_d, D)
-        g = tl.dot(xi, tl.trans(xj), input_precision=INPUT_PRECISION, out_dtype=ty)
+        xj_lo = _load_rows(cols_lo_ptr, offs_n64, mask_n, offs_d, D) if SPLIT else xj
+        g = _gram(xi, xi_lo, tl.trans(xj), tl.trans(xj_lo), tl.zeros([BLOCK_M, BLOCK_N], ty), INPUT_PRECISION, SPLIT)
         d = (a_i[:, None] + a_j64.to(ty)[None, :]) - 2.0 * g
     else:
         # Long rows: the products of FOLD_D columns at a time are added up in float64.
@@ -159,7 +207,13 @@ def _tile_step(
             for d0 in range(f0, tl.minimum(f0 + FOLD_D, D), BLOCK_D):
                 xi_c = _load_rows(rows_ptr, offs_m64, mask_m, d0 + offs_d, D)
                 xj_c = _load_rows(cols_ptr, offs_n64, mask_n, d0 + offs_d, D)
-                g = tl.dot(xi_c, tl.trans(xj_c), g, input_precision=INPUT_PRECISION, out_dtype=ty)
+                if SPLIT:
+                    xi_lo_c = _load_rows(rows_lo_ptr, offs_m64, mask_m, d0 + offs_d, D)
+                    xj_lo_c = _load_rows(cols_lo_ptr, offs_n64, mask_n, d0 + offs_d, D)
+                else:
+                    xi_lo_c = xi_c
+                    xj_lo_c = xj_c
+                g = _gram(xi_c, xi_lo_c, tl.trans(xj_c), tl.trans(xj_lo_c), g, INPUT_PRECISION, SPLIT)
             g64 += g.to(tl.float64)
         d = ((a_i64[:, None] + a_j64[None, :]) - 2.0 * g64).to(ty)
     d = tl.maximum(d, 0.0)
@@ -209,18 +263,19 @@ def _tile_step(
 
     if NEED_ACC:
         a_ty = a.to(ty)
+        if SPLIT:
+            p = p * _P_SPLIT_SCALE  # acc is kept times 2^14, undone where it is stored for the last time
         if ONE_CHUNK:
-            acc = tl.dot(p.to(xj.dtype), xj, acc, input_precision=INPUT_PRECISION, out_dtype=ty)
+            acc = _weighted_rows(p, xj, xj_lo, acc, INPUT_PRECISION, SPLIT)
         else:
             for d0 in range(0, D, BLOCK_D):
                 cols = d0 + offs_d
                 xj_c = _load_rows(cols_ptr, offs_n64, mask_n, cols, D)
+                xj_lo_c = _load_rows(cols_lo_ptr, offs_n64, mask_n, cols, D) if SPLIT else xj_c
                 ptrs = acc_ptr + offs_m64[:, None] * D + cols[None, :]
                 amask = mask_m[:, None] & (cols[None, :] < D)
                 acc_c = tl.load(ptrs, mask=amask, other=0.0)
-                acc_c = tl.dot(
-                    p.to(xj_c.dtype), xj_c, acc_c * a_ty[:, None], input_precision=INPUT_PRECISION, out_dtype=ty
-                )
+                acc_c = _weighted_rows(p, xj_c, xj_lo_c, acc_c * a_ty[:, None], INPUT_PRECISION, SPLIT)
                 tl.store(ptrs, acc_c, mask=amask)
             # The next block reads these rows back, possibly from other threads of the program.
             tl.debug_barrier()
@@ -247,9 +302,11 @@ def _scaled_t(consts_ptr, info_ptr, ty: tl.constexpr):
 @triton.jit
 def _uniform_rows_kernel(
     rows_ptr,
+    rows_lo_ptr,
     a_rows_ptr,
     n_rows,
     other_ptr,
+    other_lo_ptr,
     a_other_ptr,
     n_other,
     consts_ptr,
@@ -265,6 +322,7 @@ def _uniform_rows_kernel(
     NEED_ACC: tl.constexpr,
     ONE_CHUNK: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -274,7 +332,8 @@ def _uniform_rows_kernel(
     """Per row i of this program's block: dref_i = min_j d_ij; in sums (float64, 4 x n_rows) r and u of the rows'
     own set, then of the other set; and (NEED_ACC) acc_i = sum_j p_ij col_j over both sets.
 
-    rows/other: contiguous x' rows (operand dtype); a_*: their squared norms (float64); consts: float64 [t, t log2 e,
+    rows/other: contiguous x' rows (operand dtype; SPLIT: float16 high parts, rows_lo/other_lo the low parts,
+    see ``_gram``); a_*: their squared norms (float64); consts: float64 [t, t log2 e,
     ...]; info: float64 [E, ...] (see ``_prepare``); dref_ptr and acc_ptr have the compute dtype. CHECK_FLAGS: only
     the row blocks with a nonzero flag (int32 per row) are computed, the others keep what the lean sweep wrote.
     """
@@ -285,24 +344,26 @@ def _uniform_rows_kernel(
         # After the lean sweep: only the blocks holding a row it could not resolve (see _uniform_lean_kernel).
         if tl.max(tl.load(flags_ptr + offs_m, mask=mask_m, other=0), axis=0) != 0:
             _rows_body(
-                rows_ptr, a_rows_ptr, n_rows, other_ptr, a_other_ptr, n_other, consts_ptr, info_ptr, dref_ptr,
-                sums_ptr, acc_ptr, D, pid, offs_m, mask_m,
-                SELF_MODE, HAS_OTHER, NEED_ACC, ONE_CHUNK, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_D, FOLD_D,
+                rows_ptr, rows_lo_ptr, a_rows_ptr, n_rows, other_ptr, other_lo_ptr, a_other_ptr, n_other, consts_ptr,
+                info_ptr, dref_ptr, sums_ptr, acc_ptr, D, pid, offs_m, mask_m,
+                SELF_MODE, HAS_OTHER, NEED_ACC, ONE_CHUNK, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N, BLOCK_D, FOLD_D,
             )  # fmt: skip
     else:
         _rows_body(
-            rows_ptr, a_rows_ptr, n_rows, other_ptr, a_other_ptr, n_other, consts_ptr, info_ptr, dref_ptr,
-            sums_ptr, acc_ptr, D, pid, offs_m, mask_m,
-            SELF_MODE, HAS_OTHER, NEED_ACC, ONE_CHUNK, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_D, FOLD_D,
+            rows_ptr, rows_lo_ptr, a_rows_ptr, n_rows, other_ptr, other_lo_ptr, a_other_ptr, n_other, consts_ptr,
+            info_ptr, dref_ptr, sums_ptr, acc_ptr, D, pid, offs_m, mask_m,
+            SELF_MODE, HAS_OTHER, NEED_ACC, ONE_CHUNK, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N, BLOCK_D, FOLD_D,
         )  # fmt: skip
 
 
 @triton.jit
 def _rows_body(
     rows_ptr,
+    rows_lo_ptr,
     a_rows_ptr,
     n_rows,
     other_ptr,
+    other_lo_ptr,
     a_other_ptr,
     n_other,
     consts_ptr,
@@ -319,6 +380,7 @@ def _rows_body(
     NEED_ACC: tl.constexpr,
     ONE_CHUNK: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -337,10 +399,12 @@ def _rows_body(
     u_other = tl.zeros([BLOCK_M], tl.float64)
     if ONE_CHUNK:
         xi = _load_rows(rows_ptr, offs_m64, mask_m, offs_d, D)
+        xi_lo = _load_rows(rows_lo_ptr, offs_m64, mask_m, offs_d, D) if SPLIT else xi
         acc = tl.zeros([BLOCK_M, BLOCK_D], ty)
     else:
-        # Rows are reloaded chunk by chunk and acc lives in acc_ptr: these two are placeholders.
+        # Rows are reloaded chunk by chunk and acc lives in acc_ptr: these are placeholders.
         xi = tl.zeros([1, 1], ty)
+        xi_lo = xi
         acc = tl.zeros([1, 1], ty)
         if NEED_ACC:
             for d0 in range(0, D, BLOCK_D):
@@ -356,16 +420,16 @@ def _rows_body(
             start = 0
         for j0 in range(start, n_rows, BLOCK_N):
             dref, r_self, u_self, r_other, u_other, acc = _tile_step(
-                dref, r_self, u_self, r_other, u_other, acc, xi, a_i, a_i64,
-                rows_ptr, offs_m, mask_m, rows_ptr, a_rows_ptr, j0, n_rows, acc_ptr, c, c64, tn, D,
-                SELF_MODE, NEED_ACC, ONE_CHUNK, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_D, FOLD_D,
+                dref, r_self, u_self, r_other, u_other, acc, xi, xi_lo, a_i, a_i64, rows_ptr, rows_lo_ptr,
+                offs_m, mask_m, rows_ptr, rows_lo_ptr, a_rows_ptr, j0, n_rows, acc_ptr, c, c64, tn, D,
+                SELF_MODE, NEED_ACC, ONE_CHUNK, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N, BLOCK_D, FOLD_D,
             )  # fmt: skip
     if HAS_OTHER:
         for j0 in range(0, n_other, BLOCK_N):
             dref, r_other, u_other, r_self, u_self, acc = _tile_step(
-                dref, r_other, u_other, r_self, u_self, acc, xi, a_i, a_i64,
-                rows_ptr, offs_m, mask_m, other_ptr, a_other_ptr, j0, n_other, acc_ptr, c, c64, tn, D,
-                0, NEED_ACC, ONE_CHUNK, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_D, FOLD_D,
+                dref, r_other, u_other, r_self, u_self, acc, xi, xi_lo, a_i, a_i64, rows_ptr, rows_lo_ptr,
+                offs_m, mask_m, other_ptr, other_lo_ptr, a_other_ptr, j0, n_other, acc_ptr, c, c64, tn, D,
+                0, NEED_ACC, ONE_CHUNK, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N, BLOCK_D, FOLD_D,
             )  # fmt: skip
 
     tl.store(dref_ptr + offs_m, dref, mask=mask_m)
@@ -374,15 +438,42 @@ def _rows_body(
     tl.store(sums_ptr + 2 * n_rows + offs_m, r_other, mask=mask_m)
     tl.store(sums_ptr + 3 * n_rows + offs_m, u_other, mask=mask_m)
     if NEED_ACC and ONE_CHUNK:
+        if SPLIT:
+            acc = acc * (1.0 / _P_SPLIT_SCALE)
         amask = mask_m[:, None] & (offs_d[None, :] < D)
         tl.store(acc_ptr + offs_m64[:, None] * D + offs_d[None, :], acc, amask)
+    if NEED_ACC and not ONE_CHUNK and SPLIT:
+        tl.debug_barrier()
+        for d0 in range(0, D, BLOCK_D):
+            cols = d0 + offs_d
+            amask = mask_m[:, None] & (cols[None, :] < D)
+            ptrs = acc_ptr + offs_m64[:, None] * D + cols[None, :]
+            tl.store(ptrs, tl.load(ptrs, mask=amask, other=0.0) * (1.0 / _P_SPLIT_SCALE), mask=amask)
+
+
+# A split's chunked sweep (D above the register limit): 32-column blocks, the only tiles tried that do not spill
+# (bench/results/kernels-sm90.md).
+_SPLIT_CHUNKED_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    for bm, bn, w, s in [(64, 32, 4, 3), (64, 32, 4, 2)]
+]
+
+
+def rows_configs(one_chunk: bool, split: bool) -> list[triton.Config]:
+    """The configurations the running-reference kernel is autotuned over (where it runs alone)."""
+    return _SPLIT_CHUNKED_CONFIGS if split and not one_chunk else _CONFIGS
+
+
+def _prune_rows(configs, named_args, **kwargs):
+    return rows_configs(kwargs.get("ONE_CHUNK", True), kwargs.get("SPLIT", False))
 
 
 _rows_kernel = maybe_autotune(
     _uniform_rows_kernel,
-    _CONFIGS,
-    key=["size_bucket", "SELF_MODE", "HAS_OTHER", "NEED_ACC", "ONE_CHUNK", "INPUT_PRECISION", "BLOCK_D"],
+    _CONFIGS + _SPLIT_CHUNKED_CONFIGS,
+    key=["size_bucket", "SELF_MODE", "HAS_OTHER", "NEED_ACC", "ONE_CHUNK", "INPUT_PRECISION", "SPLIT", "BLOCK_D"],
     interpret_config=triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}),
+    prune=_prune_rows,
 )
 
 
@@ -421,9 +512,11 @@ def _lean_tile(
     acc,
     r,
     xi,
+    xi_lo,
     b_i,
     offs_m,
     cols_ptr,
+    cols_lo_ptr,
     colb_ptr,
     j0,
     tile_offs,
@@ -434,19 +527,26 @@ def _lean_tile(
     NEED_ACC: tl.constexpr,
     EVEN_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     """One column block [j0, j0 + BLOCK_N) (padded: no bounds): r_i += sum_j p_ij, acc_i += sum_j p_ij x'_j.
     MASK: 0 every pair, 1 j > i, 2 j != i (the diagonal tiles only)."""
-    tile_ptr = cols_ptr + tl.cast(j0, tl.int64) * D
+    tile_start = tl.cast(j0, tl.int64) * D
     if EVEN_D:
-        xj = tl.load(tile_ptr + tile_offs)
+        xj = tl.load(cols_ptr + tile_start + tile_offs)
     else:
-        xj = tl.load(tile_ptr + tile_offs, mask=d_mask, other=0.0)
+        xj = tl.load(cols_ptr + tile_start + tile_offs, mask=d_mask, other=0.0)
+    xj_lo = xj
+    if SPLIT:
+        if EVEN_D:
+            xj_lo = tl.load(cols_lo_ptr + tile_start + tile_offs)
+        else:
+            xj_lo = tl.load(cols_lo_ptr + tile_start + tile_offs, mask=d_mask, other=0.0)
     # The Gram tile starts from -||x'_j||^2 / 2 (no add per pair): g = x'_i.x'_j - ||x'_j||^2 / 2.
     colb = tl.broadcast_to(tl.load(colb_ptr + j0 + tl.arange(0, BLOCK_N))[None, :], [BLOCK_M, BLOCK_N])
-    g = tl.dot(xi, tl.trans(xj), colb, input_precision=INPUT_PRECISION, out_dtype=tl.float32)
+    g = _gram(xi, xi_lo, tl.trans(xj), tl.trans(xj_lo), colb, INPUT_PRECISION, SPLIT)
     y = g * two_c + b_i[:, None]  # = SHIFT - c (||x'_i||^2 + ||x'_j||^2 - 2 x'_i.x'_j) = c (R - d_ij)
     if MASK == 1:
         y = tl.where(j0 + tl.arange(0, BLOCK_N)[None, :] > offs_m[:, None], y, float("-inf"))
@@ -455,16 +555,18 @@ def _lean_tile(
     p = _exp2_ftz(y)
     r += tl.sum(p, axis=1).to(tl.float64)
     if NEED_ACC:
-        acc = tl.dot(p.to(xj.dtype), xj, acc, input_precision=INPUT_PRECISION, out_dtype=tl.float32)
+        acc = _weighted_rows(p, xj, xj_lo, acc, INPUT_PRECISION, SPLIT)
     return acc, r
 
 
 @triton.jit(do_not_specialize=["size_bucket"])
 def _uniform_lean_kernel(
     rows_ptr,
+    rows_lo_ptr,
     rowb_ptr,
     n_rows,
     other_ptr,
+    other_lo_ptr,
     otherb_ptr,
     n_other,
     consts_ptr,
@@ -480,14 +582,15 @@ def _uniform_lean_kernel(
     NEED_ACC: tl.constexpr,
     EVEN_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    SPLIT: tl.constexpr,
     SHIFT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     """What _uniform_rows_kernel computes (dref = R, sums, acc), with the fixed shift; flags_ptr (int32 per row)
-    gets 1 where the row must be recomputed. rows/other: x' padded to _ROW_PAD rows (zeros); rowb/otherb: float32
-    -||x'||^2 / 2, -inf on the padding."""
+    gets 1 where the row must be recomputed. rows/other: x' padded to _ROW_PAD rows (zeros; SPLIT: float16
+    high parts, rows_lo/other_lo the low parts); rowb/otherb: float32 -||x'||^2 / 2, -inf on the padding."""
     pid = tl.program_id(0)
     row0 = pid * BLOCK_M
     offs_m = row0 + tl.arange(0, BLOCK_M)
@@ -501,6 +604,12 @@ def _uniform_lean_kernel(
         xi = tl.load(rows_ptr + xi_offs)
     else:
         xi = tl.load(rows_ptr + xi_offs, mask=d_mask, other=0.0)
+    xi_lo = xi
+    if SPLIT:
+        if EVEN_D:
+            xi_lo = tl.load(rows_lo_ptr + xi_offs)
+        else:
+            xi_lo = tl.load(rows_lo_ptr + xi_offs, mask=d_mask, other=0.0)
     b_i = tl.load(rowb_ptr + offs_m) * two_c + SHIFT
     # Offsets of a column block's elements from its first row: 32-bit, the same for every block.
     tile_offs = tl.arange(0, BLOCK_N)[:, None] * D + offs_d[None, :]
@@ -513,28 +622,28 @@ def _uniform_lean_kernel(
         diag_first = row0 // BLOCK_N
         for k in tl.static_range(DIAG):  # padded beyond n_rows: such a block adds nothing
             acc, r_self = _lean_tile(
-                acc, r_self, xi, b_i, offs_m, rows_ptr, rowb_ptr, (diag_first + k) * BLOCK_N, tile_offs, d_mask, two_c,
-                D, SELF_MODE, NEED_ACC, EVEN_D, INPUT_PRECISION, BLOCK_M, BLOCK_N,
+                acc, r_self, xi, xi_lo, b_i, offs_m, rows_ptr, rows_lo_ptr, rowb_ptr, (diag_first + k) * BLOCK_N,
+                tile_offs, d_mask, two_c, D, SELF_MODE, NEED_ACC, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N,
             )  # fmt: skip
         if SELF_MODE == 1:
             for t in range(diag_first + DIAG, n_tiles):
                 acc, r_self = _lean_tile(
-                    acc, r_self, xi, b_i, offs_m, rows_ptr, rowb_ptr, t * BLOCK_N, tile_offs, d_mask, two_c, D,
-                    0, NEED_ACC, EVEN_D, INPUT_PRECISION, BLOCK_M, BLOCK_N,
+                    acc, r_self, xi, xi_lo, b_i, offs_m, rows_ptr, rows_lo_ptr, rowb_ptr, t * BLOCK_N, tile_offs,
+                    d_mask, two_c, D, 0, NEED_ACC, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N,
                 )  # fmt: skip
         else:
             n_diag = tl.minimum(n_tiles - diag_first, DIAG)
             for k in range(0, n_tiles - n_diag):  # every other block, skipping the diagonal ones
                 t = k + n_diag * (k >= diag_first).to(tl.int32)
                 acc, r_self = _lean_tile(
-                    acc, r_self, xi, b_i, offs_m, rows_ptr, rowb_ptr, t * BLOCK_N, tile_offs, d_mask, two_c, D,
-                    0, NEED_ACC, EVEN_D, INPUT_PRECISION, BLOCK_M, BLOCK_N,
+                    acc, r_self, xi, xi_lo, b_i, offs_m, rows_ptr, rows_lo_ptr, rowb_ptr, t * BLOCK_N, tile_offs,
+                    d_mask, two_c, D, 0, NEED_ACC, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N,
                 )  # fmt: skip
     if HAS_OTHER:
         for t in range(0, tl.cdiv(n_other, BLOCK_N)):
             acc, r_other = _lean_tile(
-                acc, r_other, xi, b_i, offs_m, other_ptr, otherb_ptr, t * BLOCK_N, tile_offs, d_mask, two_c, D,
-                0, NEED_ACC, EVEN_D, INPUT_PRECISION, BLOCK_M, BLOCK_N,
+                acc, r_other, xi, xi_lo, b_i, offs_m, other_ptr, other_lo_ptr, otherb_ptr, t * BLOCK_N, tile_offs,
+                d_mask, two_c, D, 0, NEED_ACC, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N,
             )  # fmt: skip
 
     # Pair counts per row and set; u = r - count, so that both forms of _row_totals give r.
@@ -604,22 +713,24 @@ def _blocks(config: triton.Config) -> tuple[int, int, int, int]:
     return config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages
 
 
-def prune_configs(configs: list[triton.Config], d: int, operand_bytes: int = 2) -> list[triton.Config]:
+def prune_configs(
+    configs: list[triton.Config], d: int, operand_bytes: int = 2, split: bool = False
+) -> list[triton.Config]:
     """The lean configurations worth timing for rows of width ``d`` (padded to a power of two) and operands of
-    ``operand_bytes``: those whose accumulator, Gram tile and p operand fit ~160 registers per thread (more spills),
-    with 128-column tiles where any fits (they spread the per-tile work over twice the pairs)."""
-    if operand_bytes == 4:
-        # Exact float32 products ("highest") are FMA loops, not tensor-core dots: they spill at every tile size
-        # tried (bench/results/kernels-sm90.md); one small tile bounds their compile time until they are split
-        # into 16-bit products (issue #12).
-        return [c for c in configs if _blocks(c) == (64, 64, 4, 2)] or configs[:1]
+    ``operand_bytes`` (``split``: p in two float16 parts, see ``_weighted_rows``): those whose accumulator, Gram tile
+    and p operand fit ~160 registers per thread (more spills), with 128-column tiles where any fits (they spread the
+    per-tile work over twice the pairs)."""
     block_d = max(16, triton.next_power_of_2(d))
+    per_pair = 1 + (2 if split else 1) * operand_bytes / 4  # the Gram tile (float32) and p as an operand
     fitting = []
     for config in configs:
         bm, bn = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
-        if bm * block_d + bm * bn * (1 + operand_bytes / 4) <= 160 * 32 * config.num_warps:
+        if bm * block_d + bm * bn * per_pair <= 160 * 32 * config.num_warps:
             fitting.append(config)
-    wide = [c for c in fitting if c.kwargs["BLOCK_N"] == 128] or fitting
+    # 16 rows per warp where possible (wgmma's 64-row tiles per group of 4 warps): with fewer, the groups share rows
+    # and split the columns, which duplicates p across them and converts the accumulator's layout between the dots.
+    aligned = [c for c in fitting if c.kwargs["BLOCK_M"] >= 16 * c.num_warps] or fitting
+    wide = [c for c in aligned if c.kwargs["BLOCK_N"] == 128] or aligned
     # At least 64 pairs per thread where possible: fewer leave the per-tile work (loads, barriers, the row sums'
     # shuffles) to fewer pairs, e.g. 14.3 instead of 6.9 SASS instructions per pair at D = 128.
     full = [c for c in wide if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] >= 64 * 32 * c.num_warps]
@@ -627,13 +738,13 @@ def prune_configs(configs: list[triton.Config], d: int, operand_bytes: int = 2) 
 
 
 def _prune_lean(configs, named_args, **kwargs):
-    return prune_configs(configs, named_args["D"], named_args["rows_ptr"].element_size())
+    return prune_configs(configs, named_args["D"], named_args["rows_ptr"].element_size(), kwargs.get("SPLIT", False))
 
 
 _lean_kernel = maybe_autotune(
     _uniform_lean_kernel,
     _LEAN_CONFIGS,
-    key=["size_bucket", "SELF_MODE", "HAS_OTHER", "NEED_ACC", "EVEN_D", "INPUT_PRECISION", "SHIFT", "BLOCK_D"],
+    key=["size_bucket", "SELF_MODE", "HAS_OTHER", "NEED_ACC", "EVEN_D", "INPUT_PRECISION", "SPLIT", "SHIFT", "BLOCK_D"],
     interpret_config=triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}),
     prune=_prune_lean,
 )
@@ -643,9 +754,15 @@ _lean_kernel = maybe_autotune(
 # Precision
 
 
+def _split(precision: str) -> bool:
+    """Whether x' is stored and multiplied as two float16 parts (``_prepare``, ``_gram``, ``_weighted_rows``): for
+    exact float32 products ("ieee" is only ever float32 inputs' resolution)."""
+    return precision == "ieee"
+
+
 def _operand_dtype(dtype: torch.dtype, precision: str) -> torch.dtype:
     """The dtype x' is stored in and multiplied as: the input's (float16/bfloat16/float64), or for float32 inputs
-    float32 (ieee), float16 (tf32) or bfloat16 (bf16).
+    float16 (ieee: two parts, see ``_split``; tf32) or bfloat16 (bf16).
 
     tf32 products round their operands to 10 mantissa bits, as float16 does; x' (centered, its largest element
     scaled by a power of two into [0.5, 1)) fits float16's range, so a float16 copy gives the same products on
@@ -653,7 +770,7 @@ def _operand_dtype(dtype: torch.dtype, precision: str) -> torch.dtype:
     only) and half the bytes."""
     if dtype == torch.float32 and precision == "bf16":
         return torch.bfloat16
-    if dtype == torch.float32 and precision == "tf32":
+    if dtype == torch.float32 and precision in ("tf32", "ieee"):
         return torch.float16
     return dtype
 
@@ -742,6 +859,7 @@ def _combine_kernel(
 @triton.jit
 def _grad_kernel(
     v_ptr,
+    v_lo_ptr,
     acc_ptr,
     dref_ptr,
     sums_ptr,
@@ -750,10 +868,11 @@ def _grad_kernel(
     consts_ptr,
     info_ptr,
     comb_ptr,
+    SPLIT: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """In place in acc: d lse / d v_i = -2t 2^E 2^(w_i - L2) (R_i v'_i - acc_i).
+    """In place in acc: d lse / d v_i = -2t 2^E 2^(w_i - L2) (R_i v'_i - acc_i) (SPLIT: v' = v + v_lo).
 
     The row factor is applied as a mantissa and exact powers of two, from float64 logs: it may lie far outside the
     compute dtype (t above its range) where the gradient does not (R_i v'_i - acc_i is then 0 or tiny)."""
@@ -780,6 +899,8 @@ def _grad_kernel(
         mask = mask_r[:, None] & (cols[None, :] < D)
         offs = rows64[:, None] * D + cols[None, :]
         v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float64)
+        if SPLIT:
+            v += tl.load(v_lo_ptr + offs, mask=mask, other=0.0).to(tl.float64)
         acc = tl.load(acc_ptr + offs, mask=mask, other=0.0).to(tl.float64)
         g = mul_pow2((acc - weight[:, None] * v) * mantissa[:, None], k[:, None])
         g = tl.where(finite, g, float("nan"))
@@ -798,13 +919,14 @@ _GRAD_COLS = 64 if INTERPRET else 128
 def launch_constants(d: int, self_mode: int, has_other: bool, need_acc: bool, precision: str) -> dict[str, object]:
     """The row kernel's compile-time arguments (all but the block configuration) for rows of width ``d``: what
     ``_sweep`` passes, and what ``hyperloss.triton.inspect`` compiles."""
-    one_chunk = triton.next_power_of_2(d) <= _MAX_REGISTER_D
+    one_chunk = _in_registers(d, _split(precision))
     return {
         "SELF_MODE": self_mode,
         "HAS_OTHER": has_other,
         "NEED_ACC": need_acc,
         "ONE_CHUNK": one_chunk,
         "INPUT_PRECISION": "ieee",  # tf32 runs on a float16 copy (_operand_dtype): no float32 operand is rounded
+        "SPLIT": _split(precision),
         "BLOCK_D": max(16, triton.next_power_of_2(d)) if one_chunk else _CHUNK_D,  # tl.dot needs K >= 16
         "FOLD_D": _FOLD_D,
     }
@@ -821,6 +943,7 @@ def lean_launch_constants(
         "NEED_ACC": need_acc,
         "EVEN_D": d == constants["BLOCK_D"],
         "INPUT_PRECISION": constants["INPUT_PRECISION"],
+        "SPLIT": constants["SPLIT"],
         "SHIFT": _LEAN_SHIFT.get(operand, 0),
         "BLOCK_D": constants["BLOCK_D"],
     }
@@ -829,7 +952,9 @@ def lean_launch_constants(
 # Pointer arguments of the row kernels that are not float64: "operand" (x' dtype), "compute", or a Triton type.
 POINTER_TYPES = {
     "rows_ptr": "operand",
+    "rows_lo_ptr": "operand",
     "other_ptr": "operand",
+    "other_lo_ptr": "operand",
     "dref_ptr": "compute",
     "acc_ptr": "compute",
     "rowb_ptr": "fp32",
@@ -840,8 +965,10 @@ POINTER_TYPES = {
 
 def _sweep(
     rows: torch.Tensor,
+    rows_lo: torch.Tensor | None,
     a_rows: torch.Tensor,
     other: torch.Tensor | None,
+    other_lo: torch.Tensor | None,
     a_other: torch.Tensor | None,
     consts: torch.Tensor,
     info: torch.Tensor,
@@ -851,24 +978,27 @@ def _sweep(
     precision: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Launches the row kernel: per row dref (compute dtype), sums (4 x rows, float64: r_self, u_self, r_other,
-    u_other) and, when ``need_acc``, acc (rows x D, compute dtype)."""
+    u_other) and, when ``need_acc``, acc (rows x D, compute dtype). ``rows_lo``/``other_lo``: the low float16 parts
+    of a split (``_prepare``), else None."""
     n, d = rows.shape
     dref = torch.empty(n, dtype=dtype, device=rows.device)
     sums = torch.empty((4, n), dtype=torch.float64, device=rows.device)
     acc = torch.empty((n, d), dtype=dtype, device=rows.device) if need_acc else None
     has_other = other is not None
     if not has_other:  # never read (HAS_OTHER is false); any tensor will do as the pointer
-        other, a_other = rows, a_rows
+        other, other_lo, a_other = rows, rows_lo, a_rows
+    if rows_lo is None:  # never read (SPLIT is false)
+        rows_lo, other_lo = rows, other
     kwargs = launch_constants(d, self_mode, has_other, need_acc, precision)
     acc_arg = dref if acc is None else acc
 
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_M"]),)
 
-    if not _lean(dtype, d):
+    if not _lean(dtype, d, rows_lo is not rows):
         wrap_triton(_rows_kernel)[grid](
-            rows, a_rows, n, other, a_other, other.shape[0], consts, info, dref, sums, acc_arg, dref, d, size_bucket(n),
-            **kwargs,
+            rows, rows_lo, a_rows, n, other, other_lo, a_other, other.shape[0], consts, info, dref, sums, acc_arg, dref,
+            d, size_bucket(n), **kwargs,
         )  # fmt: skip
         return dref, sums, acc
     # The lean sweep, then the rows it flags again with the running reference (a program per block of rows that
@@ -877,15 +1007,16 @@ def _sweep(
     other_b = _bias(a_other) if has_other else rows_b
     flags = torch.empty(n, dtype=torch.int32, device=rows.device)
     constants = lean_launch_constants(d, self_mode, has_other, need_acc, precision, rows.dtype)
-    _tune_on_prefix(rows, rows_b, other, other_b, consts, info, dtype, constants)
+    _tune_on_prefix(rows, rows_lo, rows_b, other, other_lo, other_b, consts, info, dtype, constants)
     wrap_triton(_lean_kernel)[grid](
-        rows, rows_b, n, other, other_b, other.shape[0], consts, info, dref, sums, acc_arg, flags, d, size_bucket(n),
-        **constants,
+        rows, rows_lo, rows_b, n, other, other_lo, other_b, other.shape[0], consts, info, dref, sums, acc_arg, flags, d,
+        size_bucket(n), **constants,
     )  # fmt: skip
-    fallback = _FALLBACK_INTERPRET if INTERPRET else _fallback_config(d)
+    fallback = _FALLBACK_INTERPRET if INTERPRET else _fallback_config(d, rows_lo is not rows)
     wrap_triton(_uniform_rows_kernel)[(triton.cdiv(n, fallback.kwargs["BLOCK_M"]),)](
-        rows, a_rows, n, other, a_other, other.shape[0], consts, info, dref, sums, acc_arg, flags, d, size_bucket(n),
-        CHECK_FLAGS=True, **kwargs, **fallback.kwargs, num_warps=fallback.num_warps, num_stages=fallback.num_stages,
+        rows, rows_lo, a_rows, n, other, other_lo, a_other, other.shape[0], consts, info, dref, sums, acc_arg, flags, d,
+        size_bucket(n), CHECK_FLAGS=True, **kwargs, **fallback.kwargs, num_warps=fallback.num_warps,
+        num_stages=fallback.num_stages,
     )  # fmt: skip
     return dref, sums, acc
 
@@ -893,7 +1024,7 @@ def _sweep(
 _TUNED: set[tuple] = set()
 
 
-def _tune_on_prefix(rows, rows_b, other, other_b, consts, info, dtype, constants) -> None:
+def _tune_on_prefix(rows, rows_lo, rows_b, other, other_lo, other_b, consts, info, dtype, constants) -> None:
     """Above 2^MAX_BUCKET rows the autotuning key stops growing (``size_bucket``): the first call with such a key
     tunes on the first 2^MAX_BUCKET rows (and queue rows), where timing each configuration takes 1/64 of a 2^20-row
     sweep, and the full sweep then finds the result in the cache. Once per key and process (Triton's own cache
@@ -906,20 +1037,26 @@ def _tune_on_prefix(rows, rows_b, other, other_b, consts, info, dtype, constants
     if key in _TUNED:
         return
     _TUNED.add(key)
-    rows, other = rows[:prefix], other[: min(other.shape[0], prefix)]
+    rows, rows_lo = rows[:prefix], rows_lo[:prefix]
+    other, other_lo = other[: min(other.shape[0], prefix)], other_lo[: min(other.shape[0], prefix)]
     scratch_sums = torch.empty((4, prefix), dtype=torch.float64, device=rows.device)
     scratch_dref = torch.empty(prefix, dtype=dtype, device=rows.device)
     scratch_acc = torch.empty((prefix, d), dtype=dtype, device=rows.device) if constants["NEED_ACC"] else scratch_dref
     scratch_flags = torch.empty(prefix, dtype=torch.int32, device=rows.device)
     wrap_triton(_lean_kernel)[lambda meta: (triton.cdiv(prefix, meta["BLOCK_M"]),)](
-        rows, rows_b, prefix, other, other_b, other.shape[0], consts, info, scratch_dref, scratch_sums, scratch_acc,
-        scratch_flags, d, size_bucket(prefix), **constants,
+        rows, rows_lo, rows_b, prefix, other, other_lo, other_b, other.shape[0], consts, info, scratch_dref,
+        scratch_sums, scratch_acc, scratch_flags, d, size_bucket(prefix), **constants,
     )  # fmt: skip
 
 
-def _lean(dtype: torch.dtype, d: int) -> bool:
+def _in_registers(d: int, split: bool) -> bool:
+    """Whether rows of width ``d`` (and the accumulator) stay in registers (else D is swept in chunks)."""
+    return triton.next_power_of_2(d) <= (_MAX_REGISTER_D // 2 if split else _MAX_REGISTER_D)
+
+
+def _lean(dtype: torch.dtype, d: int, split: bool) -> bool:
     """Whether the lean sweep runs: float32 compute (16-bit and float32 inputs) with the rows in registers."""
-    return dtype == torch.float32 and triton.next_power_of_2(d) <= _MAX_REGISTER_D
+    return dtype == torch.float32 and _in_registers(d, split)
 
 
 def _bias(norms: torch.Tensor) -> torch.Tensor:
@@ -934,19 +1071,22 @@ _BIAS_BLOCK = 64 if INTERPRET else 1024
 _FALLBACK_INTERPRET = triton.Config({"BLOCK_M": 16, "BLOCK_N": 16})
 
 
-def _fallback_config(d: int) -> triton.Config:
+def _fallback_config(d: int, split: bool = False) -> triton.Config:
     """The running-reference kernel's one configuration where it only recomputes flagged rows (untuned: tuning it
-    would time programs that return at once)."""
+    would time programs that return at once); narrower column blocks for a split's extra dots (no spills)."""
+    if split:
+        return triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2)
     if triton.next_power_of_2(d) <= 128:
         return triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2)
     return triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=8, num_stages=2)
 
 
-def _finish_grad(v, acc, dref, sums, consts, info, comb) -> torch.Tensor:
+def _finish_grad(v, v_lo, acc, dref, sums, consts, info, comb) -> torch.Tensor:
     n, d = v.shape
     wrap_triton(_grad_kernel)[(triton.cdiv(n, _GRAD_ROWS),)](
-        v, acc, dref, sums, n, d, consts, info, comb, BLOCK_R=_GRAD_ROWS, BLOCK_C=_GRAD_COLS, num_warps=8
-    )
+        v, v if v_lo is None else v_lo, acc, dref, sums, n, d, consts, info, comb,
+        SPLIT=v_lo is not None, BLOCK_R=_GRAD_ROWS, BLOCK_C=_GRAD_COLS, num_warps=8,
+    )  # fmt: skip
     return acc
 
 
@@ -975,7 +1115,7 @@ def triton_uniform_lse(
             torch.full((), num_pairs(n, k, intra_batch), dtype=torch.float64, device=t.device),
         ]
     ).to(x.device, non_blocking=True)
-    prep = prepare(x, queue, _operand_dtype(x.dtype, precision), row_pad=_ROW_PAD)
+    prep = prepare(x, queue, _operand_dtype(x.dtype, precision), row_pad=_ROW_PAD, split=_split(precision))
     grad_queue = grad_queue and queue is not None
 
     if not intra_batch:
@@ -984,20 +1124,25 @@ def triton_uniform_lse(
         # The gradient of row i needs every pair it is in; the loss alone needs each pair once.
         self_mode = _SELF_ALL if grad_x else _SELF_UPPER
     dref, sums, acc = _sweep(
-        prep.x, prep.x_norms, prep.queue, prep.queue_norms, consts, prep.info, dtype, self_mode, grad_x, precision
-    )
+        prep.x, prep.x_lo, prep.x_norms, prep.queue, prep.queue_lo, prep.queue_norms, consts, prep.info, dtype,
+        self_mode, grad_x, precision,
+    )  # fmt: skip
     lse = torch.empty((), dtype=torch.float64, device=x.device)
     comb = torch.empty(2, dtype=torch.float64, device=x.device)
     wrap_triton(_combine_kernel)[(1,)](
         dref, sums, n, k, consts, prep.info, lse, comb, SELF_MODE=self_mode, BLOCK=_FINISH_ROWS, num_warps=8
     )
-    gx = _finish_grad(prep.x, acc, dref, sums, consts, prep.info, comb) if grad_x else x.new_empty(0, dtype=dtype)
+    if grad_x:
+        gx = _finish_grad(prep.x, prep.x_lo, acc, dref, sums, consts, prep.info, comb)
+    else:
+        gx = x.new_empty(0, dtype=dtype)
     if grad_queue:
         # The queue's gradient: the same sweep with the queue as rows and x as the other set (the N x K pairs).
         dref_q, sums_q, acc_q = _sweep(
-            prep.queue, prep.queue_norms, prep.x, prep.x_norms, consts, prep.info, dtype, _SELF_NONE, True, precision
-        )
-        gq = _finish_grad(prep.queue, acc_q, dref_q, sums_q, consts, prep.info, comb)
+            prep.queue, prep.queue_lo, prep.queue_norms, prep.x, prep.x_lo, prep.x_norms, consts, prep.info, dtype,
+            _SELF_NONE, True, precision,
+        )  # fmt: skip
+        gq = _finish_grad(prep.queue, prep.queue_lo, acc_q, dref_q, sums_q, consts, prep.info, comb)
     else:
         gq = x.new_empty(0, dtype=dtype)
     return lse, gx, gq
