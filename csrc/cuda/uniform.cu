@@ -865,8 +865,8 @@ hl_aot_arg i32(const char* name, int64_t value) { return hl_aot_arg{name, "i32",
 constexpr int kSideArgs = 19;
 
 // Every value the Triton kernels of one side take (its rows against the other side's), by argument name: the
-// kernels pick theirs (hl_aot_launch), so that each value is named once here for all of them. `other` == nullptr:
-// no other set (then HAS_OTHER is false and those pointers are never read; n_other = 0 as the combine needs).
+// kernels pick theirs (hl_aot_launch), so that each value is named once here for all of them. A's side without a
+// queue: the other set's pointers are A's own (HAS_OTHER is false: never read) and n_other = 0, as the combine needs.
 struct SideArgs {
   hl_aot_arg args[kSideArgs];
 };
