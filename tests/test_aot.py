@@ -4,6 +4,7 @@
   dtype and block width 16..256, plus the fallback, combine and gradient kernels; each kernel's argument list is
   its own (``arg_names`` less the constexprs), and csrc/cuda/uniform.cu names a value of the right type for every
   argument of every kernel (the C side binds by name: aot.h).
+- Padding rows with zero columns (what the C side does for D below a block width) gives the Triton backend's numbers.
 - One compilation (bfloat16 gradient sweep, D = 128) as the CMake option HYPERLOSS_TRITON_AOT runs the generator:
   its sm_90 cubin has no register spills, runs its dots on wgmma (HGMMA) and keeps the hot loop within issue #12's
   8 SASS instructions per pair; the generated C compiles on its own (no CUDA header needed).
@@ -84,6 +85,32 @@ def test_c_side_names_every_argument(listed):
             assert name in given, f"{k['name']}: uniform.cu gives no value for {name}"
             want = given[name].strip('"')
             assert (operand[k["key"]["dtype"]] if want == "op" else want) == ty, (k["name"], name, ty, want)
+
+
+# The C side pads rows to the block width with zero columns instead of running EVEN_D = 0 kernels; the Triton
+# kernels load absent columns as zeros, so both give the same numbers. Checked here on the Triton backend itself,
+# float16 under the interpreter (a subprocess: the interpreter is chosen when Python starts), every gradient.
+PADDING_CHECK = """
+import torch
+from hyperloss.triton.uniform import uniform_lse
+torch.manual_seed(0)
+x, q = torch.randn(40, 20, dtype=torch.float16), torch.randn(24, 20, dtype=torch.float16)
+t = torch.tensor(2.0, dtype=torch.float64)
+a = uniform_lse(x, q, t, True, True, True)
+b = uniform_lse(*(torch.nn.functional.pad(v, (0, 12)) for v in (x, q)), t, True, True, True)
+assert float(a[0]) == float(b[0]), (float(a[0]), float(b[0]))
+for g, h in zip(a[1:], b[1:]):
+    assert torch.equal(g, h[:, :20]) and not h[:, 20:].any()
+"""
+
+
+def test_zero_columns_change_nothing():
+    env = {
+        **os.environ,
+        "TRITON_INTERPRET": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    subprocess.run([sys.executable, "-c", PADDING_CHECK], check=True, env=env, timeout=300)
 
 
 if not (os.access(kernels._tool("cuobjdump"), os.X_OK) or shutil.which("cuobjdump")):
