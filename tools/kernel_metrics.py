@@ -119,6 +119,8 @@ def markdown(cuda: dict[str, dict], bf16_loops: list[dict], aot: dict) -> str:
             f"{m['local_loads']} | {m['hgmma']} | {m['hmma']} | {m['loop_instructions']} | {m['per_pair']:.1f} |"
         )
     for k in aot["kernels"]:
+        if k.get("kind", "lean") != "lean" or not k["metrics"]:  # only the lean sweeps, where measured
+            continue
         m, c = k["metrics"], k["case"]
         config = f"({c['block_m']},{c['block_n']},{c['num_warps']},{c['num_stages']})"
         lines.append(

@@ -22,12 +22,19 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <limits>
+#include <string>
 #include <type_traits>
+#include <vector>
 
 #include "../args.h"
 #include "common.cuh"
 #include "uniform.h"
+#ifdef HYPERLOSS_TRITON_AOT
+#include "aot.h"
+#include "hl_aot_kernels.h"
+#endif
 
 namespace hyperloss::cuda {
 namespace {
@@ -371,14 +378,15 @@ __device__ __forceinline__ double to_double(Tin v) {
   return to_compute<double>(v);
 }
 
-template <typename Tin>
-__device__ __forceinline__ Tin from_double(double v) {
-  if constexpr (std::is_same_v<Tin, __half>) {
-    return __float2half(static_cast<float>(v));
-  } else if constexpr (std::is_same_v<Tin, __nv_bfloat16>) {
-    return __float2bfloat16(static_cast<float>(v));
+// v rounded once to T (no detour through float, whose rounding could round a 16-bit value twice).
+template <typename T>
+__device__ __forceinline__ T from_double(double v) {
+  if constexpr (std::is_same_v<T, __half>) {
+    return __double2half(v);
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return __double2bfloat16(v);
   } else {
-    return static_cast<Tin>(v);
+    return static_cast<T>(v);
   }
 }
 
@@ -478,6 +486,12 @@ __global__ void __launch_bounds__(32 * kStatWarps)
   }
 }
 
+// (x - c) 2^-E rounded once to T (halved first: x - c cannot overflow).
+template <typename T, typename Tin>
+__device__ __forceinline__ T centered(Tin x, double c, int e) {
+  return from_double<T>(ldexp(0.5 * to_double(x) - 0.5 * c, 1 - e));
+}
+
 // out = (x - c) 2^-E, contiguous rows x cols of the input type.
 template <typename Tin>
 __global__ void center_copy_kernel(MatrixView<Tin> x, int64_t cols, const double* center,
@@ -487,8 +501,7 @@ __global__ void center_copy_kernel(MatrixView<Tin> x, int64_t cols, const double
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t r = idx / cols, c = idx % cols;
-    const double half_dev = 0.5 * to_double(x.at(r, c)) - 0.5 * center[c];
-    out[idx] = from_double<Tin>(ldexp(half_dev, 1 - e));
+    out[idx] = centered<Tin>(x.at(r, c), center[c], e);
   }
 }
 
@@ -513,6 +526,15 @@ struct Results {
   double* lse_f64;
   Tc* loss;
 };
+
+template <typename Tc>
+__device__ void write_results(const Results<Tc>& out, double lse, double log_pairs) {
+  double loss = lse - log_pairs;
+  loss = loss > 0 ? 0.0 : loss;  // log mean exp(s) <= max s <= 0 (NaN stays NaN)
+  if (out.lse) *out.lse = static_cast<Tc>(lse);
+  if (out.lse_f64) *out.lse_f64 = lse;
+  if (out.loss) *out.loss = static_cast<Tc>(loss);
+}
 
 // lse = M + log sum_i exp(m_i - M) (intra_factor r_intra_i + r_cross_i), at most M + log |P| (every score is at
 // most M), in double; one block. Also lse into the workspace for the gradients.
@@ -546,11 +568,7 @@ __global__ void __launch_bounds__(1024)
     double total = 0;
     for (int w = 0; w < warps; ++w) total += partial[w];
     const double lse = *nonfinite ? NAN : fmin(shift + log(total), shift + log_pairs);
-    double loss = lse - log_pairs;
-    loss = loss > 0 ? 0.0 : loss;  // log mean exp(s) <= max s <= 0 (NaN stays NaN)
-    if (out.lse) *out.lse = static_cast<Tc>(lse);
-    if (out.lse_f64) *out.lse_f64 = lse;
-    if (out.loss) *out.loss = static_cast<Tc>(loss);
+    write_results(out, lse, log_pairs);
     *lse_copy = lse;
   }
 }
@@ -609,6 +627,24 @@ struct Workspace {
   }
 };
 
+// Grid of an element-wise or row-wise pass over n items, `per_block` a block.
+unsigned grid_for(int64_t n, int64_t per_block, int64_t most = 65535) {
+  return static_cast<unsigned>(std::max<int64_t>(std::min<int64_t>((n + per_block - 1) / per_block, most), 1));
+}
+
+// The centering statistics of A and B together: the column centers into `center`, flags[0] = the bits of
+// max |x - c| / 2 (for E), flags[1] = whether an element is not finite.
+template <typename Tin>
+hl_status launch_centering(const MatrixView<Tin>& a, const MatrixView<Tin>& b, int64_t cols, double* center,
+                           unsigned long long* flags, cudaStream_t stream) {
+  if (cudaMemsetAsync(flags, 0, 2 * sizeof(unsigned long long), stream) != cudaSuccess) return HL_ERR_CUDA;
+  const unsigned stat_blocks = grid_for(cols, 32, kMaxStatBlocks);
+  column_mean_kernel<Tin><<<stat_blocks, 32 * kStatWarps, 0, stream>>>(
+      a, b, cols, 1.0 / static_cast<double>(a.rows + b.rows), center, flags + 1);
+  center_kernel<Tin><<<stat_blocks, 32 * kStatWarps, 0, stream>>>(a, b, cols, center, flags);
+  return status_of(cudaGetLastError());
+}
+
 template <typename Tin, typename Tc, Gram G>
 hl_status launch_sweep(const SweepArgs<Tin, Tc>& args, cudaStream_t stream) {
   constexpr size_t smem = sweep_smem_bytes<Tc, G>();
@@ -620,11 +656,6 @@ hl_status launch_sweep(const SweepArgs<Tin, Tc>& args, cudaStream_t stream) {
   const int64_t blocks = (args.rows.rows + kTile - 1) / kTile;
   kernel<<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(args);
   return status_of(cudaGetLastError());
-}
-
-// Grid of an element-wise or row-wise pass over n items, `per_block` a block.
-unsigned grid_for(int64_t n, int64_t per_block, int64_t most = 65535) {
-  return static_cast<unsigned>(std::max<int64_t>(std::min<int64_t>((n + per_block - 1) / per_block, most), 1));
 }
 
 // The arguments were checked by the caller (check_uniform_args, the workspace size and alignment).
@@ -642,16 +673,13 @@ hl_status uniform(const hl_matrix& a_in, const hl_matrix& b_in, double t, bool i
   unsigned long long* max_bits = ws.flags;
   unsigned long long* nonfinite = ws.flags + 1;
 
-  cudaError_t error = cudaMemsetAsync(ws.flags, 0, 2 * sizeof(unsigned long long), stream);
-  if (grad_a && error == cudaSuccess) error = cudaMemsetAsync(ws.acc_a, 0, sizeof(Tc) * a.rows * cols, stream);
+  cudaError_t error = cudaSuccess;
+  if (grad_a) error = cudaMemsetAsync(ws.acc_a, 0, sizeof(Tc) * a.rows * cols, stream);
   if (grad_b && error == cudaSuccess) error = cudaMemsetAsync(ws.acc_b, 0, sizeof(Tc) * b.rows * cols, stream);
   if (error != cudaSuccess) return HL_ERR_CUDA;
 
   // Center and scale.
-  const unsigned stat_blocks = grid_for(cols, 32, kMaxStatBlocks);
-  column_mean_kernel<Tin><<<stat_blocks, 32 * kStatWarps, 0, stream>>>(
-      a_raw, b_raw, cols, 1.0 / static_cast<double>(a.rows + b.rows), ws.center, nonfinite);
-  center_kernel<Tin><<<stat_blocks, 32 * kStatWarps, 0, stream>>>(a_raw, b_raw, cols, ws.center, max_bits);
+  if (launch_centering(a_raw, b_raw, cols, ws.center, ws.flags, stream) != HL_OK) return HL_ERR_CUDA;
   constexpr int kCopyThreads = 256;
   center_copy_kernel<Tin><<<grid_for(a.rows * cols, kCopyThreads), kCopyThreads, 0, stream>>>(a_raw, cols, ws.center,
                                                                                              max_bits, ws.x_a);
@@ -690,6 +718,350 @@ hl_status uniform(const hl_matrix& a_in, const hl_matrix& b_in, double t, bool i
   }
   return status_of(cudaGetLastError());
 }
+
+#ifdef HYPERLOSS_TRITON_AOT
+// ---- The Triton pipeline's kernels, compiled ahead of time (HYPERLOSS_TRITON_AOT; csrc/cuda/aot/README.md) ----
+// For 16-bit operands (float16, bfloat16, and float32 at tf32 or bf16 precision through a 16-bit copy) and rows up
+// to the widest generated block width, on the GPU generation the cubins were compiled for. The buffers are what the
+// Triton backend's prepare step gives its kernels (hyperloss/triton/_prepare.py, uniform.py): x' in the operand
+// dtype, rows padded to HL_AOT_ROW_PAD (zeros) and columns to the block width (zeros: distances do not change, and
+// the kernel then reads whole rows, as it does with masked loads where D < BLOCK_D), float64 squared norms (+inf on
+// the padding rows), float32 biases -||x'||^2 / 2 (-inf there), consts = [t, t log2 e, ln 2, |P|] and
+// info = [E, finite] in float64. The centering is this file's (centered exactly for 16-bit inputs, float16 unscaled).
+namespace aot {
+
+constexpr const char* kLean = "_uniform_lean_kernel";
+constexpr const char* kFallback = "_uniform_rows_kernel";
+constexpr const char* kCombine = "_combine_kernel";
+constexpr const char* kGrad = "_grad_kernel";
+constexpr int64_t kMaxRows = int64_t(1) << 28;  // the kernels' row counts and offsets into sums are 32-bit
+constexpr int kSelfNone = 0, kSelfUpper = 1, kSelfAll = 2;  // SELF_MODE (uniform.py)
+
+// The hl_dtype the kernels multiply, as hyperloss.triton.uniform._operand_dtype picks it: 16-bit inputs as they
+// are; float32 at tf32 as float16 (tf32 rounds the products' operands to float16's 10 mantissa bits), at bf16 as
+// bfloat16; -1 (float64, exact float32): the hand-written kernels.
+int operand_dtype(hl_dtype dtype, hl_precision precision) {
+  if (dtype == HL_FLOAT16 || dtype == HL_BFLOAT16) return dtype;
+  if (dtype == HL_FLOAT32 && precision == HL_PRECISION_TF32) return HL_FLOAT16;
+  if (dtype == HL_FLOAT32 && precision == HL_PRECISION_BF16) return HL_BFLOAT16;
+  return -1;
+}
+
+const char* operand_type(int op) { return op == HL_FLOAT16 ? "*fp16" : "*bf16"; }
+
+int64_t block_width(int64_t cols) {
+  int64_t b = 16;  // tl.dot needs K >= 16
+  while (b < cols) b *= 2;
+  return b;
+}
+
+int64_t padded_rows(int64_t rows) { return rows == 0 ? 0 : (rows + HL_AOT_ROW_PAD - 1) / HL_AOT_ROW_PAD * HL_AOT_ROW_PAD; }
+
+// Workspace pieces, carved in this order by both the size query and the call.
+struct Workspace {
+  void *x_a, *x_b;             // x' (padded rows x block width, operand dtype)
+  double *norms_a, *norms_b;   // per padded row
+  float *bias_a, *bias_b;      // per padded row
+  float *dref_a, *dref_b;      // per row
+  double *sums_a, *sums_b;     // 4 per row
+  int32_t *flags_a, *flags_b;  // per row
+  float *acc_a, *acc_b;        // rows x block width (gradients only)
+  double *center, *consts, *info, *comb, *lse;
+  unsigned long long* stats;  // [0]: bits of max |x - c| / 2, [1]: non-finite input (launch_centering)
+  size_t bytes;
+
+  Workspace(void* base, int64_t rows_a, int64_t rows_b, int64_t cols, bool grad_a, bool grad_b) {
+    const int64_t width = block_width(cols), pad_a = padded_rows(rows_a), pad_b = padded_rows(rows_b);
+    WorkspaceCarver carve(base);
+    x_a = carve.take<uint16_t>(pad_a * width);
+    x_b = carve.take<uint16_t>(pad_b * width);
+    norms_a = carve.take<double>(pad_a);
+    norms_b = carve.take<double>(pad_b);
+    bias_a = carve.take<float>(pad_a);
+    bias_b = carve.take<float>(pad_b);
+    dref_a = carve.take<float>(rows_a);
+    dref_b = carve.take<float>(grad_b ? rows_b : 0);
+    sums_a = carve.take<double>(4 * rows_a);
+    sums_b = carve.take<double>(grad_b ? 4 * rows_b : 0);
+    flags_a = carve.take<int32_t>(rows_a);
+    flags_b = carve.take<int32_t>(grad_b ? rows_b : 0);
+    acc_a = carve.take<float>(grad_a ? rows_a * width : 0);
+    acc_b = carve.take<float>(grad_b ? rows_b * width : 0);
+    center = carve.take<double>(cols);
+    consts = carve.take<double>(4);
+    info = carve.take<double>(2);
+    comb = carve.take<double>(2);
+    lse = carve.take<double>(1);
+    stats = carve.take<unsigned long long>(2);
+    bytes = carve.bytes();
+  }
+};
+
+struct Launch {
+  const hl_aot_kernel* kernel = nullptr;
+  unsigned grid = 0;
+};
+
+// The kernels of one call and their grids; host only (no device call).
+struct Plan {
+  int op = -1;
+  int64_t rows_a = 0, rows_b = 0, cols = 0, width = 0;
+  bool intra = false, grad_a = false, grad_b = false;
+  int self_mode = kSelfNone;
+  Launch lean_a, fallback_a, combine, grad, lean_b, fallback_b;
+};
+
+Launch row_launch(const char* function, int op, int self_mode, bool has_other, bool need_acc, int64_t width,
+                  int64_t rows) {
+  Launch l;
+  l.kernel = hl_aot_find(function, op, self_mode, has_other, need_acc, static_cast<int>(width));
+  if (l.kernel != nullptr && l.kernel->block_m > 0)
+    l.grid = static_cast<unsigned>((rows + l.kernel->block_m - 1) / l.kernel->block_m);
+  return l;
+}
+
+// The plan of a call, or false where this build has no kernel for it (the hand-written kernels then run). The
+// sweeps are those of uniform.triton_uniform_lse: x's rows over x (every j != i with a gradient, j > i without)
+// and the queue; then, for the queue's gradient, the queue's rows over x.
+bool make_plan(hl_dtype dtype, hl_precision precision, int64_t rows_a, int64_t rows_b, int64_t cols, bool intra,
+               bool grad_a, bool grad_b, Plan* plan) {
+  Plan p;
+  p.op = operand_dtype(dtype, precision);
+  if (p.op < 0 || cols > 256 || padded_rows(rows_a) > kMaxRows || padded_rows(rows_b) > kMaxRows) return false;
+  p.rows_a = rows_a;
+  p.rows_b = rows_b;
+  p.cols = cols;
+  p.width = block_width(cols);
+  p.intra = intra;
+  p.grad_a = grad_a;
+  p.grad_b = grad_b && rows_b > 0;
+  p.self_mode = !intra ? kSelfNone : grad_a ? kSelfAll : kSelfUpper;
+  const bool has_other = rows_b > 0;
+  p.lean_a = row_launch(kLean, p.op, p.self_mode, has_other, grad_a, p.width, rows_a);
+  p.fallback_a = row_launch(kFallback, p.op, p.self_mode, has_other, grad_a, p.width, rows_a);
+  p.combine.kernel = hl_aot_find(kCombine, HL_AOT_ANY, p.self_mode, HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY);
+  p.combine.grid = 1;
+  bool found = p.lean_a.kernel && p.fallback_a.kernel && p.combine.kernel;
+  if (p.grad_a || p.grad_b) {
+    p.grad.kernel = hl_aot_find(kGrad, p.op, HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY);
+    found = found && p.grad.kernel && p.grad.kernel->block_m > 0;
+  }
+  if (p.grad_b) {
+    p.lean_b = row_launch(kLean, p.op, kSelfNone, true, true, p.width, rows_b);
+    p.fallback_b = row_launch(kFallback, p.op, kSelfNone, true, true, p.width, rows_b);
+    found = found && p.lean_b.kernel && p.fallback_b.kernel;
+  }
+  if (found) *plan = p;
+  return found;
+}
+
+unsigned grad_grid(const Plan& p, int64_t rows) {
+  return static_cast<unsigned>((rows + p.grad.kernel->block_m - 1) / p.grad.kernel->block_m);
+}
+
+hl_aot_arg ptr(const char* name, const char* type, const void* value) { return hl_aot_arg{name, type, value, 0}; }
+hl_aot_arg i32(const char* name, int64_t value) { return hl_aot_arg{name, "i32", nullptr, value}; }
+
+constexpr int kSideArgs = 19;
+
+// Every value the Triton kernels of one side take (its rows against the other side's), by argument name: the
+// kernels pick theirs (hl_aot_launch), so that each value is named once here for all of them. A's side without a
+// queue: the other set's pointers are A's own (HAS_OTHER is false: never read) and n_other = 0, as the combine needs.
+struct SideArgs {
+  hl_aot_arg args[kSideArgs];
+};
+
+SideArgs side_args(const Plan& p, const Workspace& ws, bool side_b) {
+  const char* op = operand_type(p.op);
+  const void* x = side_b ? ws.x_b : ws.x_a;
+  const void* norms = side_b ? ws.norms_b : ws.norms_a;
+  const void* bias = side_b ? ws.bias_b : ws.bias_a;
+  const bool has_other = side_b || p.rows_b > 0;
+  const void* other = !has_other ? x : side_b ? ws.x_a : ws.x_b;
+  const void* other_norms = !has_other ? norms : side_b ? ws.norms_a : ws.norms_b;
+  const void* other_bias = !has_other ? bias : side_b ? ws.bias_a : ws.bias_b;
+  const float* dref = side_b ? ws.dref_b : ws.dref_a;
+  const float* acc = side_b ? ws.acc_b : ws.acc_a;
+  const bool need_acc = side_b || p.grad_a;
+  return SideArgs{{
+      ptr("rows_ptr", op, x),
+      ptr("v_ptr", op, x),
+      ptr("rowb_ptr", "*fp32", bias),
+      ptr("a_rows_ptr", "*fp64", norms),
+      i32("n_rows", side_b ? p.rows_b : p.rows_a),
+      ptr("other_ptr", op, other),
+      ptr("otherb_ptr", "*fp32", other_bias),
+      ptr("a_other_ptr", "*fp64", other_norms),
+      i32("n_other", side_b ? p.rows_a : p.rows_b),
+      ptr("consts_ptr", "*fp64", ws.consts),
+      ptr("info_ptr", "*fp64", ws.info),
+      ptr("dref_ptr", "*fp32", dref),
+      ptr("sums_ptr", "*fp64", side_b ? ws.sums_b : ws.sums_a),
+      ptr("acc_ptr", "*fp32", need_acc ? static_cast<const void*>(acc) : dref),  // never written without NEED_ACC
+      ptr("flags_ptr", "*i32", side_b ? ws.flags_b : ws.flags_a),
+      i32("D", p.width),
+      i32("size_bucket", 0),  // an autotuning key only
+      ptr("lse_ptr", "*fp64", ws.lse),
+      ptr("comb_ptr", "*fp64", ws.comb),
+  }};
+}
+
+// The launches of one call in order, with their side (false: A, true: B).
+struct Step {
+  const Launch* launch;
+  bool side_b;
+};
+
+int steps(const Plan& p, Step out[8]) {
+  int n = 0;
+  out[n++] = {&p.lean_a, false};
+  out[n++] = {&p.fallback_a, false};
+  out[n++] = {&p.combine, false};
+  if (p.grad_a) out[n++] = {&p.grad, false};
+  if (p.grad_b) {
+    out[n++] = {&p.lean_b, true};
+    out[n++] = {&p.fallback_b, true};
+    out[n++] = {&p.grad, true};
+  }
+  return n;
+}
+
+hl_status launch(const Plan& p, const Workspace& ws, const Step& step, cudaStream_t stream) {
+  const SideArgs args = side_args(p, ws, step.side_b);
+  unsigned grid = step.launch->grid;
+  if (step.launch == &p.grad) grid = grad_grid(p, step.side_b ? p.rows_b : p.rows_a);
+  return hl_aot_launch(step.launch->kernel, stream, grid, args.args, kSideArgs) == cudaSuccess ? HL_OK
+                                                                                              : HL_ERR_CUDA;
+}
+
+// x' = (x - c) 2^-E in the operand type, rows padded to `rows_out` and columns to `width` with zeros, and per row
+// its squared norm (float64, of the stored values; +inf on the padding rows) and bias -norm / 2 (float32, -inf
+// there; uniform._bias_kernel). A warp per row.
+template <typename Tin, typename Op>
+__global__ void operand_rows_kernel(MatrixView<Tin> x, int64_t cols, int64_t width, int64_t rows_out,
+                                    const double* center, const unsigned long long* max_bits, Op* out,
+                                    double* norms, float* bias) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (row >= rows_out) return;
+  const int e = scale_exponent(max_bits);
+  const bool inside = row < x.rows;
+  double sum = 0;
+  for (int64_t c = threadIdx.x % 32; c < width; c += 32) {
+    Op v = from_double<Op>(0.0);
+    if (inside && c < cols) {
+      v = centered<Op>(x.at(row, c), center[c], e);
+      const double w = to_double(v);
+      sum += w * w;
+    }
+    out[row * width + c] = v;
+  }
+  sum = warp_sum(sum);
+  if (threadIdx.x % 32 == 0) {
+    norms[row] = inside ? sum : INFINITY;
+    bias[row] = inside ? static_cast<float>(-0.5 * sum) : -INFINITY;
+  }
+}
+
+// consts = [t, t log2 e, ln 2, |P|] (from the host, as uniform.triton_uniform_lse makes them), info = [E, finite].
+__global__ void constants_kernel(double t, double t_log2e, double ln2, double pairs,
+                                 const unsigned long long* stats, double* consts, double* info) {
+  consts[0] = t;
+  consts[1] = t_log2e;
+  consts[2] = ln2;
+  consts[3] = pairs;
+  info[0] = scale_exponent(stats);
+  info[1] = stats[1] ? 0.0 : 1.0;
+}
+
+template <typename Tc>
+__global__ void results_kernel(const double* lse, double log_pairs, Results<Tc> out) {
+  write_results(out, *lse, log_pairs);
+}
+
+// grad (rows x cols, contiguous) = the first cols columns of acc (rows x width).
+__global__ void strip_columns_kernel(const float* acc, int64_t rows, int64_t cols, int64_t width, float* grad) {
+  const int64_t total = rows * cols;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    grad[idx] = acc[(idx / cols) * width + idx % cols];
+}
+
+template <typename Tin, typename Op>
+hl_status launch_operand_rows(const MatrixView<Tin>& x, const Plan& p, const Workspace& ws, void* out,
+                              double* norms, float* bias, cudaStream_t stream) {
+  constexpr int kRowsPerBlock = 8;
+  const int64_t rows_out = padded_rows(x.rows);
+  operand_rows_kernel<Tin, Op><<<grid_for(rows_out, kRowsPerBlock, kMaxRows), 32 * kRowsPerBlock, 0, stream>>>(
+      x, p.cols, p.width, rows_out, ws.center, ws.stats, static_cast<Op*>(out), norms, bias);
+  return status_of(cudaGetLastError());
+}
+
+template <typename Tin, typename Op>
+hl_status run(const Plan& p, const hl_matrix& a_in, const hl_matrix& b_in, double t, const Results<float>& out,
+              float* grad_a, float* grad_b, void* workspace, cudaStream_t stream) {
+  const Workspace ws(workspace, p.rows_a, p.rows_b, p.cols, p.grad_a, p.grad_b);
+  const MatrixView<Tin> a{static_cast<const Tin*>(a_in.data), p.rows_a, a_in.row_stride, a_in.col_stride};
+  const MatrixView<Tin> b{static_cast<const Tin*>(b_in.data), p.rows_b, b_in.row_stride, b_in.col_stride};
+  hl_status status = launch_centering(a, b, p.cols, ws.center, ws.stats, stream);
+  if (status == HL_OK) status = launch_operand_rows<Tin, Op>(a, p, ws, ws.x_a, ws.norms_a, ws.bias_a, stream);
+  if (status == HL_OK && p.rows_b > 0)
+    status = launch_operand_rows<Tin, Op>(b, p, ws, ws.x_b, ws.norms_b, ws.bias_b, stream);
+  if (status != HL_OK) return status;
+  const double pairs = num_pairs(p.rows_a, p.rows_b, p.intra);
+  constants_kernel<<<1, 1, 0, stream>>>(t, t * 1.4426950408889634, std::log(2.0), pairs, ws.stats, ws.consts,
+                                        ws.info);
+  Step todo[8];
+  const int n = steps(p, todo);
+  constexpr int kCopyThreads = 256;
+  for (int k = 0; k < n && status == HL_OK; ++k) {
+    status = launch(p, ws, todo[k], stream);
+    const Launch* done = todo[k].launch;
+    if (done == &p.combine) results_kernel<float><<<1, 1, 0, stream>>>(ws.lse, std::log(pairs), out);
+    if (done == &p.grad) {
+      const bool side_b = todo[k].side_b;
+      const int64_t rows = side_b ? p.rows_b : p.rows_a;
+      strip_columns_kernel<<<grid_for(rows * p.cols, kCopyThreads), kCopyThreads, 0, stream>>>(
+          side_b ? ws.acc_b : ws.acc_a, rows, p.cols, p.width, side_b ? grad_b : grad_a);
+    }
+  }
+  if (status != HL_OK) return status;
+  return status_of(cudaGetLastError());
+}
+
+// The input and operand types of the plan.
+hl_status dispatch(hl_dtype dtype, const Plan& p, const hl_matrix& a, const hl_matrix& b, double t,
+                   const Results<float>& out, float* ga, float* gb, void* workspace, cudaStream_t stream) {
+  const bool half = p.op == HL_FLOAT16;
+  switch (dtype) {
+    case HL_FLOAT16: return run<__half, __half>(p, a, b, t, out, ga, gb, workspace, stream);
+    case HL_BFLOAT16: return run<__nv_bfloat16, __nv_bfloat16>(p, a, b, t, out, ga, gb, workspace, stream);
+    case HL_FLOAT32:
+      return half ? run<float, __half>(p, a, b, t, out, ga, gb, workspace, stream)
+                  : run<float, __nv_bfloat16>(p, a, b, t, out, ga, gb, workspace, stream);
+    default: return HL_ERR_INVALID_ARGUMENT;  // unreachable: make_plan has no plan for float64
+  }
+}
+
+// Whether the current device runs the cubins (compiled for one compute capability).
+bool device_matches(int device) {
+  int major = 0, minor = 0;
+  return cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess &&
+         major * 10 + minor == HL_AOT_ARCH;
+}
+
+// The workspace of the AOT path for a call of any precision (the query has none), 0 where none has a plan.
+size_t workspace_bytes(hl_dtype dtype, int64_t rows_a, int64_t rows_b, int64_t cols, bool grad_a, bool grad_b) {
+  Plan p;
+  for (hl_precision precision : {HL_PRECISION_IEEE, HL_PRECISION_TF32, HL_PRECISION_BF16})
+    if (make_plan(dtype, precision, rows_a, rows_b, cols, true, grad_a, grad_b, &p) ||
+        make_plan(dtype, precision, rows_a, rows_b, cols, false, grad_a, grad_b, &p))
+      return Workspace(nullptr, rows_a, rows_b, cols, grad_a, grad_b && rows_b > 0).bytes;
+  return 0;
+}
+
+}  // namespace aot
+#endif  // HYPERLOSS_TRITON_AOT
 
 // Sizes the workspace query accepts: those check_uniform_args accepts (rows_b == 0: no queue).
 bool valid_sizes(hl_dtype dtype, int64_t rows_a, int64_t rows_b, int64_t cols) {
@@ -732,6 +1104,13 @@ hl_status dispatch(hl_dtype dtype, hl_precision precision, const hl_matrix& a, c
   const Results<float> out{static_cast<float*>(results.lse), results.lse_f64, static_cast<float*>(results.loss)};
   float* ga = static_cast<float*>(grad_a);
   float* gb = static_cast<float*>(grad_b);
+#ifdef HYPERLOSS_TRITON_AOT
+  aot::Plan plan;
+  if (aot::make_plan(dtype, precision, a.rows, cross ? b.rows : 0, a.cols, intra, ga != nullptr,
+                     cross && gb != nullptr, &plan) &&
+      aot::device_matches(device))
+    return aot::dispatch(dtype, plan, a, b, t, out, ga, gb, workspace, stream);
+#endif
   switch (dtype) {
     case HL_FLOAT16:
       if (!tensor_cores) return uniform<__half, float, Gram::kSimt>(a, b, t, intra, out, ga, gb, workspace, stream);
@@ -760,6 +1139,72 @@ hl_status uniform_lse(hl_dtype dtype, hl_precision precision, hl_matrix a, hl_ma
                   static_cast<cudaStream_t>(stream));
 }
 
+bool uniform_runs_aot(hl_dtype dtype, hl_precision precision, int64_t rows_a, int64_t rows_b, int64_t cols,
+                      int intra_batch, bool grad_a, bool grad_b) {
+#ifdef HYPERLOSS_TRITON_AOT
+  aot::Plan plan;
+  int device = 0;
+  return aot::make_plan(dtype, precision, rows_a, rows_b, cols, intra_batch != 0, grad_a, grad_b, &plan) &&
+         cudaGetDevice(&device) == cudaSuccess && aot::device_matches(device);
+#else
+  (void)dtype, (void)precision, (void)rows_a, (void)rows_b, (void)cols, (void)intra_batch, (void)grad_a, (void)grad_b;
+  return false;
+#endif
+}
+
+std::vector<std::string> aot_plan_problems() {
+  std::vector<std::string> problems;
+#ifdef HYPERLOSS_TRITON_AOT
+  // A workspace address that is never dereferenced: the plans and their arguments are built on the host only.
+  void* const fake = reinterpret_cast<void*>(uintptr_t(1) << 40);
+  char line[256];
+  int plans = 0;
+  for (hl_dtype dtype : {HL_FLOAT32, HL_FLOAT16, HL_BFLOAT16})
+    for (hl_precision precision : {HL_PRECISION_IEEE, HL_PRECISION_TF32, HL_PRECISION_BF16})
+      for (int64_t cols = 1; cols <= 256; ++cols)
+        for (int64_t rows_b : {int64_t(0), int64_t(45)})
+          for (int mode = 0; mode < 8; ++mode) {
+            const bool intra = mode & 1, grad_a = mode & 2, grad_b = (mode & 4) && rows_b > 0;
+            if ((mode & 4) && rows_b == 0) continue;
+            if (!intra && rows_b == 0) continue;  // no pairs: check_uniform_args refuses it
+            const int64_t rows_a = 130;
+            const int op = aot::operand_dtype(dtype, precision);
+            // Every (operand dtype, width) the table holds a lean sweep for has all the kernels of every call.
+            bool expected = false;
+            for (int self_mode : {0, 1, 2})
+              for (int other : {0, 1})
+                for (int acc : {0, 1})
+                  expected = expected || (op >= 0 && hl_aot_find(aot::kLean, op, self_mode, other, acc,
+                                                                 int(aot::block_width(cols))) != nullptr);
+            aot::Plan plan;
+            const bool planned = aot::make_plan(dtype, precision, rows_a, rows_b, cols, intra, grad_a, grad_b, &plan);
+            std::snprintf(line, sizeof line, "dtype %d precision %d cols %lld queue %lld intra %d grads %d%d: ",
+                          int(dtype), int(precision), (long long)cols, (long long)rows_b, int(intra), int(grad_a),
+                          int(grad_b));
+            if (planned != expected) {
+              problems.push_back(line + std::string(planned ? "planned, not expected" : "a kernel is missing"));
+              continue;
+            }
+            if (!planned) continue;
+            ++plans;
+            const size_t need = aot::Workspace(nullptr, rows_a, rows_b, cols, plan.grad_a, plan.grad_b).bytes;
+            if (hl_uniform_workspace_bytes_cuda(dtype, rows_a, rows_b, cols, grad_a, grad_b) < need)
+              problems.push_back(line + std::string("the workspace query is below the plan's need"));
+            const aot::Workspace ws(fake, rows_a, rows_b, cols, plan.grad_a, plan.grad_b);
+            aot::Step todo[8];
+            const int n = aot::steps(plan, todo);
+            for (int k = 0; k < n; ++k) {
+              const aot::SideArgs args = aot::side_args(plan, ws, todo[k].side_b);
+              char error[160] = "";
+              if (hl_aot_check_args(todo[k].launch->kernel, args.args, aot::kSideArgs, error, sizeof error) != 0)
+                problems.push_back(line + std::string(error));
+            }
+          }
+  if (plans == 0) problems.push_back("no call shape is routed to the ahead-of-time kernels");
+#endif
+  return problems;
+}
+
 }  // namespace hyperloss::cuda
 
 extern "C" int hl_has_cuda(void) { return 1; }
@@ -769,13 +1214,18 @@ extern "C" size_t hl_uniform_workspace_bytes_cuda(hl_dtype dtype, int64_t rows_a
   using namespace hyperloss::cuda;
   if (!valid_sizes(dtype, rows_a, rows_b, cols)) return 0;  // 0: invalid arguments
   const bool ga = need_grad_a != 0, gb = need_grad_b != 0;
+  size_t bytes = 0;
   switch (dtype) {
-    case HL_FLOAT64: return workspace_bytes<double, double>(rows_a, rows_b, cols, ga, gb);
-    case HL_FLOAT32: return workspace_bytes<float, float>(rows_a, rows_b, cols, ga, gb);
-    case HL_FLOAT16: return workspace_bytes<__half, float>(rows_a, rows_b, cols, ga, gb);
-    case HL_BFLOAT16: return workspace_bytes<__nv_bfloat16, float>(rows_a, rows_b, cols, ga, gb);
+    case HL_FLOAT64: bytes = workspace_bytes<double, double>(rows_a, rows_b, cols, ga, gb); break;
+    case HL_FLOAT32: bytes = workspace_bytes<float, float>(rows_a, rows_b, cols, ga, gb); break;
+    case HL_FLOAT16: bytes = workspace_bytes<__half, float>(rows_a, rows_b, cols, ga, gb); break;
+    case HL_BFLOAT16: bytes = workspace_bytes<__nv_bfloat16, float>(rows_a, rows_b, cols, ga, gb); break;
   }
-  return 0;
+#ifdef HYPERLOSS_TRITON_AOT
+  // Either path may run (the device and, for float32, the precision decide): room for both.
+  bytes = std::max(bytes, aot::workspace_bytes(dtype, rows_a, rows_b, cols, ga, gb));
+#endif
+  return bytes;
 }
 
 extern "C" hl_status hl_uniform_lse_cuda(hl_dtype dtype, hl_precision precision, hl_matrix a, hl_matrix b, double t,

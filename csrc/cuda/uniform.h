@@ -3,6 +3,9 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
 
 #include "hyperloss/hyperloss.h"
 
@@ -20,5 +23,17 @@ struct UniformResults {
 hl_status uniform_lse(hl_dtype dtype, hl_precision precision, hl_matrix a, hl_matrix b, double t, int intra_batch,
                       const UniformResults& results, void* grad_a, void* grad_b, void* workspace,
                       size_t workspace_bytes, void* stream);
+
+// Whether a call with these arguments runs the Triton kernels compiled ahead of time (a build with
+// HYPERLOSS_TRITON_AOT, a GPU of the generation they were compiled for, and a dtype, precision and width they
+// cover); false otherwise. For the tests: the answer does not change what a call computes, only which kernels do.
+bool uniform_runs_aot(hl_dtype dtype, hl_precision precision, int64_t rows_a, int64_t rows_b, int64_t cols,
+                      int intra_batch, bool grad_a, bool grad_b);
+
+// For the tests, host only (no device call): every call shape the C API could route to the ahead-of-time kernels
+// (dtype, precision, width 1..256, queue, gradients) is checked for a complete set of kernels where the table
+// holds any for that operand dtype and block width, for each kernel's arguments bound by name, and for a workspace
+// query at least the plan's need. One line per problem; empty in a build without them.
+std::vector<std::string> aot_plan_problems();
 
 }  // namespace hyperloss::cuda

@@ -10,6 +10,8 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <mutex>
 #include <set>
@@ -25,12 +27,6 @@ extern const int hl_aot_kernel_count;
 }
 
 namespace {
-
-int block_width(int64_t d) {
-  int64_t b = 16;  // tl.dot needs K >= 16
-  while (b < d) b *= 2;
-  return b > (int64_t(1) << 30) ? 0 : static_cast<int>(b);
-}
 
 struct Loaded {
   cudaLibrary_t library = nullptr;
@@ -70,34 +66,88 @@ cudaError_t prepare(const hl_aot_kernel* k, int device, cudaKernel_t* out) {
 
 }  // namespace
 
-extern "C" const hl_aot_kernel* hl_aot_find(const char* kernel, int dtype, int self_mode, int has_other,
-                                            int need_acc, int64_t d) {
-  const int block_d = block_width(d);
-  const int even_d = d == block_d;
+namespace {
+
+// Per argument of `k`: its value's bytes in `slots` and a pointer to them in `params` (what cudaLaunchKernel takes).
+union Slot {
+  const void* ptr;
+  int32_t i32;
+  int64_t i64;
+};
+
+bool bind(const hl_aot_kernel* k, const hl_aot_arg* args, int num_args, Slot* slots, void** params, char* error,
+          size_t error_size) {
+  auto fail = [&](const char* what, const char* name) {
+    if (error != nullptr && error_size > 0) std::snprintf(error, error_size, "%s: %s %s", k->name, what, name);
+    return false;
+  };
+  for (int i = 0; i < k->num_args; ++i) {
+    const char* name = k->arg_names[i];
+    const char* type = k->arg_types[i];
+    const hl_aot_arg* given = nullptr;
+    for (int j = 0; j < num_args; ++j) {
+      if (std::strcmp(args[j].name, name) != 0) continue;
+      if (given != nullptr) return fail("argument given twice:", name);
+      given = &args[j];
+    }
+    if (given == nullptr) return fail("no value for the argument", name);
+    if (std::strcmp(given->type, type) != 0) return fail("argument of another type:", name);
+    if (type[0] == '*') {
+      slots[i].ptr = given->ptr;
+    } else if (std::strcmp(type, "i32") == 0) {
+      if (given->value < INT32_MIN || given->value > INT32_MAX) return fail("value out of the i32 range:", name);
+      slots[i].i32 = static_cast<int32_t>(given->value);
+    } else if (std::strcmp(type, "i64") == 0) {
+      slots[i].i64 = given->value;
+    } else {
+      return fail("argument type not supported by the launcher:", name);
+    }
+    params[i] = &slots[i];
+  }
+  return true;
+}
+
+constexpr int kMaxParams = 64;
+
+}  // namespace
+
+extern "C" const hl_aot_kernel* hl_aot_find(const char* function, int dtype, int self_mode, int has_other,
+                                            int need_acc, int block_d) {
   for (int i = 0; i < hl_aot_kernel_count; ++i) {
     const hl_aot_kernel& k = hl_aot_kernel_table[i];
-    if (std::strcmp(k.kernel, kernel) == 0 && k.dtype == dtype && k.self_mode == self_mode &&
-        k.has_other == (has_other != 0) && k.need_acc == (need_acc != 0) && k.block_d == block_d &&
-        k.even_d == even_d)
+    if (std::strcmp(k.function, function) == 0 && k.dtype == dtype && k.self_mode == self_mode &&
+        k.has_other == has_other && k.need_acc == need_acc && k.block_d == block_d)
       return &k;
   }
   return nullptr;
 }
 
-extern "C" int hl_aot_launch(const hl_aot_kernel* k, void* stream, unsigned grid_x, void** args) {
+extern "C" int hl_aot_check_args(const hl_aot_kernel* k, const hl_aot_arg* args, int num_args, char* error,
+                                 size_t error_size) {
+  Slot slots[kMaxParams];
+  void* params[kMaxParams];
+  if (k->num_args + k->num_hidden > kMaxParams) {
+    if (error != nullptr && error_size > 0) std::snprintf(error, error_size, "%s: too many arguments", k->name);
+    return -1;
+  }
+  return bind(k, args, num_args, slots, params, error, error_size) ? 0 : -1;
+}
+
+extern "C" int hl_aot_launch(const hl_aot_kernel* k, void* stream, unsigned grid_x, const hl_aot_arg* args,
+                             int num_args) {
+  // The kernel's arguments, then Triton's hidden scratch pointers (NULL: the generator rejects kernels that use them).
+  Slot slots[kMaxParams];
+  void* params[kMaxParams];
+  void* hidden = nullptr;
+  if (k->num_args + k->num_hidden > kMaxParams || !bind(k, args, num_args, slots, params, nullptr, 0))
+    return cudaErrorInvalidValue;
+  for (int i = 0; i < k->num_hidden; ++i) params[k->num_args + i] = &hidden;
   if (grid_x == 0) return cudaSuccess;
   int device = 0;
   cudaError_t e = cudaGetDevice(&device);
   cudaKernel_t kernel = nullptr;
   if (e == cudaSuccess) e = prepare(k, device, &kernel);
   if (e != cudaSuccess) return e;
-  // The kernel's arguments, then Triton's hidden scratch pointers (NULL: the generator rejects kernels that use them).
-  constexpr int kMaxParams = 64;
-  void* params[kMaxParams];
-  void* hidden = nullptr;
-  if (k->num_args + k->num_hidden > kMaxParams) return cudaErrorInvalidValue;
-  for (int i = 0; i < k->num_args; ++i) params[i] = args[i];
-  for (int i = 0; i < k->num_hidden; ++i) params[k->num_args + i] = &hidden;
   return cudaLaunchKernel(reinterpret_cast<const void*>(kernel), dim3(grid_x), dim3(32 * k->num_warps), params,
                           static_cast<size_t>(k->shared_bytes), static_cast<cudaStream_t>(stream));
 }

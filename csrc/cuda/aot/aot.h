@@ -1,9 +1,11 @@
 /* Triton kernels compiled ahead of time (tools/triton_aot.py) and launched from libhyperloss: the table the
- * generator emits, and the loader/launcher (aot.cpp). Built only with -DHYPERLOSS_TRITON_AOT=ON.
+ * generator emits, the lookup, and the loader/launcher (aot.cpp). Built only with -DHYPERLOSS_TRITON_AOT=ON.
  *
  * The generated hl_aot_kernels.c holds each kernel's cubin (sm_90 machine code, no PTX) and one hl_aot_kernel entry
- * per compilation; hl_aot_kernels.h declares one typed launcher per Triton kernel function, whose arguments are the
- * kernel's own non-constexpr arguments in order (names and C types derived from the Python kernel). Plain C. */
+ * per compilation, with the kernel's own non-constexpr arguments (names and Triton types, in order, derived from the
+ * Python kernel). Callers pass their values by name (hl_aot_arg), so that a kernel that gains, loses or reorders an
+ * argument fails the binding (a test without a GPU, and cudaErrorInvalidValue at run time) instead of receiving a
+ * wrong value. Plain C. */
 #ifndef HYPERLOSS_AOT_H_
 #define HYPERLOSS_AOT_H_
 
@@ -14,31 +16,47 @@
 extern "C" {
 #endif
 
+#define HL_AOT_ANY (-1) /* a key field that does not select this kernel */
+
 typedef struct hl_aot_kernel {
-  const char* name;            /* unique per compilation, e.g. "uniform_lean_bf16_grad_d128" */
+  const char* name;            /* unique per compilation, e.g. "lean_bf16_grad_d128" */
   const char* function;        /* the cubin's entry point (the Triton kernel's name) */
   const unsigned char* cubin;  /* ELF image, loaded with cudaLibraryLoadData on first use */
   size_t cubin_bytes;
-  int num_warps;       /* block = 32 * num_warps threads */
-  int shared_bytes;    /* dynamic shared memory of every launch (above 48 KiB: opted in per device) */
-  int num_args;        /* the kernel's own (non-constexpr) arguments */
-  int num_hidden;      /* trailing pointer arguments Triton adds (global and profile scratch: passed as NULL) */
-  /* Dispatch key: what the caller selects on. */
-  const char* kernel;  /* the Triton kernel function */
-  int dtype;           /* hl_dtype of the operand rows */
-  int self_mode, has_other, need_acc;  /* the row kernels' variant (SELF_MODE, HAS_OTHER, NEED_ACC) */
-  int block_d, even_d;                 /* BLOCK_D = max(16, next_pow2(D)), EVEN_D = (D == BLOCK_D) */
-  int block_m, block_n;                /* grid = ceil(rows / block_m) programs */
+  int num_warps;                  /* block = 32 * num_warps threads */
+  int shared_bytes;               /* dynamic shared memory of every launch (above 48 KiB: opted in per device) */
+  int num_args;                   /* the kernel's own (non-constexpr) arguments */
+  int num_hidden;                 /* trailing pointer arguments Triton adds (global and profile scratch: NULL) */
+  const char* const* arg_names;   /* num_args names, in the kernel's order */
+  const char* const* arg_types;   /* their Triton types: "*bf16", "*fp16", "*fp32", "*fp64", "*i32", "i32" */
+  /* Dispatch key (HL_AOT_ANY where a field does not apply to the kernel). */
+  int dtype;                           /* hl_dtype of the operand rows */
+  int self_mode, has_other, need_acc;  /* the row kernels' sweep (SELF_MODE, HAS_OTHER, NEED_ACC); combine: SELF_MODE */
+  int block_d;                         /* BLOCK_D: the row width the kernel was compiled for (D == BLOCK_D) */
+  int block_m, block_n;                /* row kernels: grid = ceil(rows / block_m) programs (else 0) */
 } hl_aot_kernel;
 
-/* The compilation for this key, or NULL where none was generated (the caller then runs its own kernel). */
-const hl_aot_kernel* hl_aot_find(const char* kernel, int dtype, int self_mode, int has_other, int need_acc,
-                                 int64_t d);
+/* One argument value, matched to the kernel's argument of the same name. */
+typedef struct hl_aot_arg {
+  const char* name;
+  const char* type; /* the Triton type the caller means (as arg_types): must equal the kernel's */
+  const void* ptr;  /* pointer arguments */
+  int64_t value;    /* integer arguments (checked against the type's range) */
+} hl_aot_arg;
 
-/* Launches `k` on grid (grid_x, 1, 1) on `stream` (a cudaStream_t; NULL: the legacy default stream) with
- * args[0 .. num_args): pointers to the argument values, as cudaLaunchKernel takes them. Returns a cudaError_t
- * (0: launched). Loads the cubin on first use (thread-safe; one library for every device and context). */
-int hl_aot_launch(const hl_aot_kernel* k, void* stream, unsigned grid_x, void** args);
+/* The compilation of `function` for this key, or NULL where none was generated (the caller then runs its own
+ * kernels). Every field must equal the entry's (HL_AOT_ANY matches HL_AOT_ANY only). */
+const hl_aot_kernel* hl_aot_find(const char* function, int dtype, int self_mode, int has_other, int need_acc,
+                                 int block_d);
+
+/* Checks that `args` (any order; names the kernel lacks are ignored) give each of k's arguments exactly once, with
+ * its type. No device call. Returns 0, or -1 with a message in `error` (which may be NULL). */
+int hl_aot_check_args(const hl_aot_kernel* k, const hl_aot_arg* args, int num_args, char* error, size_t error_size);
+
+/* Launches `k` on grid (grid_x, 1, 1) on `stream` (a cudaStream_t; NULL: the legacy default stream) with `args`
+ * bound by name (hl_aot_check_args; cudaErrorInvalidValue where they do not bind). Returns a cudaError_t (0:
+ * launched). Loads the cubin on first use (thread-safe; one library for every device and context). */
+int hl_aot_launch(const hl_aot_kernel* k, void* stream, unsigned grid_x, const hl_aot_arg* args, int num_args);
 
 #ifdef __cplusplus
 }

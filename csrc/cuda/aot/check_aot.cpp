@@ -1,15 +1,25 @@
-// The ahead-of-time Triton kernels in libhyperloss (HYPERLOSS_TRITON_AOT): the table answers the keys it was
-// generated for, a launch without a GPU fails with an error (no crash, no exit), and on a GPU each lean kernel runs on
-// rows that are all equal: every pair then has d = 0, p = 1, so each row's plain sum is its pair count, its deficit
-// and gradient sum 0, and it is flagged (all terms near 1). That checks loading, arguments, grid and shared memory.
-// Exit 77 (skipped) where no GPU is present, after the checks that need none.
+// The ahead-of-time Triton kernels in libhyperloss (HYPERLOSS_TRITON_AOT). Without a GPU: the table answers its own
+// keys; the build holds every kernel hl_uniform_lse_cuda needs for each operand dtype and block width it was asked
+// for (HL_AOT_BUILD_DTYPES x HL_AOT_BUILD_D, from CMake); for every call shape the C API routes to these kernels
+// (hyperloss::cuda::aot_plan_problems: dtype, precision, width 1..256, queue, gradients) the set is complete, the C
+// side's values bind to each kernel's arguments by name and type, and the workspace query covers the plan; a launch
+// without a GPU fails with an error (no crash, no exit). On a GPU, also: each all-pairs lean sweep on rows that are
+// all equal (every pair has d = 0, p = 1: each row's plain sum is its pair count, its deficit 0, and it is flagged
+// as all terms near 1), which checks loading, argument binding, grid and shared memory. The numbers of the whole
+// pipeline against the CPU are csrc/tests/test_cuda.cpp's. Exit 77 (skipped) without a GPU, after the checks that
+// need none.
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 #include <vector>
 
+#include "../uniform.h"
 #include "aot.h"
+#include "hl_aot_kernels.h"
 
 extern "C" {
 extern const hl_aot_kernel hl_aot_kernel_table[];
@@ -20,11 +30,50 @@ namespace {
 
 int failures = 0;
 
-void check(bool ok, const char* what, const char* name) {
+void check(bool ok, const std::string& what, const char* name) {
   if (!ok) {
-    std::printf("FAIL %s: %s\n", name, what);
+    std::printf("FAIL %s: %s\n", name, what.c_str());
     ++failures;
   }
+}
+
+std::vector<std::string> split(const char* list) {
+  std::vector<std::string> out;
+  std::string item;
+  for (const char* c = list;; ++c) {
+    if (*c == ',' || *c == '\0') {
+      if (!item.empty()) out.push_back(item);
+      item.clear();
+      if (*c == '\0') return out;
+    } else {
+      item += *c;
+    }
+  }
+}
+
+// The sweeps hl_uniform_lse_cuda runs: (SELF_MODE, HAS_OTHER, NEED_ACC).
+constexpr int kSweeps[6][3] = {{2, 0, 1}, {1, 0, 0}, {2, 1, 1}, {1, 1, 0}, {0, 1, 1}, {0, 1, 0}};
+
+// The build's (dtype, width) list: every sweep's lean and fallback kernels, the gradient finish, every combine.
+void check_build_coverage() {
+#if defined(HL_AOT_BUILD_D) && defined(HL_AOT_BUILD_DTYPES)
+  for (const std::string& dtype_name : split(HL_AOT_BUILD_DTYPES)) {
+    const int dtype = dtype_name == "bf16" ? HL_BFLOAT16 : dtype_name == "fp16" ? HL_FLOAT16 : -1;
+    check(dtype >= 0, "unknown dtype " + dtype_name, "build");
+    check(hl_aot_find("_grad_kernel", dtype, HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY) != nullptr,
+          "no gradient finish for " + dtype_name, "build");
+    for (const std::string& width : split(HL_AOT_BUILD_D))
+      for (const auto& s : kSweeps)
+        for (const char* function : {"_uniform_lean_kernel", "_uniform_rows_kernel"})
+          check(hl_aot_find(function, dtype, s[0], s[1], s[2], std::atoi(width.c_str())) != nullptr,
+                std::string("no ") + function + " for " + dtype_name + " width " + width + " sweep " +
+                    std::to_string(s[0]) + std::to_string(s[1]) + std::to_string(s[2]),
+                "build");
+  }
+  for (int self_mode = 0; self_mode < 3; ++self_mode)
+    check(hl_aot_find("_combine_kernel", HL_AOT_ANY, self_mode, HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY) != nullptr,
+          "no combine for SELF_MODE " + std::to_string(self_mode), "build");
+#endif
 }
 
 // One lean sweep over n equal rows (zeros), no queue; the sums as the kernel wrote them.
@@ -43,12 +92,16 @@ bool run_lean(const hl_aot_kernel& k, int n, std::vector<double>* sums, std::vec
   const double host_info[2] = {0.0, 1.0};  // E = 0, every input finite
   cudaMemcpy(consts, host_consts, sizeof host_consts, cudaMemcpyHostToDevice);
   cudaMemcpy(info, host_info, sizeof host_info, cudaMemcpyHostToDevice);
-  int32_t n_rows = n, n_other = 0, width = d, bucket = 0;
-  void* other = rows;
-  void* otherb = rowb;
-  void* args[] = {&rows, &rowb, &n_rows, &other, &otherb, &n_other, &consts, &info,
-                  &dref, &sums_d, &acc, &flags_d, &width, &bucket};
-  ok = k.num_args == 14 && hl_aot_launch(&k, nullptr, (n + k.block_m - 1) / k.block_m, args) == cudaSuccess &&
+  const char* op = k.dtype == HL_FLOAT16 ? "*fp16" : "*bf16";
+  const hl_aot_arg args[] = {
+      {"rows_ptr", op, rows, 0},          {"rowb_ptr", "*fp32", rowb, 0},     {"n_rows", "i32", nullptr, n},
+      {"other_ptr", op, rows, 0},         {"otherb_ptr", "*fp32", rowb, 0},   {"n_other", "i32", nullptr, 0},
+      {"consts_ptr", "*fp64", consts, 0}, {"info_ptr", "*fp64", info, 0},     {"dref_ptr", "*fp32", dref, 0},
+      {"sums_ptr", "*fp64", sums_d, 0},   {"acc_ptr", "*fp32", acc, 0},       {"flags_ptr", "*i32", flags_d, 0},
+      {"D", "i32", nullptr, d},           {"size_bucket", "i32", nullptr, 0},
+  };
+  const int num_args = sizeof args / sizeof args[0];
+  ok = hl_aot_launch(&k, nullptr, (n + k.block_m - 1) / k.block_m, args, num_args) == cudaSuccess &&
        cudaDeviceSynchronize() == cudaSuccess;
   sums->resize(4 * n);
   flags->resize(n);
@@ -64,23 +117,35 @@ int main() {
   check(hl_aot_kernel_count > 0, "an empty table", "table");
   for (int i = 0; i < hl_aot_kernel_count; ++i) {
     const hl_aot_kernel& k = hl_aot_kernel_table[i];
-    const hl_aot_kernel* found = hl_aot_find(k.kernel, k.dtype, k.self_mode, k.has_other, k.need_acc, k.block_d);
-    check(found == &k || (found && found->block_d == k.block_d && found->dtype == k.dtype), "not found", k.name);
+    check(hl_aot_find(k.function, k.dtype, k.self_mode, k.has_other, k.need_acc, k.block_d) == &k,
+          "not found by its key (or a duplicate key)", k.name);
   }
-  check(hl_aot_find("_uniform_lean_kernel", 1, 2, 0, 1, 128) == nullptr, "a float64 kernel", "find");
+  check(hl_aot_find("_uniform_lean_kernel", HL_FLOAT64, 2, 0, 1, 128) == nullptr, "a float64 kernel", "find");
+  check_build_coverage();
+  for (const std::string& problem : hyperloss::cuda::aot_plan_problems()) check(false, problem, "plan");
+  // A binding that cannot match: a missing argument and a wrong type are refused before any device call.
+  const hl_aot_arg wrong[] = {{"rows_ptr", "*fp64", nullptr, 0}};
+  char error[160] = "";
+  check(hl_aot_check_args(&hl_aot_kernel_table[0], wrong, 1, error, sizeof error) != 0 && error[0] != '\0',
+        "a wrong binding was accepted", "bind");
 
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    void* no_args[64] = {};
-    check(hl_aot_launch(&hl_aot_kernel_table[0], nullptr, 1, no_args) != cudaSuccess, "launched without a GPU",
+    // Every argument bound (its own name and type, dummy values): the launch itself must fail, not crash or exit.
+    const hl_aot_kernel& k = hl_aot_kernel_table[0];
+    std::vector<hl_aot_arg> dummy;
+    for (int i = 0; i < k.num_args; ++i) dummy.push_back({k.arg_names[i], k.arg_types[i], nullptr, 1});
+    check(hl_aot_check_args(&k, dummy.data(), k.num_args, nullptr, 0) == 0, "its own argument list", "bind");
+    check(hl_aot_launch(&k, nullptr, 1, dummy.data(), k.num_args) != cudaSuccess, "launched without a GPU",
           "launch");
-    std::printf("%s; no GPU: the launches are skipped\n", failures ? "FAILED" : "table checks passed");
+    std::printf("%s (%d kernels); no GPU: the launches are skipped\n",
+                failures ? "FAILED" : "table, coverage and binding checks passed", hl_aot_kernel_count);
     return failures ? 1 : 77;
   }
   const int n = 256;  // a multiple of every BLOCK_M: no padding rows
   for (int i = 0; i < hl_aot_kernel_count; ++i) {
     const hl_aot_kernel& k = hl_aot_kernel_table[i];
-    if (k.has_other || k.self_mode != 2) continue;  // the all-pairs (gradient) sweep: every row has n - 1 pairs
+    if (std::strcmp(k.function, "_uniform_lean_kernel") != 0 || k.has_other || k.self_mode != 2) continue;
     std::vector<double> sums;
     std::vector<int> flags;
     if (!run_lean(k, n, &sums, &flags)) {
