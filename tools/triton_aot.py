@@ -67,7 +67,7 @@ VARIANTS = {**inspect.VARIANTS, "loss+queue": (1, True, False), "queue-loss": (0
 # The nearest inspection-tool variant, for ranking configurations (--config auto).
 RANK_AS = {"loss+queue": "loss", "queue-loss": "queue"}
 # Pointer arguments the row kernels' table (uniform.POINTER_TYPES) does not name: the gradient kernel's rows.
-EXTRA_POINTER_TYPES = {"v_ptr": "operand"}
+EXTRA_POINTER_TYPES = {"v_ptr": "operand", "v_lo_ptr": "operand"}
 # Arguments never given an alignment or divisibility hint: row counts (any N) and the autotuning key.
 UNHINTED = ("n_rows", "n_other", "size_bucket")
 # Warps of the finish kernels, as uniform.triton_uniform_lse launches them.
@@ -128,7 +128,7 @@ class Spec:
         elif self.kind == "combine":
             out = {"SELF_MODE": self.self_mode, "BLOCK": uniform._FINISH_ROWS}
         else:
-            out = {"BLOCK_R": uniform._GRAD_ROWS, "BLOCK_C": uniform._GRAD_COLS}
+            out = {"SPLIT": False, "BLOCK_R": uniform._GRAD_ROWS, "BLOCK_C": uniform._GRAD_COLS}
         # Constexprs the launch leaves at their defaults (and a missing one is an error here, not a wrong kernel).
         for param in self.function.params:
             if param.is_constexpr and param.name not in out:

@@ -862,7 +862,7 @@ unsigned grad_grid(const Plan& p, int64_t rows) {
 hl_aot_arg ptr(const char* name, const char* type, const void* value) { return hl_aot_arg{name, type, value, 0}; }
 hl_aot_arg i32(const char* name, int64_t value) { return hl_aot_arg{name, "i32", nullptr, value}; }
 
-constexpr int kSideArgs = 19;
+constexpr int kSideArgs = 22;
 
 // Every value the Triton kernels of one side take (its rows against the other side's), by argument name: the
 // kernels pick theirs (hl_aot_launch), so that each value is named once here for all of them. A's side without a
@@ -886,10 +886,14 @@ SideArgs side_args(const Plan& p, const Workspace& ws, bool side_b) {
   return SideArgs{{
       ptr("rows_ptr", op, x),
       ptr("v_ptr", op, x),
+      // The second parts of exact float32's split operands (SPLIT): never read by the 16-bit kernels run here.
+      ptr("rows_lo_ptr", op, x),
+      ptr("v_lo_ptr", op, x),
       ptr("rowb_ptr", "*fp32", bias),
       ptr("a_rows_ptr", "*fp64", norms),
       i32("n_rows", side_b ? p.rows_b : p.rows_a),
       ptr("other_ptr", op, other),
+      ptr("other_lo_ptr", op, other),
       ptr("otherb_ptr", "*fp32", other_bias),
       ptr("a_other_ptr", "*fp64", other_norms),
       i32("n_other", side_b ? p.rows_a : p.rows_b),
