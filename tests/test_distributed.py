@@ -99,11 +99,11 @@ def _weights(sizes: list[int], seed: int, zero_rank: int | None) -> torch.Tensor
 
 
 def _check_weighted(
-    rank, sizes, dtype, queue_rows, intra_batch, backend, zero_rank=None, weights_given=True, weights=None
+    rank, sizes, dtype, queue_rows, intra_batch, backend, zero_rank=None, weights_given=True, weights=None, qw=True
 ):
     """The weighted loss (this rank's weights, the queue's weights alike on every rank) against the single-process
     weighted loss on the concatenated batch: value and gradients for x, the queue, t and both weights (``weights``:
-    the global batch's, else drawn by ``_weights``)."""
+    the global batch's, else drawn by ``_weights``; ``qw``: whether the queue has weights)."""
     d = 9
     if zero_rank is not None and sum(sizes) - sizes[zero_rank] < (1 if queue_rows else 2):
         zero_rank = None  # the global batch would have no pair of positive weight
@@ -118,7 +118,7 @@ def _check_weighted(
         else _weights(sizes, sum(sizes), zero_rank)
         if weights_given
         else None,
-        "queue_weights": torch.rand(queue_rows, generator=g, dtype=torch.float64) + 0.1 if queue_rows else None,
+        "queue_weights": torch.rand(queue_rows, generator=g, dtype=torch.float64) + 0.1 if queue_rows and qw else None,
         "t": torch.tensor(2.0, dtype=torch.float64),
     }
     local_rows = {"x", "weights"}  # the others are the same on every rank
@@ -207,7 +207,7 @@ def _worker(rank: int, world: int, init_file: str, size_sets: list[list[int]], b
                     _check_align(rank, sizes, dtype, backend)
                 _check_weighted(rank, sizes, torch.float64, 0, True, backend, zero_rank=0)
                 _check_weighted(rank, sizes, torch.float32, 11, True, backend, zero_rank=world - 1)
-                _check_weighted(rank, sizes, torch.float64, 11, False, backend, zero_rank=1)
+                _check_weighted(rank, sizes, torch.float64, 11, False, backend, zero_rank=1, qw=False)
                 _check_weighted(rank, sizes, torch.float64, 11, True, backend, weights_given=False)
             if world == 2:  # rank 1's pairs (rows 1-5 among themselves) weigh 0: one positive row, no positive partner
                 _check_weighted(
