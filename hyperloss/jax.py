@@ -14,6 +14,13 @@ Two ways into the kernels, the same results:
   is installed at build time (``pip install --no-build-isolation .`` in an environment with jax; `make build`);
 - otherwise ``jax.pure_callback`` into the C library's CPU kernels (a plain ``pip install ".[jax]"`` builds without
   jax's headers): CPU arrays only, one host round trip per call. ``KERNEL_PATH`` says which one is in use.
+
+With per-row weights (``uniform_loss(weights=, queue_weights=)``) the loss always takes the host path, on the CPU
+only: ``jax.pure_callback`` into the torch frontend's own weighted loss on its "cpu" backend
+(``hl_uniform_lse_weighted_cpu``), which forms log(S / W) and the weights' gradients in float64 with the one
+implementation of the pair weight sum W (``hyperloss._common.pair_weight_log_sum``); an FFI handler would need a
+second one in C++, and float32 outputs could not carry W's digits back (the loss near 0 would lose them). There
+is no weighted CUDA kernel: weights on a GPU raise NotImplementedError.
 """
 
 from __future__ import annotations
@@ -25,9 +32,12 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import torch
 
 from . import _contract, _lib
+from ._common import as_scalar_tensor
 from ._precision import HL_PRECISION, check_precision, resolve_jax_precision
+from .functional import _weighted_loss
 
 __all__ = ["align_loss", "uniform_loss"]
 
@@ -154,6 +164,89 @@ def _uniform_bwd(t, intra_batch, precision, residuals, g):
 _uniform.defvjp(_uniform_fwd, _uniform_bwd)
 
 
+def _host_uniform_weighted(x, queue, weights, queue_weights, *, t: float, intra_batch: bool, grads: tuple[bool, ...]):
+    """The weighted loss on the host by the torch frontend's implementation on its "cpu" backend: (loss, grad_x,
+    grad_queue, grad_weights, grad_queue_weights), each gradient of its input's dtype, with zero elements where
+    ``grads`` (x, queue, weights, queue weights) does not ask for it. A queue with zero rows, and weights with zero
+    entries, are absent (x has at least one row)."""
+    arrays = [np.ascontiguousarray(a) for a in (x, queue, weights, queue_weights)]
+    # torch takes only writable arrays (JAX's are read-only): a copy, O(N D) next to the O(N^2 D) pairs.
+    arrays = [a if a.flags.writeable else a.copy() for a in arrays]
+    tensors = [torch.from_numpy(a) if a.shape[0] else None for a in arrays]
+    loss, *gradients = _weighted_loss(
+        tensors[0], tensors[1], as_scalar_tensor(t), intra_batch, *tensors[2:], "cpu", None, grads
+    )
+    return np.asarray(loss.item(), arrays[0].dtype), *(
+        np.zeros((0,), a.dtype) if g is None else g.numpy().astype(a.dtype, copy=False)
+        for g, a in zip(gradients, arrays, strict=True)
+    )
+
+
+def _weighted_call(x, queue, weights, queue_weights, t: float, intra_batch: bool, grads: tuple[bool, ...]):
+    inputs = (x, queue, weights, queue_weights)
+    shapes = (
+        jax.ShapeDtypeStruct((), x.dtype),
+        *(jax.ShapeDtypeStruct(a.shape if g else (0,), a.dtype) for a, g in zip(inputs, grads, strict=True)),
+    )
+    host = functools.partial(_host_uniform_weighted, t=t, intra_batch=intra_batch, grads=grads)
+    return jax.pure_callback(host, shapes, *inputs, vmap_method="sequential")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _uniform_weighted(x, queue, weights, queue_weights, t: float, intra_batch: bool):
+    return _weighted_call(x, queue, weights, queue_weights, t, intra_batch, (False,) * 4)[0]
+
+
+def _uniform_weighted_fwd(x, queue, weights, queue_weights, t, intra_batch):
+    # Symbolic zeros: each argument says whether it is differentiated, so that only those gradients are computed
+    # (the weights' cost a pass of their own); absent (zero-size) arguments have none.
+    inputs = (x, queue, weights, queue_weights)
+    grads = tuple(bool(a.perturbed and a.value.size) for a in inputs)
+    loss, *gradients = _weighted_call(*(a.value for a in inputs), t, intra_batch, grads)
+    return loss, tuple(g if wanted else None for g, wanted in zip(gradients, grads, strict=True))
+
+
+def _uniform_weighted_bwd(t, intra_batch, residuals, g):
+    return tuple(None if r is None else g.astype(r.dtype) * r for r in residuals)
+
+
+_uniform_weighted.defvjp(_uniform_weighted_fwd, _uniform_weighted_bwd, symbolic_zeros=True)
+
+
+def _platform(x) -> str:
+    """Where ``x`` is computed: its device's platform, or under a trace (no device yet) JAX's default backend."""
+    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+        return next(iter(x.devices())).platform
+    return jax.default_backend()
+
+
+def _check_weights(x, queue, weights, queue_weights, intra_batch: bool) -> None:
+    """The weights' shapes and dtypes (``hyperloss._contract``), and, where they are concrete (not traced), their
+    values: finite, >= 0, some pair of two positive weights (traced ones are not read: invalid ones give NaN)."""
+    api = "hyperloss.uniform_loss"
+    if queue_weights is not None and queue is None:
+        raise ValueError("queue_weights needs a queue")
+    k = 0 if queue is None else queue.shape[0]
+    for name, w, rows, rows_name in (
+        ("weights", weights, x.shape[0], "x"),
+        ("queue_weights", queue_weights, k, "queue"),
+    ):
+        if w is not None:
+            _contract.check_row_weights(name, *_spec(name, w, torch_api=api), rows, rows_name)
+    given = {n: w for n, w in (("weights", weights), ("queue_weights", queue_weights)) if w is not None}
+    if any(isinstance(w, jax.core.Tracer) for w in given.values()):
+        return
+    values = {n: np.asarray(w, np.float64) for n, w in given.items()}
+    for name, w in values.items():
+        _contract.check_row_weight_values(
+            name, bool(np.isfinite(w).all()), bool((w >= 0).all()), True, intra_batch, k > 0
+        )
+    positive_x = int((values["weights"] > 0).sum()) if weights is not None else x.shape[0]
+    positive_q = bool((values["queue_weights"] > 0).any()) if queue_weights is not None else k > 0
+    pair_sum_positive = (positive_x >= 2 and intra_batch) or (positive_x >= 1 and positive_q)
+    _contract.check_row_weight_values("weights", True, True, pair_sum_positive, intra_batch, k > 0)
+
+
 def _align_call(x, y, alpha: float, with_grad: bool):
     shapes = (jax.ShapeDtypeStruct((), x.dtype), jax.ShapeDtypeStruct(x.shape if with_grad else (0,), x.dtype))
     if KERNEL_PATH == "callback":
@@ -186,6 +279,8 @@ def uniform_loss(
     *,
     queue: jax.Array | np.ndarray | None = None,
     intra_batch: bool = True,
+    weights: jax.Array | np.ndarray | None = None,
+    queue_weights: jax.Array | np.ndarray | None = None,
     precision: str | None = None,
 ) -> jax.Array:
     """Uniformity loss ``log mean_{pairs} exp(-t ||u - v||^2)`` of JAX arrays (see ``hyperloss.uniform_loss``).
@@ -196,25 +291,53 @@ def uniform_loss(
             ``jax.grad`` with respect to t works; the rows are then scaled by sqrt(t), which rounds them once).
         queue: optional (K, D) array of x's dtype: adds every (x_i, queue_k) pair.
         intra_batch: include the i < j pairs of x (False needs a queue).
+        weights: optional (N,) floating array of x's rows' weights: the loss is then the weighted mean over the
+            pairs, log( sum_pairs w_u w_v exp(-t ||u - v||^2) / sum_pairs w_u w_v ), as in
+            ``hyperloss.uniform_loss`` (finite, >= 0, some pair of two positive weights; checked where the values
+            are concrete, outside jit; invalid traced ones give NaN). Differentiable. CPU only (see the module
+            docstring): on a GPU it raises NotImplementedError.
+        queue_weights: optional (K,) weights of the queue's rows, as ``weights`` (needs a queue).
         precision: products of float32 inputs on a GPU: "highest"/"ieee" (exact), "high"/"tf32", "medium"/"bf16";
             None follows JAX's ``jax_default_matmul_precision`` (``hyperloss._precision.resolve_jax_precision``).
 
     Returns:
-        A 0-dim array, float64 for float64 inputs and float32 otherwise; differentiable with respect to x and the
-        queue (``jax.custom_vjp``).
+        A 0-dim array, float64 for float64 inputs and float32 otherwise; differentiable with respect to x, the
+        queue and the weights (``jax.custom_vjp``).
 
     Raises:
         TypeError: for a non-array input (a torch tensor, say), an unsupported dtype, a queue of another dtype,
             a non-bool intra_batch or a non-number t.
-        ValueError: for a wrong shape, too few rows, t not finite or <= 0, or an unknown precision.
+        ValueError: for a wrong shape, too few rows, t not finite or <= 0, an unknown precision, or invalid
+            concrete weights.
+        NotImplementedError: weights on a device other than the CPU (no weighted CUDA kernel).
     """
     api = "hyperloss.uniform_loss"
     x_spec = _spec("x", x, torch_api=api)
     _contract.check_uniform(x_spec, None if queue is None else _spec("queue", queue, torch_api=api), intra_batch)
     code = HL_PRECISION[resolve_jax_precision(x_spec[1], check_precision(precision))]
+    weighted = weights is not None or queue_weights is not None
+    if weighted:
+        _check_weights(x, queue, weights, queue_weights, intra_batch)
+        if _platform(x) != "cpu":
+            raise NotImplementedError(
+                f"hyperloss.jax.uniform_loss: per-row weights run on the CPU only (there is no weighted kernel for "
+                f"{_platform(x)}); put the arrays on the CPU (jax.device_put(x, jax.devices('cpu')[0])) or drop the "
+                "weights"
+            )
     dtype = _compute_dtype(x.dtype)
     x = x.astype(dtype)
     queue = jnp.zeros((0, x.shape[1]), dtype) if queue is None else queue.astype(dtype)
+    if weighted:  # absent weights as zero-size arrays (the host path's convention)
+        weights, queue_weights = (
+            jnp.zeros((0,), dtype) if w is None else jnp.asarray(w).astype(_compute_dtype(w.dtype))
+            for w in (weights, queue_weights)
+        )
+
+    def loss(x, queue, t: float) -> jax.Array:
+        if weighted:
+            return _uniform_weighted(x, queue, weights, queue_weights, t, intra_batch)
+        return _uniform(x, queue, t, intra_batch, code)
+
     if isinstance(t, jax.Array | np.ndarray):
         # A traced (differentiable) t cannot be the kernels' static attribute: the loss depends on the rows and t
         # only through t ||u - v||^2, so the rows are scaled by sqrt(t) and the kernels run at t = 1; JAX
@@ -222,9 +345,8 @@ def uniform_loss(
         if t.size != 1 or not jnp.issubdtype(t.dtype, jnp.floating):
             raise TypeError(f"t must be a number or a one-element floating array, got {t.dtype} of shape {t.shape}")
         scale = jnp.sqrt(jnp.reshape(t, ()).astype(dtype))
-        return _uniform(x * scale, queue * scale, 1.0, intra_batch, code)
-    t = _contract.check_positive("t", t)
-    return _uniform(x, queue, t, intra_batch, code)
+        return loss(x * scale, queue * scale, 1.0)
+    return loss(x, queue, _contract.check_positive("t", t))
 
 
 def align_loss(x: jax.Array | np.ndarray, y: jax.Array | np.ndarray, alpha: float = 2.0) -> jax.Array:

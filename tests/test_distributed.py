@@ -9,6 +9,7 @@ and assert in the parent. ``tests/run_distributed_repeatedly.py`` runs this modu
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -86,6 +87,69 @@ def _check_uniform(rank, sizes, dtype, queue_rows, intra_batch, backend):
     assert abs(plain.item() - want.item()) <= value_tol * (1 + abs(want.item())), f"{case} under no_grad"
 
 
+def _weights(sizes: list[int], seed: int, zero_rank: int | None) -> torch.Tensor:
+    """Weights of the global batch over a few orders of magnitude, every fifth one 0 (from the fourth), and every
+    weight of ``zero_rank``'s rows 0."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.exp(-4 * torch.rand(sum(sizes), generator=g, dtype=torch.float64))
+    w[3::5] = 0.0
+    if zero_rank is not None:
+        w[_rows(sizes, zero_rank)] = 0.0
+    return w
+
+
+def _check_weighted(
+    rank, sizes, dtype, queue_rows, intra_batch, backend, zero_rank=None, weights_given=True, weights=None, qw=True
+):
+    """The weighted loss (this rank's weights, the queue's weights alike on every rank) against the single-process
+    weighted loss on the concatenated batch: value and gradients for x, the queue, t and both weights (``weights``:
+    the global batch's, else drawn by ``_weights``; ``qw``: whether the queue has weights)."""
+    d = 9
+    if zero_rank is not None and sum(sizes) - sizes[zero_rank] < (1 if queue_rows else 2):
+        zero_rank = None  # the global batch would have no pair of positive weight
+    g = torch.Generator().manual_seed(sum(sizes) * 5 + queue_rows)
+    x_global = torch.nn.functional.normalize(torch.randn(sum(sizes), d, generator=g, dtype=torch.float64), dim=1)
+    queue = torch.randn(queue_rows, d, generator=g, dtype=torch.float64) * 0.5 if queue_rows else None
+    inputs = {
+        "x": x_global.to(dtype),
+        "queue": None if queue is None else queue.to(dtype),
+        "weights": weights
+        if weights is not None
+        else _weights(sizes, sum(sizes), zero_rank)
+        if weights_given
+        else None,
+        "queue_weights": torch.rand(queue_rows, generator=g, dtype=torch.float64) + 0.1 if queue_rows and qw else None,
+        "t": torch.tensor(2.0, dtype=torch.float64),
+    }
+    local_rows = {"x", "weights"}  # the others are the same on every rank
+
+    def loss(fn, mine):
+        leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items() if v is not None}
+        if mine:
+            leaves.update(
+                {k: leaves[k][_rows(sizes, rank)].detach().requires_grad_() for k in local_rows & leaves.keys()}
+            )
+        value = fn(
+            leaves["x"],
+            leaves["t"],
+            queue=leaves.get("queue"),
+            intra_batch=intra_batch,
+            weights=leaves.get("weights"),
+            queue_weights=leaves.get("queue_weights"),
+            backend=backend,
+        )
+        grads = dict(zip(leaves, torch.autograd.grad(value, list(leaves.values())), strict=True))
+        return value, {k: v[_rows(sizes, rank)] if k in local_rows and not mine else v for k, v in grads.items()}
+
+    got, got_grads = loss(hdist.uniform_loss, True)
+    want, want_grads = loss(hyperloss.uniform_loss, False)
+    value_tol, grad_tol = TOL[dtype]
+    case = f"weighted rank={rank} sizes={sizes} {dtype} queue={queue_rows} intra={intra_batch} zero={zero_rank}"
+    assert abs(got.item() - want.item()) <= value_tol * (1 + abs(want.item())), f"{case}: {got.item()} {want.item()}"
+    for name, want_grad in want_grads.items():
+        _close(got_grads[name], want_grad, grad_tol, f"{case} d/d{name}")
+
+
 def _check_align(rank, sizes, dtype, backend):
     g = torch.Generator().manual_seed(sum(sizes))
     x_global = torch.randn(sum(sizes), 6, generator=g, dtype=dtype)
@@ -141,6 +205,14 @@ def _worker(rank: int, world: int, init_file: str, size_sets: list[list[int]], b
                     _check_uniform(rank, sizes, dtype, 11, True, backend)
                     _check_uniform(rank, sizes, dtype, 11, False, backend)
                     _check_align(rank, sizes, dtype, backend)
+                _check_weighted(rank, sizes, torch.float64, 0, True, backend, zero_rank=0)
+                _check_weighted(rank, sizes, torch.float32, 11, True, backend, zero_rank=world - 1)
+                _check_weighted(rank, sizes, torch.float64, 11, False, backend, zero_rank=1, qw=False)
+                _check_weighted(rank, sizes, torch.float64, 11, True, backend, weights_given=False)
+            if world == 2:  # rank 1's pairs (rows 1-5 among themselves) weigh 0: one positive row, no positive partner
+                _check_weighted(
+                    rank, [3, 3], torch.float64, 0, True, backend, weights=torch.tensor([1.0, 0, 0, 1, 0, 0])
+                )
         _check_ddp(rank, world, size_sets[0])
     finally:
         dist.destroy_process_group()
@@ -260,6 +332,34 @@ MISMATCHES: dict[str, tuple[Callable[[int], torch.Tensor], list[str]]] = {
     "several at once": (
         lambda r: hdist.uniform_loss(_x(r, dtype=torch.float64 if r == ODD else torch.float32), t=3 if r else 2),
         ["dtype: float32 on ranks 0-1; float64 on rank 2", "t: 2.0 on rank 0; 3.0 on ranks 1-2"],
+    ),
+    "weights on some ranks only": (
+        lambda r: hdist.uniform_loss(_x(r), weights=None if r == ODD else torch.ones(3)),
+        ["weights: given on ranks 0-1; none on rank 2"],
+    ),
+    "queue_weights on one rank only": (
+        lambda r: hdist.uniform_loss(_x(r), queue=_queue(), queue_weights=torch.ones(5) if r == 0 else None),
+        ["queue_weights: given on rank 0; none on ranks 1-2"],
+    ),
+    "weights require grad on one rank": (
+        lambda r: hdist.uniform_loss(_x(r), weights=torch.ones(3).requires_grad_(r == ODD)),
+        ["weights require grad: False on ranks 0-1; True on rank 2"],
+    ),
+    "queue_weights values": (
+        lambda r: hdist.uniform_loss(_x(r), queue=_queue(), queue_weights=torch.full((5,), 2.0 if r == ODD else 1.0)),
+        ["queue_weights values (checksum)", "on ranks 0-1", "on rank 2"],
+    ),
+    "negative weights on one rank": (
+        lambda r: hdist.uniform_loss(_x(r), weights=torch.tensor([1.0, -1.0 if r == 1 else 1.0, 1.0])),
+        ["weights must be >= 0 (got negative entries) on rank 1"],
+    ),
+    "NaN weights on two ranks": (
+        lambda r: hdist.uniform_loss(_x(r), weights=torch.tensor([1.0, math.nan if r else 1.0, 1.0])),
+        ["weights must be finite (got NaN or inf entries) on ranks 1-2"],
+    ),
+    "no pair of positive weight in the global batch": (
+        lambda r: hdist.uniform_loss(_x(r), weights=torch.tensor([float(r == 1), 0.0, 0.0])),
+        ["in the global batch, the pair weights sum to 0"],
     ),
     "align D": (_align_d, ["align_loss", "feature dimension D: 6 on ranks 0-1; 7 on rank 2"]),
     "align dtype": (_align_dtype, ["align_loss", "dtype: float32 on ranks 0-1; float64 on rank 2"]),

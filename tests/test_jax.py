@@ -267,3 +267,130 @@ def test_traced_temperature_is_differentiable(dtype):
         assert _max_rel(got, w.numpy()) <= grad_tol
     with pytest.raises(TypeError, match="one-element floating array"):
         hj.uniform_loss(args[0], jnp.ones(2))
+
+
+def _weighted_case(n: int, k: int, d: int, pattern: str, seed: int):
+    """Rows, queue and weights (float64 NumPy): weights over a few orders of magnitude, with zeros in "zeros",
+    one pair of positive weight (x_0 and x_1) in "one pair"."""
+    rng = np.random.default_rng(seed)
+    x, queue = _unit_rows(n, d, seed), (_unit_rows(k, d, seed + 1) if k else None)
+    w = np.exp(-4 * rng.random(n))
+    qw = None if not k else rng.random(k) + 0.1
+    if pattern == "zeros":
+        w[rng.random(n) < 0.4] = 0.0
+    elif pattern == "one pair":
+        w[2:] = 0.0
+        qw = None if not k else np.zeros(k)
+    return x, queue, w, qw
+
+
+def _weighted_reference(x, t, queue, intra_batch, w, qw):
+    """The float64 dense weighted loss and its gradients for x, the queue, the weights and the queue weights."""
+    leaves = [
+        None if a is None else torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, queue, w, qw)
+    ]
+    value = reference.dense_uniform_loss(
+        leaves[0], t, queue=leaves[1], intra_batch=intra_batch, weights=leaves[2], queue_weights=leaves[3]
+    )
+    given = [v for v in leaves if v is not None]
+    return value.item(), [g.numpy() for g in torch.autograd.grad(value, given)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(
+    ("n", "k", "d", "t", "intra_batch", "pattern"),
+    [
+        (40, 0, 7, 2.0, True, "wide"),
+        (33, 9, 5, 0.5, True, "zeros"),
+        (25, 12, 6, 3.0, False, "zeros"),
+        (20, 6, 4, 2.0, True, "one pair"),
+        (30, 0, 5, 50.0, True, "zeros"),
+    ],
+)
+def test_weighted_matches_dense_reference_under_jit(dtype, n, k, d, t, intra_batch, pattern):
+    """Per-row weights under jit: value and gradients for x, the queue, the weights and the queue weights against
+    float64 autograd through the dense weighted definition, and the same value as the torch loss."""
+    x, queue, w, qw = _weighted_case(n, k, d, pattern, seed=n + k)
+    want, want_grads = _weighted_reference(x, t, queue, intra_batch, w, qw)
+    args = [jnp.asarray(a, dtype) for a in (x, queue, w, qw) if a is not None]
+
+    def loss(*a):
+        if queue is None:
+            return hj.uniform_loss(a[0], t, weights=a[1])
+        return hj.uniform_loss(a[0], t, queue=a[1], intra_batch=intra_batch, weights=a[2], queue_weights=a[3])
+
+    value, grads = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(args)))))(*args)
+    value_tol, grad_tol = TOL[dtype]
+    assert value.dtype == dtype
+    assert abs(float(value) - want) <= value_tol * (1 + abs(want)) + 64 * np.finfo(dtype).eps * t
+    for got, w_grad in zip(grads, want_grads, strict=True):
+        assert got.dtype == dtype
+        assert _max_rel(got, w_grad) <= grad_tol
+    assert float(jax.jit(loss)(*args)) == pytest.approx(float(value), rel=1e-12, abs=1e-12)  # without gradients
+    tensors = [torch.from_numpy(np.array(a)) for a in args]
+    torch_value = hyperloss.uniform_loss(
+        tensors[0],
+        t,
+        queue=None if queue is None else tensors[1],
+        intra_batch=intra_batch,
+        weights=tensors[1 if queue is None else 2],
+        queue_weights=None if queue is None else tensors[3],
+        backend="cpu",
+    )
+    assert abs(float(value) - torch_value.item()) <= value_tol * (1 + abs(torch_value.item()))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_weighted_partial_gradients_and_traced_temperature(dtype):
+    """Gradients for some of the arguments only (the others are not computed), and a traced t, against float64
+    autograd; weights of a 16-bit dtype are computed in float32 and get their gradient in their dtype."""
+    x, queue, w, qw = _weighted_case(30, 8, 5, "zeros", seed=5)
+    xj, qj, wj, qwj = (jnp.asarray(a, dtype) for a in (x, queue, w, qw))
+    _, (want_x, want_q, want_w, want_qw) = _weighted_reference(x, 1.7, queue, True, w, qw)
+    value_tol, grad_tol = TOL[dtype]
+
+    def loss(a, b, c, e, t=1.7):
+        return hj.uniform_loss(a, t, queue=b, weights=c, queue_weights=e)
+
+    only_w = jax.jit(jax.grad(loss, argnums=2))(xj, qj, wj, qwj)
+    assert _max_rel(only_w, want_w) <= grad_tol
+    some = jax.jit(jax.grad(loss, argnums=(0, 1, 3)))(xj, qj, wj, qwj)
+    for got, want in zip(some, (want_x, want_q, want_qw), strict=True):
+        assert _max_rel(got, want) <= grad_tol
+
+    x64, q64, w64, qw64 = (torch.tensor(a, requires_grad=True) for a in (x, queue, w, qw))
+    t64 = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+    want_t = reference.dense_uniform_loss(x64, t64, queue=q64, weights=w64, queue_weights=qw64)
+    want_grads = torch.autograd.grad(want_t, (x64, w64, t64))
+    value, grads = jax.jit(jax.value_and_grad(lambda a, c, t: loss(a, qj, c, qwj, t), argnums=(0, 1, 2)))(
+        xj, wj, jnp.asarray(1.7, dtype)
+    )
+    assert abs(float(value) - want_t.item()) <= value_tol * (1 + abs(want_t.item()))
+    for got, want in zip(grads, want_grads, strict=True):
+        assert _max_rel(got, want.numpy()) <= grad_tol
+
+    half = jax.grad(lambda c: hj.uniform_loss(xj, 2.0, weights=c))(jnp.asarray(w, jnp.bfloat16))
+    assert half.dtype == jnp.bfloat16
+
+
+def test_weighted_bad_input_and_gpu(monkeypatch):
+    x = jnp.asarray(_unit_rows(4, 3, seed=6), jnp.float32)
+    q = jnp.asarray(_unit_rows(2, 3, seed=7), jnp.float32)
+    with pytest.raises(ValueError, match=r"weights must have shape \(4,\)"):
+        hj.uniform_loss(x, weights=jnp.ones(3))
+    with pytest.raises(TypeError, match="weights must be a JAX array"):
+        hj.uniform_loss(x, weights=torch.ones(4))
+    with pytest.raises(ValueError, match="queue_weights needs a queue"):
+        hj.uniform_loss(x, queue_weights=jnp.ones(2))
+    with pytest.raises(ValueError, match=r"weights must be >= 0"):
+        hj.uniform_loss(x, weights=jnp.asarray([1.0, -1.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match=r"queue_weights must be finite"):
+        hj.uniform_loss(x, queue=q, queue_weights=jnp.asarray([1.0, np.nan]))
+    with pytest.raises(ValueError, match="the pair weights sum to 0"):
+        hj.uniform_loss(x, weights=jnp.asarray([0.0, 0.0, 1.0, 0.0]))
+    # Traced weights are not read: all-zero ones give NaN rather than an error.
+    assert np.isnan(float(jax.jit(lambda c: hj.uniform_loss(x, weights=c))(jnp.zeros(4))))
+    monkeypatch.setattr(hj, "_platform", lambda a: "gpu")
+    with pytest.raises(NotImplementedError, match="per-row weights run on the CPU only"):
+        hj.uniform_loss(x, weights=jnp.ones(4))
+    assert np.isfinite(float(hj.uniform_loss(x)))  # without weights nothing changes
