@@ -120,6 +120,13 @@ def check_row_weights(name: str, shape: Sequence[int], dtype: str, rows: int, ro
         )
 
 
+def has_positive_pair(positive_x, positive_queue, intra_batch: bool):
+    """Whether some pair has two positive weights: two positive rows of x (with intra-batch pairs), or one positive
+    row of x and one of the queue. From the count of positive weights in x and whether the queue has one: Python
+    numbers give a bool, tensors a tensor (no host read)."""
+    return ((positive_x >= 2) & intra_batch) | ((positive_x >= 1) & positive_queue)
+
+
 def check_row_weight_values(
     name: str, finite: bool, nonnegative: bool, pair_sum_positive: bool, intra_batch: bool, queue: bool
 ) -> None:

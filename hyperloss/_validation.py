@@ -102,7 +102,7 @@ def check_uniform_weights(
         flags += [torch.isfinite(w).all(), (w >= 0).all()]
     positive_x = (weights > 0).sum() if weights is not None else torch.tensor(n, device=x.device)
     positive_q = (queue_weights > 0).any() if queue_weights is not None else torch.tensor(k > 0, device=x.device)
-    flags.append(((positive_x >= 2) & intra_batch) | ((positive_x >= 1) & positive_q))
+    flags.append(_contract.has_positive_pair(positive_x, positive_q, intra_batch))
     read = torch.stack(flags).tolist()  # the one read (device sync)
     for index, (name, _) in enumerate(given):
         _contract.check_row_weight_values(name, read[2 * index], read[2 * index + 1], True, intra_batch, k > 0)

@@ -279,7 +279,7 @@ def _check_weight_values(table: list[list[float]], intra_batch: bool, k: int) ->
     positive_x = sum(row[_W_FLAGS + 2] for row in table)
     positive_q = table[0][_QW_FLAGS + 2] > 0  # the same on every rank (the queue weights' checksums agree)
     try:
-        pair_sum_positive = (positive_x >= 2 and intra_batch) or (positive_x >= 1 and positive_q)
+        pair_sum_positive = bool(_contract.has_positive_pair(positive_x, positive_q, intra_batch))
         _contract.check_row_weight_values("weights", True, True, pair_sum_positive, intra_batch, k > 0)
     except ValueError as error:
         raise ValueError(f"hyperloss.distributed.uniform_loss: in the global batch, {error}") from None

@@ -243,7 +243,7 @@ def _check_weights(x, queue, weights, queue_weights, intra_batch: bool) -> None:
         )
     positive_x = int((values["weights"] > 0).sum()) if weights is not None else x.shape[0]
     positive_q = bool((values["queue_weights"] > 0).any()) if queue_weights is not None else k > 0
-    pair_sum_positive = (positive_x >= 2 and intra_batch) or (positive_x >= 1 and positive_q)
+    pair_sum_positive = bool(_contract.has_positive_pair(positive_x, positive_q, intra_batch))
     _contract.check_row_weight_values("weights", True, True, pair_sum_positive, intra_batch, k > 0)
 
 
