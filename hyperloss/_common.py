@@ -7,6 +7,7 @@ alpha never forces a recompile.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -136,31 +137,35 @@ def pair_weight_log_sum(
     """log W with W = sum over the pairs of w_u w_v (missing weights mean 1), and d log W / dw, d log W / d qw
     (the latter None without a queue); all float64, analytic (the losses' backward only scales saved gradients).
 
-    Only sums of nonnegative terms, so nothing cancels: the i < j pairs as sum_u w_u (w_0 + ... + w_{u-1}) (the
-    closed form ((sum w)^2 - sum w^2) / 2 loses every digit when one weight dominates), each row's partners as its
-    exclusive prefix plus suffix sums, on weights scaled by a power of two (``power_of_two_scale``) so that W
-    neither overflows nor underflows for any scale of the weights.
+    In the log domain, from the log-weights: the i < j pairs as logsumexp_u (log w_u + log(w_0 + ... + w_{u-1}))
+    (the closed form ((sum w)^2 - sum w^2) / 2 loses every digit when one weight dominates), each row's partners as
+    its exclusive prefix and suffix log-sums. Only sums of nonnegative terms, so nothing cancels; and no product of
+    two weights is ever formed, so weights as far apart as 1e300 and 1e-300 (products near 1, each factor beyond
+    any one scale of float64) keep every digit.
     """
-    w = row_weights(weights, n, device)
-    qw = None if k == 0 else row_weights(queue_weights, k, device)
-    scale = power_of_two_scale(w, qw)
-    w = w * scale
-    total = w.new_zeros(())
-    partners = torch.zeros_like(w)  # for each row of x: the sum of its partners' weights
-    q_partners = None
-    if intra_batch:
-        before = torch.cat([w.new_zeros(1), w.cumsum(0)[:-1]])
-        after = torch.cat([w.flip(0).cumsum(0)[:-1].flip(0), w.new_zeros(1)])
-        total = total + (w * before).sum()
-        partners = partners + before + after
-    if qw is not None:
-        qw = qw * scale
-        q_sum, w_sum = qw.sum(), w.sum()
-        total = total + w_sum * q_sum
-        partners = partners + q_sum
-        q_partners = (w_sum * scale / total).expand(k)
-    # W = W' / scale^2 and dW/dw = dW'/dw' / scale: d log W / dw = partners' * scale / W'.
-    return total.log() - 2 * scale.log(), partners * (scale / total), q_partners
+    lw = row_weights(weights, n, device).log()  # -inf for weight 0
+    lq = None if k == 0 else row_weights(queue_weights, k, device).log()
+    empty = lw.new_full((1,), -math.inf)
+    terms = [lw.new_full((), -math.inf)]  # log of each part of W
+    partners = lw.new_full(lw.shape, -math.inf)  # for each row of x: log of the sum of its partners' weights
+    if intra_batch and n:
+        before = torch.cat([empty, torch.logcumsumexp(lw, 0)[:-1]])
+        after = torch.cat([torch.logcumsumexp(lw.flip(0), 0)[:-1].flip(0), empty])
+        terms.append(torch.logsumexp(lw + before, 0))
+        partners = torch.logaddexp(before, after)
+    q_log_partners = None
+    if lq is not None:
+        lq_sum, lw_sum = torch.logsumexp(lq, 0), torch.logsumexp(lw, 0)
+        terms.append(lw_sum + lq_sum)
+        partners = torch.logaddexp(partners, lq_sum.expand(n))
+    log_w = torch.logsumexp(torch.stack(terms), 0)
+    if lq is not None:
+        q_log_partners = lw_sum.expand(k)
+    return (
+        log_w,
+        torch.exp(partners - log_w),
+        None if q_log_partners is None else torch.exp(q_log_partners - log_w),
+    )
 
 
 def poison_nonfinite(

@@ -486,7 +486,7 @@ class _DistributedUniform(torch.autograd.Function):
             local = slice(offset, offset + sizes[rank])
             gw = grad_w[local] - d_log_w[local] if need_w else None
             gqw = grad_w[n:] - d_log_qw if need_qw else None
-        ctx.save_for_backward(gx, gq, dt, gw, gqw)
+        ctx.save_for_backward(gx, gq, None if dt is None else dt.reshape(t.shape), gw, gqw)  # dt in t's shape
         ctx.dtypes = tuple(None if v is None else v.dtype for v in (x_local, queue, t, weights, queue_weights))
         if weighted:  # log(S / W), as in the single-process loss: never above 0
             return (total - log_w).clamp_max(0.0).to(dtype)

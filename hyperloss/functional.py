@@ -48,7 +48,8 @@ class _UniformLoss(torch.autograd.Function):
 def _save_gradients(ctx, x, queue, t, t_scalar, gx, gq, grad_t, *weight_grads) -> None:
     """Saves what the backward pass scales: d loss/dx, d queue (where wanted), dt (formed here from the row
     gradients, see temperature_gradient; it holds with weights too) and the weights' gradients, if any."""
-    dt = temperature_gradient(x, queue, gx, gq, t_scalar) if grad_t else None
+    # dt in t's own shape: a one-element t of shape (1,) or (1, 1) gets a gradient of that shape.
+    dt = temperature_gradient(x, queue, gx, gq, t_scalar).reshape(t.shape) if grad_t else None
     keep_x, keep_q = ctx.needs_input_grad[0], queue is not None and ctx.needs_input_grad[1]
     ctx.save_for_backward(gx if keep_x else None, gq if keep_q else None, dt, *weight_grads)
     ctx.dtypes = (x.dtype, None if queue is None else queue.dtype, None if t is None else t.dtype)

@@ -379,3 +379,37 @@ def test_every_instruction_set_of_the_weighted_tile(isa, monkeypatch):
             results.append((loss, *torch.autograd.grad(loss, (x, w))))
         for got, want in zip(*results, strict=True):
             assert_close_scaled(got, want, rel, f"cpu ({isa}) vs chunked", floor=1e-300)
+
+
+@pytest.mark.parametrize("backend", WEIGHT_BACKENDS)
+def test_weights_beyond_one_float64_scale(backend):
+    """Weights 1e300 and 1e-300 side by side: every pair product is ~1, though no single scale of float64 holds
+    both factors (the pair sum W is taken from log-weights; the kernels' biases likewise)."""
+    x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    w = torch.tensor([1e300, 1e-300, 1e-300, 1e-300], dtype=torch.float64, requires_grad=True)
+    loss = hyperloss.uniform_loss(x, 2.0, weights=w, backend=backend)
+    loss.backward()
+    # Pairs (0, j) weigh 1 and (i, j > 0) 1e-600 (nothing in double): the loss is the mean over the first three.
+    d = (x[0] - x[1:]).pow(2).sum(1)
+    expected = torch.logsumexp(-2.0 * d, 0) - math.log(3)
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    assert torch.isfinite(w.grad).all()
+
+
+@pytest.mark.parametrize("shape", [(1,), (1, 1)])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_one_element_t_of_any_shape_gets_its_gradient(shape, weighted):
+    x = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    t = torch.full(shape, 1.5, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(6, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) if weighted else None
+    hyperloss.uniform_loss(x, t, weights=w, backend="chunked").backward()
+    t0 = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+    hyperloss.reference.dense_uniform_loss(x, t0, weights=w).backward()
+    assert t.grad.shape == t.shape
+    torch.testing.assert_close(t.grad.reshape(()), t0.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.skipif("cpu" not in WEIGHT_BACKENDS, reason="the cpu backend is not built")
+def test_negative_weights_under_compile_give_nan_on_the_cpu_kernel():
+    f = torch.compile(lambda x, w: hyperloss.uniform_loss(x, 2.0, weights=w, backend="cpu"), fullgraph=True)
+    assert torch.isnan(f(torch.randn(6, 4), torch.tensor([1.0, -1, 1, 1, 1, 1])))

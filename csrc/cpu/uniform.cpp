@@ -400,8 +400,12 @@ class UniformKernel {
     for (int64_t r = 0; r < x_.rows; ++r) {
       double* out = r < rows_a_ ? grad_a : grad_b;
       if (out == nullptr) continue;
-      const double g = partner_sum_[r] == 0 ? 0.0 : partner_sum_[r] * std::exp(partner_shift_[r] - lse);
-      out[r < rows_a_ ? r : r - rows_a_] = std::ldexp(g, -biases_->exponent);
+      // exp(arg) may overflow where 2^-exponent brings the product back into range (weights 1e300 and 1e-300 side
+      // by side): a power of two m of it goes to the ldexp.
+      const double arg = partner_shift_[r] - lse;
+      const int m = arg > 700 ? static_cast<int>(arg / kLn2) : 0;
+      const double g = partner_sum_[r] == 0 ? 0.0 : partner_sum_[r] * std::exp(arg - m * kLn2);
+      out[r < rows_a_ ? r : r - rows_a_] = std::ldexp(g, m - biases_->exponent);
     }
   }
 

@@ -242,8 +242,9 @@ def uniform_lse_weighted(
     w = row_weights(weights, n, x.device)
     qw = None if qs is None else row_weights(queue_weights, k, x.device)
     scale = power_of_two_scale(w, qw)
-    bias = (w * scale).log()
-    q_bias = None if qw is None else (qw * scale).log()
+    # log w + log scale, not log(w * scale): a weight far below the largest (1e-300 beside 1e300) would underflow.
+    bias = w.log() + scale.log()
+    q_bias = None if qw is None else qw.log() + scale.log()
     norms = xs.pow(2).sum(1, dtype=torch.float64).to(dtype)
     q_norms = None if qs is None else qs.pow(2).sum(1, dtype=torch.float64).to(dtype)
     columns = (n if intra_batch else 0) + k
@@ -274,6 +275,7 @@ def uniform_lse_weighted(
     gw = torch.zeros_like(w) if grad_weights else None
     gqw = torch.zeros_like(qw) if grad_queue_weights and qw is not None else None
     if any(g is not None for g in (gx, gq, gw, gqw)):
+        log_scale = scale.log()
         for start, stop in _row_blocks(n, columns, elements):
             for shift, relative, row_b, col_b, other in scores(start, stop):
                 relative = relative + (shift - lse)
@@ -284,13 +286,14 @@ def uniform_lse_weighted(
                     _add_pair_gradients(
                         share, xs[start:stop], other, None if gx is None else gx[start:stop], other_grad
                     )
+                # d lse/dw of the caller's weights = scale * (that of the scaled ones): log scale inside the exp,
+                # which may overflow alone where the product is in range (weights 1e300 and 1e-300 side by side).
                 if gw is not None:
-                    gw[start:stop] += (relative + col_b).exp().sum(1)
+                    gw[start:stop] += (relative + col_b + log_scale).exp().sum(1)
                 other_w = gqw if cross else (None if gw is None else gw[start:])
                 if other_w is not None:
-                    other_w += (relative + row_b).exp().sum(0)
+                    other_w += (relative + row_b + log_scale).exp().sum(0)
         gx, gq = _finish_gradients(gx, gq, t, exponent, dtype)
-        gw, gqw = (None if g is None else g * scale for g in (gw, gqw))
     inputs = (x,) if queue is None else (x, queue)
     inputs += tuple(v for v in (weights, queue_weights) if v is not None)
     lse, grads = poison_nonfinite(inputs, lse - 2 * scale.log(), (gx, gq, gw, gqw))

@@ -17,6 +17,7 @@ are empty tensors (an op returns tensors). ``CPU`` and ``CUDA`` at the end are t
 from __future__ import annotations
 
 import ctypes
+import math
 from collections.abc import Callable
 
 import torch
@@ -153,7 +154,12 @@ def _uniform_lse_weighted_cpu(
     x, queue, t, intra_batch, weights, queue_weights, grad_x, grad_queue, grad_weights, grad_queue_weights
 ):
     x, queue = _cpu_input(x), None if queue is None else _cpu_input(queue)
-    weights, queue_weights = (None if w is None else w.to(torch.float64).contiguous() for w in (weights, queue_weights))
+    # A negative weight is NaN here, as for the other backends: the frontend rejects it eagerly, and under
+    # torch.compile (where values are not read) invalid weights give NaN, not the C library's argument error.
+    weights, queue_weights = (
+        None if w is None else torch.where(w < 0, math.nan, w.to(torch.float64)).contiguous()
+        for w in (weights, queue_weights)
+    )
     gx, gq = _gradient_outputs(x, queue, grad_x, grad_queue, x.dtype)
     gw, gqw = _weight_gradient_outputs(x, queue, grad_weights, grad_queue_weights)
     lse = ctypes.c_double()
