@@ -141,7 +141,7 @@ def cases(
                     configs = [("lean", c) for c in autotune_configs(d, dtype)]
                     configs.append(("fallback", uniform._fallback_config(d, split)))
                 else:  # D swept in chunks by the running-reference kernel alone
-                    configs = [("rows", c) for c in uniform.rows_configs(False, split)]
+                    configs = [("rows", c) for c in uniform.rows_configs(False, split, segmented)]
                 for kernel, config in configs:
                     kw = config.kwargs
                     blocks = (kw["BLOCK_M"], kw["BLOCK_N"], config.num_warps, config.num_stages)

@@ -520,20 +520,22 @@ def _rows_body(
 
 
 # A split's chunked sweep (D above the register limit): 32-column blocks, the only tiles tried that do not spill
-# (bench/results/kernels-sm90.md).
+# (bench/results/kernels-sm90.md); the first alone where the columns are split into segments (the second spills).
 _SPLIT_CHUNKED_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
     for bm, bn, w, s in [(64, 32, 4, 3), (64, 32, 4, 2)]
 ]
 
 
-def rows_configs(one_chunk: bool, split: bool) -> list[triton.Config]:
+def rows_configs(one_chunk: bool, split: bool, segmented: bool = False) -> list[triton.Config]:
     """The configurations the running-reference kernel is autotuned over (where it runs alone)."""
-    return _SPLIT_CHUNKED_CONFIGS if split and not one_chunk else _CONFIGS
+    if split and not one_chunk:
+        return _SPLIT_CHUNKED_CONFIGS[:1] if segmented else _SPLIT_CHUNKED_CONFIGS
+    return _CONFIGS
 
 
 def _prune_rows(configs, named_args, **kwargs):
-    return rows_configs(kwargs.get("ONE_CHUNK", True), kwargs.get("SPLIT", False))
+    return rows_configs(kwargs.get("ONE_CHUNK", True), kwargs.get("SPLIT", False), kwargs.get("SEGMENT_COLS", 0) > 0)
 
 
 # The autotuning keys: the size class and every compile-time argument but the blocks.
@@ -646,6 +648,7 @@ def _lean_self(
     d_mask,
     two_c,
     D,
+    seg,
     SELF_MODE: tl.constexpr,
     NEED_ACC: tl.constexpr,
     EVEN_D: tl.constexpr,
@@ -653,26 +656,41 @@ def _lean_self(
     SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    SEGMENT_COLS: tl.constexpr,
 ):
     """The lean sweep over the rows' own set (SELF_MODE 1: j > i, 2: j != i): the diagonal blocks unrolled with
-    their mask, every other block without one."""
+    their mask, every other block without one. SEGMENT_COLS: in segment 0 only, by loops of no trip elsewhere (a
+    branch around the sweep, merging acc, spills at D = 256); the diagonal blocks then loop too."""
     DIAG: tl.constexpr = (BLOCK_M + BLOCK_N - 1) // BLOCK_N  # column blocks holding j = i
     n_tiles = tl.cdiv(n_rows, BLOCK_N)
     diag_first = row0 // BLOCK_N
-    for k in tl.static_range(DIAG):  # padded beyond n_rows: such a block adds nothing
-        acc, r_self = _lean_tile(
-            acc, r_self, xi, xi_lo, b_i, offs_m, rows_ptr, rows_lo_ptr, rowb_ptr, (diag_first + k) * BLOCK_N,
-            tile_offs, d_mask, two_c, D, SELF_MODE, NEED_ACC, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N,
-        )  # fmt: skip
+    if SEGMENT_COLS > 0:
+        for k in range(0, tl.where(seg == 0, DIAG, 0)):
+            acc, r_self = _lean_tile(
+                acc, r_self, xi, xi_lo, b_i, offs_m, rows_ptr, rows_lo_ptr, rowb_ptr, (diag_first + k) * BLOCK_N,
+                tile_offs, d_mask, two_c, D, SELF_MODE, NEED_ACC, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N,
+            )  # fmt: skip
+    else:
+        for k in tl.static_range(DIAG):  # padded beyond n_rows: such a block adds nothing
+            acc, r_self = _lean_tile(
+                acc, r_self, xi, xi_lo, b_i, offs_m, rows_ptr, rows_lo_ptr, rowb_ptr, (diag_first + k) * BLOCK_N,
+                tile_offs, d_mask, two_c, D, SELF_MODE, NEED_ACC, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N,
+            )  # fmt: skip
     if SELF_MODE == 1:
-        for t in range(diag_first + DIAG, n_tiles):
+        stop = n_tiles
+        if SEGMENT_COLS > 0:
+            stop = tl.where(seg == 0, stop, 0)
+        for t in range(diag_first + DIAG, stop):
             acc, r_self = _lean_tile(
                 acc, r_self, xi, xi_lo, b_i, offs_m, rows_ptr, rows_lo_ptr, rowb_ptr, t * BLOCK_N, tile_offs,
                 d_mask, two_c, D, 0, NEED_ACC, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N,
             )  # fmt: skip
     else:
         n_diag = tl.minimum(n_tiles - diag_first, DIAG)
-        for k in range(0, n_tiles - n_diag):  # every other block, skipping the diagonal ones
+        n_rest = n_tiles - n_diag
+        if SEGMENT_COLS > 0:
+            n_rest = tl.where(seg == 0, n_rest, 0)
+        for k in range(0, n_rest):  # every other block, skipping the diagonal ones
             t = k + n_diag * (k >= diag_first).to(tl.int32)
             acc, r_self = _lean_tile(
                 acc, r_self, xi, xi_lo, b_i, offs_m, rows_ptr, rows_lo_ptr, rowb_ptr, t * BLOCK_N, tile_offs,
@@ -743,20 +761,11 @@ def _uniform_lean_kernel(
     r_self = tl.zeros([BLOCK_M], tl.float64)
     r_other = tl.zeros([BLOCK_M], tl.float64)
     seg, col_start, col_stop = _segment_columns(n_other, SEGMENT_COLS)
-    if SEGMENT_COLS > 0:  # this segment's slot of the outputs
-        dref_ptr, sums_ptr, acc_ptr, flags_ptr = _segment_slot(dref_ptr, sums_ptr, acc_ptr, flags_ptr, seg, n_rows, D)
     if SELF_MODE != 0:
-        if SEGMENT_COLS > 0:  # the rows' own set: in the first segment only
-            if seg == 0:
-                acc, r_self = _lean_self(
-                    acc, r_self, xi, xi_lo, b_i, offs_m, row0, n_rows, rows_ptr, rows_lo_ptr, rowb_ptr, tile_offs,
-                    d_mask, two_c, D, SELF_MODE, NEED_ACC, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N,
-                )  # fmt: skip
-        else:
-            acc, r_self = _lean_self(
-                acc, r_self, xi, xi_lo, b_i, offs_m, row0, n_rows, rows_ptr, rows_lo_ptr, rowb_ptr, tile_offs, d_mask,
-                two_c, D, SELF_MODE, NEED_ACC, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N,
-            )  # fmt: skip
+        acc, r_self = _lean_self(
+            acc, r_self, xi, xi_lo, b_i, offs_m, row0, n_rows, rows_ptr, rows_lo_ptr, rowb_ptr, tile_offs, d_mask,
+            two_c, D, seg, SELF_MODE, NEED_ACC, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N, SEGMENT_COLS,
+        )  # fmt: skip
     if HAS_OTHER:
         for t in range(col_start // BLOCK_N, tl.cdiv(col_stop, BLOCK_N)):
             acc, r_other = _lean_tile(
@@ -786,6 +795,8 @@ def _uniform_lean_kernel(
         low = r < 7.888609052210118e-31  # 2^-100
     near = (count * top - r) <= count * (top * 0.0625)
     flag = (low | near | ((count * 0 + c64) > 1e30)) & (count > 0)
+    if SEGMENT_COLS > 0:  # this segment's slot of the outputs (offset here: no live pointer during the sweep)
+        dref_ptr, sums_ptr, acc_ptr, flags_ptr = _segment_slot(dref_ptr, sums_ptr, acc_ptr, flags_ptr, seg, n_rows, D)
     tl.store(flags_ptr + offs_m, flag.to(tl.int32), mask=mask_m)
     # Stored relative to the reference 0 (a lower bound of every d, as the finish's clamp needs): sums and acc
     # times 2^-SHIFT, exactly.
@@ -1266,12 +1277,17 @@ def _segments(
     return (segments, cols) if segments > 1 else (1, 0)
 
 
-@functools.cache
 def _sm_count(device: torch.device) -> int:
-    """The device's streaming multiprocessors (132 under the interpreter: an H100/H200)."""
-    if INTERPRET or device.type != "cuda":
+    """The device's streaming multiprocessors: 132 (an H100/H200) under the interpreter, and while torch.compile
+    traces (no device query in a graph)."""
+    if INTERPRET or device.type != "cuda" or torch.compiler.is_compiling():
         return 132
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return _device_sm_count(torch.cuda.current_device() if device.index is None else device.index)
+
+
+@functools.cache
+def _device_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 _TUNED: set[tuple] = set()
