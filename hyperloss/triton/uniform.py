@@ -1075,8 +1075,11 @@ def _grad_kernel(
     SPLIT: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    INTO_V: tl.constexpr = False,
 ):
-    """In place in acc: d lse / d v_i = -2t 2^E 2^(w_i - L2) (R_i v'_i - acc_i) (SPLIT: v' = v + v_lo).
+    """In place in acc: d lse / d v_i = -2t 2^E 2^(w_i - L2) (R_i v'_i - acc_i) (SPLIT: v' = v + v_lo); NaN where
+    an input is not finite (info[1]). INTO_V: in place in v instead, rounded once (from float64) to v's dtype, the
+    inputs' for 16-bit inputs: their gradient then needs no float32 copy after the sweep.
 
     The row factor is applied as a mantissa and exact powers of two, from float64 logs: it may lie far outside the
     compute dtype (t above its range) where the gradient does not (R_i v'_i - acc_i is then 0 or tiny)."""
@@ -1097,7 +1100,11 @@ def _grad_kernel(
     k = tl.floor(log2_coef)
     mantissa = tl.where(present, exp2(log2_coef - k), 0.0)
     k = k.to(tl.int64) + e
-    ty = acc_ptr.dtype.element_ty
+    if INTO_V:  # each element is read before it is written, by the same program
+        out_ptr = v_ptr
+    else:
+        out_ptr = acc_ptr
+    ty = out_ptr.dtype.element_ty
     for c0 in range(0, D, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         mask = mask_r[:, None] & (cols[None, :] < D)
@@ -1108,7 +1115,7 @@ def _grad_kernel(
         acc = tl.load(acc_ptr + offs, mask=mask, other=0.0).to(tl.float64)
         g = mul_pow2((acc - weight[:, None] * v) * mantissa[:, None], k[:, None])
         g = tl.where(finite, g, float("nan"))
-        tl.store(acc_ptr + offs, g.to(ty), mask=mask)
+        tl.store(out_ptr + offs, g.to(ty), mask=mask)
 
 
 _FINISH_ROWS = 64 if INTERPRET else 1024
@@ -1350,13 +1357,14 @@ def _fallback_config(d: int, split: bool = False) -> triton.Config:
     return triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=8, num_stages=2)
 
 
-def _finish_grad(v, v_lo, acc, dref, sums, consts, info, comb) -> torch.Tensor:
+def _finish_grad(v, v_lo, acc, dref, sums, consts, info, comb, into_v: bool = False) -> torch.Tensor:
+    """The gradient to the rows v' (x' or q'), written over acc, or with ``into_v`` over v' itself (v's dtype)."""
     n, d = v.shape
     wrap_triton(_grad_kernel)[(triton.cdiv(n, _GRAD_ROWS),)](
         v, v if v_lo is None else v_lo, acc, dref, sums, n, d, consts, info, comb,
-        SPLIT=v_lo is not None, BLOCK_R=_GRAD_ROWS, BLOCK_C=_GRAD_COLS, num_warps=8,
+        SPLIT=v_lo is not None, BLOCK_R=_GRAD_ROWS, BLOCK_C=_GRAD_COLS, INTO_V=into_v, num_warps=8,
     )  # fmt: skip
-    return acc
+    return v if into_v else acc
 
 
 @triton_op("hyperloss::triton_uniform_lse", mutates_args=())
@@ -1368,6 +1376,7 @@ def triton_uniform_lse(
     grad_x: bool,
     grad_queue: bool,
     precision: str,
+    input_dtype: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The op behind ``uniform_lse``: absent gradients are returned as empty tensors (an op returns tensors)."""
     dtype = compute_dtype(x.dtype)
@@ -1401,20 +1410,22 @@ def triton_uniform_lse(
     wrap_triton(_combine_kernel)[(1,)](
         dref, sums, n, k, consts, prep.info, lse, comb, SELF_MODE=self_mode, BLOCK=_FINISH_ROWS, num_warps=8
     )
-    if grad_x:
-        gx = _finish_grad(prep.x, prep.x_lo, acc, dref, sums, consts, prep.info, comb)
-    else:
-        gx = x.new_empty(0, dtype=dtype)
     if grad_queue:
-        # The queue's gradient: the same sweep with the queue as rows and x as the other set (the N x K pairs).
+        # The queue's gradient: the same sweep with the queue as rows and x as the other set (the N x K pairs),
+        # before either gradient is finished (with input_dtype they overwrite x' and q').
         dref_q, sums_q, acc_q = _sweep(
             prep.queue, prep.queue_lo, prep.queue_norms, prep.x, prep.x_lo, prep.x_norms, consts, prep.info, dtype,
             _SELF_NONE, True, precision,
         )  # fmt: skip
-        gq = _finish_grad(prep.queue, prep.queue_lo, acc_q, dref_q, sums_q, consts, prep.info, comb)
-    else:
-        gq = x.new_empty(0, dtype=dtype)
-    return lse, gx, gq
+    # 16-bit inputs, asked for gradients in their dtype: written over x' and q' (their own copies, in the inputs'
+    # dtype, no longer needed), so that no float32 N x D gradient is left after the sweep (only acc, freed here).
+    into_v = input_dtype and x.dtype != dtype
+    absent = x.dtype if into_v else dtype  # two tensors: an op's outputs may not alias
+    gx = _finish_grad(prep.x, prep.x_lo, acc, dref, sums, consts, prep.info, comb, into_v) if grad_x else None
+    gq = None
+    if grad_queue:
+        gq = _finish_grad(prep.queue, prep.queue_lo, acc_q, dref_q, sums_q, consts, prep.info, comb, into_v)
+    return lse, x.new_empty(0, dtype=absent) if gx is None else gx, x.new_empty(0, dtype=absent) if gq is None else gq
 
 
 def uniform_lse(
@@ -1426,6 +1437,7 @@ def uniform_lse(
     grad_queue: bool,
     *,
     precision: str | None = None,
+    input_dtype: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """See ``hyperloss.backends.Backend.uniform_lse``: same contract (``t`` a 0-dim float64 tensor; a number is accepted
     too), fused Triton kernel.
@@ -1435,10 +1447,14 @@ def uniform_lse(
     (``torch.backends.cuda.matmul.fp32_precision`` or ``torch.get_float32_matmul_precision()``). Other dtypes ignore
     it: float16/bfloat16 use their own tensor-core products with fp32 accumulation, float64 is exact.
     Under TRITON_INTERPRET=1, bfloat16 inputs and tf32/bf16 products raise NotImplementedError (numpy has neither).
+
+    ``input_dtype``: the gradients in x's dtype instead of the compute dtype (float16/bfloat16 inputs: rounded once,
+    written over the kernels' own 16-bit copy of the rows; no float32 N x D gradient). The backend exposes it as
+    ``input_dtype_gradients`` for the autograd glue, which returns that dtype anyway.
     """
     resolved = resolve_precision(x.dtype, precision)
     check_interpretable(x.dtype, resolved)
     lse, gx, gq = torch.ops.hyperloss.triton_uniform_lse(
-        x, queue, as_scalar_tensor(t), intra_batch, grad_x, grad_queue, resolved
+        x, queue, as_scalar_tensor(t), intra_batch, grad_x, grad_queue, resolved, input_dtype
     )
     return lse, (gx if grad_x else None), (gq if grad_queue and queue is not None else None)
