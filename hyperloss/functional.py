@@ -28,6 +28,16 @@ def _log_mean(lse: torch.Tensor, x: torch.Tensor, queue: torch.Tensor | None, in
     return log_mean_from_lse(lse, x.shape[0], k, intra_batch, compute_dtype(x.dtype))
 
 
+def _uniform_lse(name, x, queue, t_scalar, intra_batch, grad_x, grad_queue, precision, input_dtype):
+    """The backend's uniform_lse; with ``input_dtype``, asking for the gradients in the inputs' dtype where the
+    backend can write them so (its ``input_dtype_gradients``): the backward pass returns that dtype anyway
+    (``scale_saved_grad``), and 16-bit inputs then keep no float32 N x D gradient."""
+    backend = backends.get(name)
+    if input_dtype and getattr(backend, "input_dtype_gradients", False):
+        return backend.uniform_lse(x, queue, t_scalar, intra_batch, grad_x, grad_queue, precision, input_dtype=True)
+    return backend.uniform_lse(x, queue, t_scalar, intra_batch, grad_x, grad_queue, precision)
+
+
 class _UniformLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, queue, t, t_scalar, intra_batch, backend, precision):
@@ -36,7 +46,8 @@ class _UniformLoss(torch.autograd.Function):
         grad_t = t is not None and ctx.needs_input_grad[2]
         grad_x = ctx.needs_input_grad[0] or grad_t  # d lse/dt is formed from the rows' gradients
         grad_queue = queue is not None and (ctx.needs_input_grad[1] or grad_t)
-        lse, gx, gq = backends.get(backend).uniform_lse(x, queue, t_scalar, intra_batch, grad_x, grad_queue, precision)
+        # d lse/dt is formed from the row gradients in the compute dtype; without it they may come in x's dtype.
+        lse, gx, gq = _uniform_lse(backend, x, queue, t_scalar, intra_batch, grad_x, grad_queue, precision, not grad_t)
         _save_gradients(ctx, x, queue, t, t_scalar, gx, gq, grad_t)
         return _log_mean(lse, x, queue, intra_batch)
 

@@ -1,7 +1,8 @@
 """The Triton row kernels as an H100/H200 (sm_90) runs them, checked on their machine code without a GPU (issue #12):
 for every configuration the autotuner can pick at D in {64, 128, 256}, for bfloat16, float16 and each float32
 precision: no register spills, shared memory within the sm_90 limit, wgmma for every 16-bit and tf32 dot; and for
-the bfloat16 D = 128 gradient sweep at most 8 SASS instructions per pair in the hot loop.
+the bfloat16 D = 128 gradient sweep at most 8 SASS instructions per pair in the hot loop. The same for the sweeps
+that split a large queue's columns across programs (few rows), and their merge.
 
 The compilations go through ``hyperloss.triton.inspect`` (cached per test session, and on disk by Triton). A target
 not met is an xfail(strict=True) in KNOWN_GAPS with the measured number, so CI stays green, the gap stays visible,
@@ -35,6 +36,10 @@ DS = (64, 128, 256)
 # three float16 dots per product). fp32-high and fp32-medium compile exactly as fp16 and bf16 (Triton's cache).
 DTYPES = tuple(kernels.DTYPES)
 CASES = kernels.cases(("grad",), DTYPES, DS)
+# Few rows against a large queue (issue #12, item 8): the sweeps that split the queue's columns across programs (x's
+# own pairs and the queue's: the most registers), every configuration the autotuner can pick, the fallback, and the
+# merge of their partial results.
+SPLIT_CASES = kernels.cases(("grad+queue",), DTYPES, DS, segmented=True)
 MAX_INSTRUCTIONS_PER_PAIR = 8.0
 
 # (check, kernel, dtype, d, config) -> (Triton versions, the measured number): targets not met yet (none now).
@@ -48,29 +53,30 @@ def _params(check: str, selected):
         marks = []
         if gap is not None and TRITON in gap[0]:
             marks = [pytest.mark.xfail(strict=True, reason=f"Triton {TRITON}: {gap[1]} (issue #12)")]
-        params.append(pytest.param(case, marks=marks, id=f"{case.kernel}-{case.dtype}-d{case.d}-{case.config}"))
+        split = "-split" if case.segmented else ""
+        params.append(pytest.param(case, marks=marks, id=f"{case.kernel}{split}-{case.dtype}-d{case.d}-{case.config}"))
     return params
 
 
 @pytest.fixture(scope="module")
 def reports():
     """Every case compiled once per session (and cached on disk by Triton)."""
-    return {r.case: r for r in kernels.inspect_all(CASES)}
+    return {r.case: r for r in kernels.inspect_all(CASES + SPLIT_CASES)}
 
 
-@pytest.mark.parametrize("case", _params("spill", CASES))
+@pytest.mark.parametrize("case", _params("spill", CASES + SPLIT_CASES))
 def test_no_register_spills(reports, case):
     report = reports[case]
     assert report.spill_bytes == 0, f"{report.spill_bytes} bytes spilled ({report.registers} registers)"
 
 
-@pytest.mark.parametrize("case", _params("shared", CASES))
+@pytest.mark.parametrize("case", _params("shared", CASES + SPLIT_CASES))
 def test_shared_memory_fits_sm90(reports, case):
     report = reports[case]
     assert report.shared_bytes <= kernels.SHARED_LIMIT[90], f"{report.shared_bytes} bytes of shared memory"
 
 
-@pytest.mark.parametrize("case", _params("wgmma", CASES))
+@pytest.mark.parametrize("case", _params("wgmma", CASES + [c for c in SPLIT_CASES if c.kernel != "merge"]))
 def test_tensor_core_dots_use_wgmma(reports, case):
     """Every dot: 16-bit operands, tf32 (a float16 copy), exact float32 (three float16 dots per product)."""
     report = reports[case]

@@ -195,6 +195,51 @@ def test_non_finite_input_gives_nan(bad):
     assert torch.isnan(lse) and torch.isnan(gx).all() and torch.isnan(gq).all()
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy under the interpreter: inf - inf
+@pytest.mark.parametrize("queue_rows", [0, 13])
+def test_gradients_in_the_input_dtype(queue_rows):
+    # 16-bit inputs, input_dtype=True: the finish writes the gradients in x's dtype (over the kernels' own copy of the
+    # rows), rounded once from float64: within one float16 rounding of the float32 ones; NaN where an input is not.
+    x = _feats(37, 24, seed=21, dtype=torch.float16)
+    queue = _feats(queue_rows, 24, seed=22, dtype=torch.float16) if queue_rows else None
+    t = as_scalar_tensor(2.0)
+    lse, gx, gq = hl_triton.uniform_lse(x, queue, t, True, True, True, input_dtype=True)
+    lse32, gx32, gq32 = hl_triton.uniform_lse(x, queue, t, True, True, True)
+    assert torch.equal(lse, lse32) and gx32.dtype == torch.float32
+    for g, g32 in [(gx, gx32)] + ([] if queue is None else [(gq, gq32)]):
+        assert g.dtype == torch.float16 and g.shape == g32.shape and g.is_contiguous()
+        assert torch.allclose(g.float(), g32, rtol=2.0**-10, atol=2.0**-24)
+    x[3, 1] = float("nan")
+    _, gx, gq = hl_triton.uniform_lse(x, queue, t, True, True, True, input_dtype=True)
+    assert gx.dtype == torch.float16 and torch.isnan(gx).all() and (gq is None or torch.isnan(gq).all())
+    # float32 and float64 inputs: the compute dtype is theirs.
+    x32 = _feats(20, 8, seed=23)
+    assert torch.equal(
+        hl_triton.uniform_lse(x32, None, t, True, True, False, input_dtype=True)[1],
+        hl_triton.uniform_lse(x32, None, t, True, True, False)[1],
+    )
+
+
+def test_autograd_asks_for_gradients_in_the_input_dtype(monkeypatch):
+    # The loss's backward returns x's dtype anyway: it asks the kernels for it (no float32 N x D gradient saved for
+    # 16-bit inputs), except where d loss/dt is formed from the row gradients (kept in the compute dtype).
+    calls = []
+
+    def recording(*args, **kwargs):
+        out = uniform_lse(*args, **kwargs)
+        calls.append((kwargs.get("input_dtype", False), out[1].dtype))
+        return out
+
+    uniform_lse = hl_triton.uniform_lse
+    monkeypatch.setattr(hl_triton, "uniform_lse", recording)
+    x = _feats(20, 8, seed=24, dtype=torch.float16).requires_grad_()
+    hyperloss.uniform_loss(x, 2.0, backend="triton").backward()
+    assert calls == [(True, torch.float16)] and x.grad.dtype == torch.float16
+    t = torch.tensor(2.0, requires_grad=True)
+    hyperloss.uniform_loss(x, t, backend="triton").backward()
+    assert calls[1] == (False, torch.float32) and t.grad is not None
+
+
 def test_precision_follows_torch_and_can_be_overridden():
     saved = torch.get_float32_matmul_precision()
     try:
@@ -539,6 +584,24 @@ def test_gpu_precision_follows_torch():
             assert float(got) == pytest.approx(float(want), abs=1e-6), name
     finally:
         torch.set_float32_matmul_precision(saved)
+
+
+@gpu
+@pytest.mark.gpu
+def test_gpu_peak_memory_bfloat16():
+    # Issue #12: forward + backward at N = 65536, D = 128 in bfloat16 within 2 x (input + grad) = 64 MiB of extra
+    # memory (x.grad included): the gradient is written in bfloat16 over the kernels' copy of the rows.
+    x = torch.nn.functional.normalize(torch.randn(65536, 128, device="cuda"), dim=1).bfloat16().requires_grad_()
+    hyperloss.uniform_loss(x, 2.0, backend="triton").backward()  # autotuning (its buffers) outside the count
+    x.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    hyperloss.uniform_loss(x, 2.0, backend="triton").backward()
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    limit = 2 * 2 * x.numel() * x.element_size()
+    assert extra <= limit, f"{extra / 2**20:.1f} MiB extra > {limit / 2**20:.0f} MiB"
 
 
 @gpu

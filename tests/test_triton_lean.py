@@ -7,6 +7,7 @@ chunked path too); ``gpu_thresholds`` switches to the GPU's 256 so that D = 64..
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -145,3 +146,76 @@ def test_autotuning_bucket_is_capped():
     assert _runtime.size_bucket(1 << 20) == _runtime.size_bucket((1 << 17) + 1) == _runtime.MAX_BUCKET == 17
     assert _runtime.size_bucket(1 << 17) == 17 and _runtime.size_bucket((1 << 16) + 1) == 17
     assert _runtime.size_bucket(1 << 16) == 16
+
+
+# Few rows and a large queue: the other set's columns split across programs (``uniform._segments``), partial results
+# merged before the finish. The target of programs is lowered so that these small inputs split as N = 256 rows
+# against a 65536-row queue do on a GPU: 20 rows against 520 queue rows make 5 segments (4 x 128 columns and 8).
+@pytest.fixture
+def segmented(monkeypatch):
+    monkeypatch.setattr(triton_uniform, "_SEGMENT_TARGET", 64)
+
+
+def _segments(x, queue, need_acc=True):
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return triton_uniform._segments(x.shape[0], queue.shape[0], x.shape[1], dtype, need_acc, x.device)[0]
+
+
+def _check_split(x, t, queue, intra_batch=True):
+    assert _segments(x, queue) > 1 and _segments(x, queue, need_acc=False) > 1
+    check_uniform(x, t, queue, intra_batch=intra_batch)
+    with torch.no_grad():  # the loss alone (j > i only in x's own set)
+        alone = hyperloss.uniform_loss(x, t, queue=queue, intra_batch=intra_batch, backend="triton")
+    with_grad = hyperloss.uniform_loss(x.requires_grad_(), t, queue=queue, intra_batch=intra_batch, backend="triton")
+    assert abs(float(alone) - float(with_grad.detach())) <= 1e-5 * (1 + abs(float(alone)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+@pytest.mark.parametrize("intra_batch", [True, False])
+def test_small_row_grid_splits_the_columns(segmented, dtype, intra_batch):
+    x = features(20, 8, seed=11, dtype=dtype).to(DEVICE)
+    queue = features(520, 8, seed=12, dtype=dtype).to(DEVICE)
+    assert _segments(x, queue) == 5
+    _check_split(x, 2.0, queue, intra_batch)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_split_with_rows_the_shift_cannot_resolve(segmented, dtype):
+    # The last segments hold only far queue rows: every term there underflows, so each row is flagged in them alone
+    # and recomputed there with the running reference, whose partial sums (another reference) merge with the lean
+    # ones. Two far rows of x are flagged in every segment.
+    near = features(300, 16, seed=13)
+    far = features(220, 16, seed=14) + torch.linspace(30.0, 60.0, 220, dtype=torch.float64)[:, None]
+    x = torch.cat([features(18, 16, seed=15), far[:2] + 5.0]).to(dtype).to(DEVICE)
+    _check_split(x, 2.0, torch.cat([near, far]).to(dtype).to(DEVICE))
+
+
+@pytest.mark.parametrize("t", [1e-7, 30.0])
+def test_split_any_t(segmented, t):
+    # Tiny t: every term near 1 (flagged: the deficits' series, per segment); large t: most terms underflow.
+    x = features(20, 8, seed=16).to(DEVICE)
+    _check_split(x, t, features(520, 8, seed=17).to(DEVICE))
+
+
+@pytest.mark.parametrize(("d", "dtype"), [(40, torch.float32), (40, torch.float64), (20, torch.float32)])
+def test_split_long_rows(segmented, d, dtype):
+    # The running-reference kernel alone, D swept in chunks (the accumulator in memory, per segment).
+    x = features(20, d, seed=d, dtype=dtype).to(DEVICE)
+    _check_split(x, 2.0, features(520, d, seed=d + 1, dtype=dtype).to(DEVICE))
+
+
+def test_segments_for_a_small_batch_and_a_large_queue(monkeypatch):
+    # N = 256 rows against 65536 (D = 128) on 132 SMs: 2 or 4 row blocks (BLOCK_M 128 or 64) become 128 or 256
+    # programs (64 segments of 1024 columns, 8 MiB of partial accumulators); the queue's own sweep (65536 rows) and
+    # a large batch are not split.
+    monkeypatch.setattr(triton_uniform, "_sm_count", lambda device: 132)
+    monkeypatch.setattr(triton_uniform, "_SEGMENT_ROWS", 128)  # the GPU's values (the interpreter's are smaller)
+    monkeypatch.setattr(triton_uniform, "_SEGMENT_MIN_COLS", 1024)
+    segments = functools.partial(triton_uniform._segments, dtype=torch.float32, need_acc=True, device="cuda")
+    assert segments(256, 65536, 128) == (64, 1024)
+    assert segments(256, 65536 + 1, 128) == (65, 1024)  # the last segment holds one column
+    assert segments(65536, 256, 128) == segments(65536, 65536, 128) == segments(256, 0, 128) == (1, 0)
+    assert segments(4096, 65536, 128) == (16, 4096)  # 32 row blocks: 9 segments would do, columns a power of two
+    # Partial accumulators stay within _SEGMENT_BYTES: long rows get fewer segments.
+    s, cols = segments(256, 65536, 4096)
+    assert 1 < s == 65536 // cols and s * 256 * 4096 * 4 <= triton_uniform._SEGMENT_BYTES

@@ -24,6 +24,9 @@ class TritonBackend:
     name = "triton"
     description = "fused Triton GPU kernels (CPU only under TRITON_INTERPRET=1)"
     devices = ("cuda", "cpu")
+    # uniform_lse(..., input_dtype=True) returns the gradients in the inputs' dtype (written there by the kernels'
+    # finish), beyond the contract's compute dtype: what the autograd glue asks for where it only scales them.
+    input_dtype_gradients = True
 
     def __init__(self) -> None:
         self._kernels: ModuleType | None = None
@@ -44,8 +47,10 @@ class TritonBackend:
     def auto_rank(self, device_type: str) -> int | None:
         return 0 if device_type == "cuda" else None  # the interpreter is for tests: only by name on the CPU
 
-    def uniform_lse(self, x, queue, t, intra_batch, grad_x, grad_queue, precision=None):
-        return self._kernels.uniform_lse(x, queue, t, intra_batch, grad_x, grad_queue, precision=precision)
+    def uniform_lse(self, x, queue, t, intra_batch, grad_x, grad_queue, precision=None, input_dtype=False):
+        return self._kernels.uniform_lse(
+            x, queue, t, intra_batch, grad_x, grad_queue, precision=precision, input_dtype=input_dtype
+        )
 
     def align(self, x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, grad_x: bool, grad_y: bool = False):
         return split_align_gradient(*self._kernels.align(x, y, alpha, grad_x or grad_y), grad_x, grad_y)

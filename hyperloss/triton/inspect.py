@@ -51,6 +51,9 @@ DTYPES = {
     "fp32-highest": ("fp16", "fp32", "ieee"),  # exact products: a float16 split, three dots per product
 }
 
+# The segment length a split sweep is compiled with (uniform._segments at N = 256, K = 65536 on a GPU).
+SEGMENT_COLS = 1024
+
 # Row-kernel variants: (SELF_MODE, HAS_OTHER, NEED_ACC). "grad" is the training step's sweep (loss and gradient of
 # x, every j != i); "loss" the forward alone (j > i); "queue" the pairs with a queue only (the queue's gradient).
 VARIANTS = {
@@ -65,7 +68,10 @@ VARIANTS = {
 class Case:
     """One compilation: a row kernel ("lean": the fixed-shift sweep, autotuned; "fallback": the running-reference
     sweep that recomputes the rows the lean one flags, one configuration; "rows": the running-reference sweep alone,
-    autotuned, where the rows do not stay in registers) in one variant, dtype, row width and block configuration."""
+    autotuned, where the rows do not stay in registers; "merge": the merge of a segmented sweep's partial results,
+    block_m x block_n its rows x columns) in one variant, dtype, row width and block configuration. ``segmented``:
+    the other set's columns split across programs (few rows against a large queue, ``uniform._segments``), compiled
+    with segments of SEGMENT_COLS columns (the length at N = 256 against K = 65536)."""
 
     kernel: str
     variant: str
@@ -76,6 +82,7 @@ class Case:
     num_warps: int
     num_stages: int
     arch: int = 90
+    segmented: bool = False
 
     @property
     def config(self) -> str:
@@ -121,8 +128,10 @@ def cases(
     dtypes: Iterable[str] = tuple(DTYPES),
     ds: Iterable[int] = (64, 128, 256),
     arch: int = 90,
+    segmented: bool = False,
 ) -> list[Case]:
-    """Every (variant, dtype, d, config) the autotuner can pick among, and the fallback's one configuration."""
+    """Every (variant, dtype, d, config) the autotuner can pick among, and the fallback's one configuration;
+    ``segmented``: the sweeps of a split queue (variants with a queue), and the merge of their partial results."""
     out = []
     for variant in variants:
         for dtype in dtypes:
@@ -132,11 +141,14 @@ def cases(
                     configs = [("lean", c) for c in autotune_configs(d, dtype)]
                     configs.append(("fallback", uniform._fallback_config(d, split)))
                 else:  # D swept in chunks by the running-reference kernel alone
-                    configs = [("rows", c) for c in uniform.rows_configs(False, split)]
+                    configs = [("rows", c) for c in uniform.rows_configs(False, split, segmented)]
                 for kernel, config in configs:
                     kw = config.kwargs
                     blocks = (kw["BLOCK_M"], kw["BLOCK_N"], config.num_warps, config.num_stages)
-                    out.append(Case(kernel, variant, dtype, d, *blocks, arch))
+                    out.append(Case(kernel, variant, dtype, d, *blocks, arch, segmented))
+                if segmented:
+                    blocks = (uniform._MERGE_ROWS, uniform._MERGE_COLS, uniform.MERGE_WARPS, 1)
+                    out.append(Case("merge", variant, dtype, d, *blocks, arch, segmented))
     return out
 
 
@@ -151,14 +163,21 @@ def _signature(case: Case):
     if case.kernel == "lean":
         kernel = uniform._uniform_lean_kernel
         operand_dtype = getattr(torch, _TORCH_DTYPES[operand])
-        constants = uniform.lean_launch_constants(case.d, self_mode, has_other, need_acc, precision, operand_dtype)
+        constants = uniform.lean_launch_constants(
+            case.d, self_mode, has_other, need_acc, precision, operand_dtype, SEGMENT_COLS if case.segmented else 0
+        )
+    elif case.kernel == "merge":
+        kernel = uniform._merge_segments_kernel
+        constants = {"NEED_ACC": need_acc, "BLOCK_R": case.block_m, "BLOCK_C": case.block_n}
     else:
         kernel = uniform._uniform_rows_kernel
-        constants = uniform.launch_constants(case.d, self_mode, has_other, need_acc, precision)
+        segment_cols = SEGMENT_COLS if case.segmented else 0
+        constants = uniform.launch_constants(case.d, self_mode, has_other, need_acc, precision, segment_cols)
         constants["CHECK_FLAGS"] = case.kernel == "fallback"
-    constants.update(BLOCK_M=case.block_m, BLOCK_N=case.block_n)
+    if case.kernel != "merge":
+        constants.update(BLOCK_M=case.block_m, BLOCK_N=case.block_n)
     pointer_types = uniform.POINTER_TYPES
-    unspecialized = {"size_bucket"}  # do_not_specialize
+    unspecialized = {"size_bucket", "n_segments"}  # do_not_specialize; a segment count need not divide by 16
     signature, attrs = {}, {}
     for index, name in enumerate(kernel.arg_names):
         if name in constants:
@@ -277,8 +296,9 @@ def markdown(reports: Sequence[Report], title: str) -> str:
         c = r.case
         smem = f"{r.shared_bytes / 1024:.1f}" + ("" if r.fits else " (over)")
         wgmma = ("yes" if r.wgmma else "no") if c.arch >= 90 else "n/a"
+        variant = f"{c.variant} (split)" if c.segmented else c.variant
         lines.append(
-            f"| {c.kernel} | {c.variant} | {c.dtype} | {c.d} | {c.config} | {r.registers} | {r.spill_bytes} "
+            f"| {c.kernel} | {variant} | {c.dtype} | {c.d} | {c.config} | {r.registers} | {r.spill_bytes} "
             f"| {r.stack_bytes} | {smem} | {wgmma} | {r.loop_instructions} | {r.per_pair:.1f} |"
         )
     return "\n".join(lines) + "\n"
@@ -290,12 +310,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--variant", nargs="+", default=["grad", "loss"], choices=list(VARIANTS))
     parser.add_argument("--dtype", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--d", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument(
+        "--segmented", action="store_true", help="the split-queue sweeps (few rows, large queue) and their merge"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="compilations at a time (processes)")
     parser.add_argument("--out", help="write the table as Markdown to this file")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter has no ahead-of-time compilation")
-    selected = [c for arch in args.arch for c in cases(args.variant, args.dtype, args.d, arch)]
+    selected = [c for arch in args.arch for c in cases(args.variant, args.dtype, args.d, arch, args.segmented)]
     reports = inspect_all(selected, args.jobs)
     text = "\n\n".join(
         markdown([r for r in reports if r.case.arch == arch], f"The Triton row kernel compiled for sm_{arch}")

@@ -50,6 +50,7 @@ pair then weighs ~0 instead of 1. The loss is still finite and within that score
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -82,6 +83,23 @@ _P_SPLIT_SCALE = tl.constexpr(16384.0)
 # A column block whose row sums miss at most this much of their count (every term p > 1 - 1/32) takes its deficit
 # sum (p - 1) from an expm1 series.
 _NEAR_ONE = tl.constexpr(1.0 / 32)
+
+# Few rows and a large other set (N = 256 rows against a 65536-row queue: 2-4 row blocks on a GPU of 132 SMs):
+# the other set's columns are split into S segments of SEGMENT_COLS columns (a compile-time power of two times
+# _SEGMENT_ALIGN, a multiple of every BLOCK_N: the lean sweep and its fallback split the columns alike, and the
+# running-reference sweep's loop has a fixed trip count, which a run-time bound would cost in spilled registers),
+# one program per (row block, segment), each writing the partial dref, sums and acc of its columns to its own slot;
+# _merge_segments_kernel adds them up (relative to the smallest dref) before the finish.
+_SEGMENT_ALIGN = 128
+# S is chosen to give the sweep _SEGMENT_PROGRAMS_PER_SM programs per SM (the device's SM count, 132 under the
+# interpreter; tests set _SEGMENT_TARGET, the programs wanted, to reach the split with small inputs), counted at
+# the largest BLOCK_M, with at least _SEGMENT_MIN_COLS columns per segment and at most _SEGMENT_BYTES of partial
+# accumulators.
+_SEGMENT_PROGRAMS_PER_SM = 2
+_SEGMENT_TARGET: int | None = None
+_SEGMENT_ROWS = 16 if INTERPRET else 128
+_SEGMENT_MIN_COLS = 128 if INTERPRET else 1024
+_SEGMENT_BYTES = 1 << 25
 
 # float32 operand precision per torch name (and our own names for precision=).
 # The first config is also the one used untuned (HYPERLOSS_TRITON_AUTOTUNE=0): moderate registers for any D.
@@ -146,6 +164,30 @@ def _pair_counts(offs_m, j0, n_cols, PAIR_MASK: tl.constexpr, BLOCK_N: tl.conste
     else:
         count = tl.zeros_like(offs_m) + (stop - j0)
     return tl.maximum(count, 0)
+
+
+@triton.jit
+def _segment_columns(n_other, SEGMENT_COLS: tl.constexpr):
+    """(segment, start, stop): the columns [start, stop) of the other set this program sweeps: with SEGMENT_COLS,
+    segment s = program_id(1), columns [s SEGMENT_COLS, (s + 1) SEGMENT_COLS) (the last one short), else all of
+    them, (0, 0, n_other)."""
+    if SEGMENT_COLS > 0:
+        seg = tl.program_id(1)
+        start = seg * SEGMENT_COLS
+        stop = tl.maximum(tl.minimum(start + SEGMENT_COLS, n_other), start)
+    else:
+        seg = 0
+        start = 0
+        stop = n_other
+    return seg, start, stop
+
+
+@triton.jit
+def _segment_slot(dref_ptr, sums_ptr, acc_ptr, flags_ptr, seg, n_rows, D):
+    """The outputs of segment ``seg``: dref (S x n_rows), sums (S x 4 x n_rows), acc (S x n_rows x D), flags (S x
+    n_rows)."""
+    slot = seg.to(tl.int64) * n_rows
+    return dref_ptr + slot, sums_ptr + 4 * slot, acc_ptr + slot * D, flags_ptr + slot
 
 
 @triton.jit
@@ -328,6 +370,7 @@ def _uniform_rows_kernel(
     BLOCK_D: tl.constexpr,
     FOLD_D: tl.constexpr,
     CHECK_FLAGS: tl.constexpr = False,
+    SEGMENT_COLS: tl.constexpr = 0,
 ):
     """Per row i of this program's block: dref_i = min_j d_ij; in sums (float64, 4 x n_rows) r and u of the rows'
     own set, then of the other set; and (NEED_ACC) acc_i = sum_j p_ij col_j over both sets.
@@ -336,10 +379,14 @@ def _uniform_rows_kernel(
     see ``_gram``); a_*: their squared norms (float64); consts: float64 [t, t log2 e,
     ...]; info: float64 [E, ...] (see ``_prepare``); dref_ptr and acc_ptr have the compute dtype. CHECK_FLAGS: only
     the row blocks with a nonzero flag (int32 per row) are computed, the others keep what the lean sweep wrote.
+    SEGMENT_COLS: as in _uniform_lean_kernel, program (i, s) sweeps column segment s into slot s of the outputs
+    (and reads slot s of the flags).
     """
     pid = tl.program_id(0)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < n_rows
+    if SEGMENT_COLS > 0:
+        flags_ptr += tl.program_id(1).to(tl.int64) * n_rows
     if CHECK_FLAGS:
         # After the lean sweep: only the blocks holding a row it could not resolve (see _uniform_lean_kernel).
         if tl.max(tl.load(flags_ptr + offs_m, mask=mask_m, other=0), axis=0) != 0:
@@ -347,12 +394,14 @@ def _uniform_rows_kernel(
                 rows_ptr, rows_lo_ptr, a_rows_ptr, n_rows, other_ptr, other_lo_ptr, a_other_ptr, n_other, consts_ptr,
                 info_ptr, dref_ptr, sums_ptr, acc_ptr, D, pid, offs_m, mask_m,
                 SELF_MODE, HAS_OTHER, NEED_ACC, ONE_CHUNK, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N, BLOCK_D, FOLD_D,
+                SEGMENT_COLS,
             )  # fmt: skip
     else:
         _rows_body(
             rows_ptr, rows_lo_ptr, a_rows_ptr, n_rows, other_ptr, other_lo_ptr, a_other_ptr, n_other, consts_ptr,
             info_ptr, dref_ptr, sums_ptr, acc_ptr, D, pid, offs_m, mask_m,
             SELF_MODE, HAS_OTHER, NEED_ACC, ONE_CHUNK, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N, BLOCK_D, FOLD_D,
+            SEGMENT_COLS,
         )  # fmt: skip
 
 
@@ -385,8 +434,11 @@ def _rows_body(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     FOLD_D: tl.constexpr,
+    SEGMENT_COLS: tl.constexpr,
 ):
     ty = dref_ptr.dtype.element_ty
+    if SEGMENT_COLS > 0 and not ONE_CHUNK:  # acc lives in memory during the sweep (else: offset where it is stored)
+        acc_ptr += tl.program_id(1).to(tl.int64) * n_rows * D
     offs_m64 = offs_m.to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
     c, c64, tn = _scaled_t(consts_ptr, info_ptr, ty)
@@ -418,6 +470,9 @@ def _rows_body(
             start = (pid * BLOCK_M) // BLOCK_N * BLOCK_N  # first block holding a j > i
         else:
             start = 0
+        if SEGMENT_COLS > 0:  # the rows' own set: in the first segment only
+            if tl.program_id(1) != 0:
+                start = n_rows
         for j0 in range(start, n_rows, BLOCK_N):
             dref, r_self, u_self, r_other, u_other, acc = _tile_step(
                 dref, r_self, u_self, r_other, u_other, acc, xi, xi_lo, a_i, a_i64, rows_ptr, rows_lo_ptr,
@@ -425,13 +480,26 @@ def _rows_body(
                 SELF_MODE, NEED_ACC, ONE_CHUNK, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N, BLOCK_D, FOLD_D,
             )  # fmt: skip
     if HAS_OTHER:
-        for j0 in range(0, n_other, BLOCK_N):
+        if SEGMENT_COLS > 0:
+            # A fixed trip count (the columns past n_other are masked: they add nothing).
+            col_start = tl.program_id(1) * SEGMENT_COLS
+            col_stop = col_start + SEGMENT_COLS
+        else:
+            col_start = 0
+            col_stop = n_other
+        for j0 in range(col_start, col_stop, BLOCK_N):
             dref, r_other, u_other, r_self, u_self, acc = _tile_step(
                 dref, r_other, u_other, r_self, u_self, acc, xi, xi_lo, a_i, a_i64, rows_ptr, rows_lo_ptr,
                 offs_m, mask_m, other_ptr, other_lo_ptr, a_other_ptr, j0, n_other, acc_ptr, c, c64, tn, D,
                 0, NEED_ACC, ONE_CHUNK, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N, BLOCK_D, FOLD_D,
             )  # fmt: skip
 
+    if SEGMENT_COLS > 0:  # this segment's slot of the outputs, offset here: no live pointer during the sweep
+        slot = tl.program_id(1).to(tl.int64) * n_rows
+        dref_ptr += slot
+        sums_ptr += 4 * slot
+        if ONE_CHUNK:
+            acc_ptr += slot * D
     tl.store(dref_ptr + offs_m, dref, mask=mask_m)
     tl.store(sums_ptr + offs_m, r_self, mask=mask_m)
     tl.store(sums_ptr + n_rows + offs_m, u_self, mask=mask_m)
@@ -452,26 +520,30 @@ def _rows_body(
 
 
 # A split's chunked sweep (D above the register limit): 32-column blocks, the only tiles tried that do not spill
-# (bench/results/kernels-sm90.md).
+# (bench/results/kernels-sm90.md); the first alone where the columns are split into segments (the second spills).
 _SPLIT_CHUNKED_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
     for bm, bn, w, s in [(64, 32, 4, 3), (64, 32, 4, 2)]
 ]
 
 
-def rows_configs(one_chunk: bool, split: bool) -> list[triton.Config]:
+def rows_configs(one_chunk: bool, split: bool, segmented: bool = False) -> list[triton.Config]:
     """The configurations the running-reference kernel is autotuned over (where it runs alone)."""
-    return _SPLIT_CHUNKED_CONFIGS if split and not one_chunk else _CONFIGS
+    if split and not one_chunk:
+        return _SPLIT_CHUNKED_CONFIGS[:1] if segmented else _SPLIT_CHUNKED_CONFIGS
+    return _CONFIGS
 
 
 def _prune_rows(configs, named_args, **kwargs):
-    return rows_configs(kwargs.get("ONE_CHUNK", True), kwargs.get("SPLIT", False))
+    return rows_configs(kwargs.get("ONE_CHUNK", True), kwargs.get("SPLIT", False), kwargs.get("SEGMENT_COLS", 0) > 0)
 
 
+# The autotuning keys: the size class and every compile-time argument but the blocks.
+_ROWS_KEY = ["size_bucket", "SELF_MODE", "HAS_OTHER", "NEED_ACC", "ONE_CHUNK", "INPUT_PRECISION", "SPLIT", "BLOCK_D"]
 _rows_kernel = maybe_autotune(
     _uniform_rows_kernel,
     _CONFIGS + _SPLIT_CHUNKED_CONFIGS,
-    key=["size_bucket", "SELF_MODE", "HAS_OTHER", "NEED_ACC", "ONE_CHUNK", "INPUT_PRECISION", "SPLIT", "BLOCK_D"],
+    key=[*_ROWS_KEY, "SEGMENT_COLS"],
     interpret_config=triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}),
     prune=_prune_rows,
 )
@@ -559,6 +631,74 @@ def _lean_tile(
     return acc, r
 
 
+@triton.jit
+def _lean_self(
+    acc,
+    r_self,
+    xi,
+    xi_lo,
+    b_i,
+    offs_m,
+    row0,
+    n_rows,
+    rows_ptr,
+    rows_lo_ptr,
+    rowb_ptr,
+    tile_offs,
+    d_mask,
+    two_c,
+    D,
+    seg,
+    SELF_MODE: tl.constexpr,
+    NEED_ACC: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SEGMENT_COLS: tl.constexpr,
+):
+    """The lean sweep over the rows' own set (SELF_MODE 1: j > i, 2: j != i): the diagonal blocks unrolled with
+    their mask, every other block without one. SEGMENT_COLS: in segment 0 only, by loops of no trip elsewhere (a
+    branch around the sweep, merging acc, spills at D = 256); the diagonal blocks then loop too."""
+    DIAG: tl.constexpr = (BLOCK_M + BLOCK_N - 1) // BLOCK_N  # column blocks holding j = i
+    n_tiles = tl.cdiv(n_rows, BLOCK_N)
+    diag_first = row0 // BLOCK_N
+    if SEGMENT_COLS > 0:
+        for k in range(0, tl.where(seg == 0, DIAG, 0)):
+            acc, r_self = _lean_tile(
+                acc, r_self, xi, xi_lo, b_i, offs_m, rows_ptr, rows_lo_ptr, rowb_ptr, (diag_first + k) * BLOCK_N,
+                tile_offs, d_mask, two_c, D, SELF_MODE, NEED_ACC, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N,
+            )  # fmt: skip
+    else:
+        for k in tl.static_range(DIAG):  # padded beyond n_rows: such a block adds nothing
+            acc, r_self = _lean_tile(
+                acc, r_self, xi, xi_lo, b_i, offs_m, rows_ptr, rows_lo_ptr, rowb_ptr, (diag_first + k) * BLOCK_N,
+                tile_offs, d_mask, two_c, D, SELF_MODE, NEED_ACC, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N,
+            )  # fmt: skip
+    if SELF_MODE == 1:
+        stop = n_tiles
+        if SEGMENT_COLS > 0:
+            stop = tl.where(seg == 0, stop, 0)
+        for t in range(diag_first + DIAG, stop):
+            acc, r_self = _lean_tile(
+                acc, r_self, xi, xi_lo, b_i, offs_m, rows_ptr, rows_lo_ptr, rowb_ptr, t * BLOCK_N, tile_offs,
+                d_mask, two_c, D, 0, NEED_ACC, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N,
+            )  # fmt: skip
+    else:
+        n_diag = tl.minimum(n_tiles - diag_first, DIAG)
+        n_rest = n_tiles - n_diag
+        if SEGMENT_COLS > 0:
+            n_rest = tl.where(seg == 0, n_rest, 0)
+        for k in range(0, n_rest):  # every other block, skipping the diagonal ones
+            t = k + n_diag * (k >= diag_first).to(tl.int32)
+            acc, r_self = _lean_tile(
+                acc, r_self, xi, xi_lo, b_i, offs_m, rows_ptr, rows_lo_ptr, rowb_ptr, t * BLOCK_N, tile_offs,
+                d_mask, two_c, D, 0, NEED_ACC, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N,
+            )  # fmt: skip
+    return acc, r_self
+
+
 @triton.jit(do_not_specialize=["size_bucket"])
 def _uniform_lean_kernel(
     rows_ptr,
@@ -587,10 +727,14 @@ def _uniform_lean_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    SEGMENT_COLS: tl.constexpr = 0,
 ):
     """What _uniform_rows_kernel computes (dref = R, sums, acc), with the fixed shift; flags_ptr (int32 per row)
     gets 1 where the row must be recomputed. rows/other: x' padded to _ROW_PAD rows (zeros; SPLIT: float16
-    high parts, rows_lo/other_lo the low parts); rowb/otherb: float32 -||x'||^2 / 2, -inf on the padding."""
+    high parts, rows_lo/other_lo the low parts); rowb/otherb: float32 -||x'||^2 / 2, -inf on the padding.
+    SEGMENT_COLS > 0: program (i, s) of a grid (row blocks, S) sweeps segment s of the other set's columns (and, for
+    s = 0, the rows' own set) and writes slot s of dref (S x n_rows), sums (S x 4 x n_rows), acc (S x n_rows x D)
+    and flags (S x n_rows); see _segment_columns."""
     pid = tl.program_id(0)
     row0 = pid * BLOCK_M
     offs_m = row0 + tl.arange(0, BLOCK_M)
@@ -616,31 +760,14 @@ def _uniform_lean_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     r_self = tl.zeros([BLOCK_M], tl.float64)
     r_other = tl.zeros([BLOCK_M], tl.float64)
-    DIAG: tl.constexpr = (BLOCK_M + BLOCK_N - 1) // BLOCK_N  # column blocks holding j = i
+    seg, col_start, col_stop = _segment_columns(n_other, SEGMENT_COLS)
     if SELF_MODE != 0:
-        n_tiles = tl.cdiv(n_rows, BLOCK_N)
-        diag_first = row0 // BLOCK_N
-        for k in tl.static_range(DIAG):  # padded beyond n_rows: such a block adds nothing
-            acc, r_self = _lean_tile(
-                acc, r_self, xi, xi_lo, b_i, offs_m, rows_ptr, rows_lo_ptr, rowb_ptr, (diag_first + k) * BLOCK_N,
-                tile_offs, d_mask, two_c, D, SELF_MODE, NEED_ACC, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N,
-            )  # fmt: skip
-        if SELF_MODE == 1:
-            for t in range(diag_first + DIAG, n_tiles):
-                acc, r_self = _lean_tile(
-                    acc, r_self, xi, xi_lo, b_i, offs_m, rows_ptr, rows_lo_ptr, rowb_ptr, t * BLOCK_N, tile_offs,
-                    d_mask, two_c, D, 0, NEED_ACC, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N,
-                )  # fmt: skip
-        else:
-            n_diag = tl.minimum(n_tiles - diag_first, DIAG)
-            for k in range(0, n_tiles - n_diag):  # every other block, skipping the diagonal ones
-                t = k + n_diag * (k >= diag_first).to(tl.int32)
-                acc, r_self = _lean_tile(
-                    acc, r_self, xi, xi_lo, b_i, offs_m, rows_ptr, rows_lo_ptr, rowb_ptr, t * BLOCK_N, tile_offs,
-                    d_mask, two_c, D, 0, NEED_ACC, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N,
-                )  # fmt: skip
+        acc, r_self = _lean_self(
+            acc, r_self, xi, xi_lo, b_i, offs_m, row0, n_rows, rows_ptr, rows_lo_ptr, rowb_ptr, tile_offs, d_mask,
+            two_c, D, seg, SELF_MODE, NEED_ACC, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N, SEGMENT_COLS,
+        )  # fmt: skip
     if HAS_OTHER:
-        for t in range(0, tl.cdiv(n_other, BLOCK_N)):
+        for t in range(col_start // BLOCK_N, tl.cdiv(col_stop, BLOCK_N)):
             acc, r_other = _lean_tile(
                 acc, r_other, xi, xi_lo, b_i, offs_m, other_ptr, other_lo_ptr, otherb_ptr, t * BLOCK_N, tile_offs,
                 d_mask, two_c, D, 0, NEED_ACC, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N,
@@ -653,8 +780,10 @@ def _uniform_lean_kernel(
         count_self = tl.zeros([BLOCK_M], tl.float64) + (n_rows - 1)
     else:
         count_self = tl.zeros([BLOCK_M], tl.float64)
+    if SEGMENT_COLS > 0:
+        count_self = tl.where(seg == 0, count_self, 0.0)
     if HAS_OTHER:
-        count_other = tl.zeros([BLOCK_M], tl.float64) + n_other
+        count_other = tl.zeros([BLOCK_M], tl.float64) + (col_stop - col_start)
     else:
         count_other = tl.zeros([BLOCK_M], tl.float64)
     count = count_self + count_other
@@ -666,6 +795,8 @@ def _uniform_lean_kernel(
         low = r < 7.888609052210118e-31  # 2^-100
     near = (count * top - r) <= count * (top * 0.0625)
     flag = (low | near | ((count * 0 + c64) > 1e30)) & (count > 0)
+    if SEGMENT_COLS > 0:  # this segment's slot of the outputs (offset here: no live pointer during the sweep)
+        dref_ptr, sums_ptr, acc_ptr, flags_ptr = _segment_slot(dref_ptr, sums_ptr, acc_ptr, flags_ptr, seg, n_rows, D)
     tl.store(flags_ptr + offs_m, flag.to(tl.int32), mask=mask_m)
     # Stored relative to the reference 0 (a lower bound of every d, as the finish's clamp needs): sums and acc
     # times 2^-SHIFT, exactly.
@@ -741,10 +872,11 @@ def _prune_lean(configs, named_args, **kwargs):
     return prune_configs(configs, named_args["D"], named_args["rows_ptr"].element_size(), kwargs.get("SPLIT", False))
 
 
+_LEAN_KEY = ["size_bucket", "SELF_MODE", "HAS_OTHER", "NEED_ACC", "EVEN_D", "INPUT_PRECISION", "SPLIT", "SHIFT"]
 _lean_kernel = maybe_autotune(
     _uniform_lean_kernel,
     _LEAN_CONFIGS,
-    key=["size_bucket", "SELF_MODE", "HAS_OTHER", "NEED_ACC", "EVEN_D", "INPUT_PRECISION", "SPLIT", "SHIFT", "BLOCK_D"],
+    key=[*_LEAN_KEY, "BLOCK_D", "SEGMENT_COLS"],
     interpret_config=triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}),
     prune=_prune_lean,
 )
@@ -805,6 +937,78 @@ def _log2_weight(dref, dmin, tc, e2):
     """-t' (dref_i - dmin) log2 e in float64 (t' d is formed by exact powers of two: never a spurious overflow);
     -inf for rows without pairs (dref = inf)."""
     return -mul_pow2(tc * (dref.to(tl.float64) - dmin), e2)
+
+
+@triton.jit
+def _segment_weight(dref_ptr, slot, rows, mask, dmin, tc, e2):
+    """a_s = 2^(-t' (dref_s - dmin) log2 e) <= 1 (float64) of one segment's slot; 0 where it has no pair (dref_s
+    infinite; dmin is finite wherever dref_s is)."""
+    dref = tl.load(dref_ptr + slot + rows, mask=mask, other=float("inf"))
+    none = dref == float("inf")
+    w = _log2_weight(tl.where(none, 0.0, dref), tl.where(none, 0.0, dmin), tc, e2)
+    return tl.where(none, 0.0, exp2(w))
+
+
+@triton.jit
+def _merge_segments_kernel(
+    dref_ptr,
+    sums_ptr,
+    acc_ptr,
+    dref_out_ptr,
+    sums_out_ptr,
+    n_rows,
+    n_segments,
+    D,
+    consts_ptr,
+    info_ptr,
+    NEED_ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """The segments' partial results (slot s of dref, sums, acc: see _segment_slot) merged in float64, relative to
+    the smallest reference d_i = min_s dref_s, each slot rescaled as a closer pair rescales the sums in the sweep:
+    with a_s = 2^(-t' (dref_s - d_i) log2 e),
+        r = sum_s a_s r_s,   u = sum_s (u_s + (a_s - 1) r_s),   acc = sum_s a_s acc_s.
+    Program (i, c): rows block i, and column block c of acc (in place, into slot 0); d_i and the sums (into
+    dref_out, sums_out) by the programs with c = 0."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    mask = rows < n_rows
+    tc = tl.load(consts_ptr + 1)
+    e2 = 2 * tl.load(info_ptr).to(tl.int64)
+    dmin = tl.full([BLOCK_R], float("inf"), tl.float64)
+    for s in range(0, n_segments):
+        slot = tl.cast(s, tl.int64) * n_rows
+        dmin = tl.minimum(dmin, tl.load(dref_ptr + slot + rows, mask=mask, other=float("inf")).to(tl.float64))
+    if tl.program_id(1) == 0:
+        r_self = tl.zeros([BLOCK_R], tl.float64)
+        u_self = tl.zeros([BLOCK_R], tl.float64)
+        r_other = tl.zeros([BLOCK_R], tl.float64)
+        u_other = tl.zeros([BLOCK_R], tl.float64)
+        for s in range(0, n_segments):
+            slot = tl.cast(s, tl.int64) * n_rows
+            a = _segment_weight(dref_ptr, slot, rows, mask, dmin, tc, e2)
+            sums = sums_ptr + 4 * slot + rows
+            r = tl.load(sums, mask=mask, other=0.0)
+            u_self += tl.load(sums + n_rows, mask=mask, other=0.0) + (a - 1.0) * r
+            r_self += a * r
+            r = tl.load(sums + 2 * n_rows, mask=mask, other=0.0)
+            u_other += tl.load(sums + 3 * n_rows, mask=mask, other=0.0) + (a - 1.0) * r
+            r_other += a * r
+        tl.store(dref_out_ptr + rows, dmin.to(dref_out_ptr.dtype.element_ty), mask=mask)
+        tl.store(sums_out_ptr + rows, r_self, mask=mask)
+        tl.store(sums_out_ptr + n_rows + rows, u_self, mask=mask)
+        tl.store(sums_out_ptr + 2 * n_rows + rows, r_other, mask=mask)
+        tl.store(sums_out_ptr + 3 * n_rows + rows, u_other, mask=mask)
+    if NEED_ACC:
+        cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        amask = mask[:, None] & (cols[None, :] < D)
+        offs = rows.to(tl.int64)[:, None] * D + cols[None, :]
+        total = tl.zeros([BLOCK_R, BLOCK_C], tl.float64)
+        for s in range(0, n_segments):
+            slot = tl.cast(s, tl.int64) * n_rows
+            a = _segment_weight(dref_ptr, slot, rows, mask, dmin, tc, e2)
+            total += a[:, None] * tl.load(acc_ptr + slot * D + offs, mask=amask, other=0.0).to(tl.float64)
+        tl.store(acc_ptr + offs, total.to(acc_ptr.dtype.element_ty), mask=amask)
 
 
 @triton.jit
@@ -871,8 +1075,11 @@ def _grad_kernel(
     SPLIT: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    INTO_V: tl.constexpr = False,
 ):
-    """In place in acc: d lse / d v_i = -2t 2^E 2^(w_i - L2) (R_i v'_i - acc_i) (SPLIT: v' = v + v_lo).
+    """In place in acc: d lse / d v_i = -2t 2^E 2^(w_i - L2) (R_i v'_i - acc_i) (SPLIT: v' = v + v_lo); NaN where
+    an input is not finite (info[1]). INTO_V: in place in v instead, rounded once (from float64) to v's dtype, the
+    inputs' for 16-bit inputs: their gradient then needs no float32 copy after the sweep.
 
     The row factor is applied as a mantissa and exact powers of two, from float64 logs: it may lie far outside the
     compute dtype (t above its range) where the gradient does not (R_i v'_i - acc_i is then 0 or tiny)."""
@@ -893,7 +1100,11 @@ def _grad_kernel(
     k = tl.floor(log2_coef)
     mantissa = tl.where(present, exp2(log2_coef - k), 0.0)
     k = k.to(tl.int64) + e
-    ty = acc_ptr.dtype.element_ty
+    if INTO_V:  # each element is read before it is written, by the same program
+        out_ptr = v_ptr
+    else:
+        out_ptr = acc_ptr
+    ty = out_ptr.dtype.element_ty
     for c0 in range(0, D, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         mask = mask_r[:, None] & (cols[None, :] < D)
@@ -904,21 +1115,28 @@ def _grad_kernel(
         acc = tl.load(acc_ptr + offs, mask=mask, other=0.0).to(tl.float64)
         g = mul_pow2((acc - weight[:, None] * v) * mantissa[:, None], k[:, None])
         g = tl.where(finite, g, float("nan"))
-        tl.store(acc_ptr + offs, g.to(ty), mask=mask)
+        tl.store(out_ptr + offs, g.to(ty), mask=mask)
 
 
 _FINISH_ROWS = 64 if INTERPRET else 1024
 _GRAD_ROWS = 16 if INTERPRET else 32
 _GRAD_COLS = 64 if INTERPRET else 128
+# Small blocks: the merge has only the few rows of a segmented sweep to spread over the GPU.
+_MERGE_ROWS = 16
+_MERGE_COLS = 16 if INTERPRET else 32
+MERGE_WARPS = 4
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Host side
 
 
-def launch_constants(d: int, self_mode: int, has_other: bool, need_acc: bool, precision: str) -> dict[str, object]:
+def launch_constants(
+    d: int, self_mode: int, has_other: bool, need_acc: bool, precision: str, segment_cols: int = 0
+) -> dict[str, object]:
     """The row kernel's compile-time arguments (all but the block configuration) for rows of width ``d``: what
-    ``_sweep`` passes, and what ``hyperloss.triton.inspect`` compiles."""
+    ``_sweep`` passes, and what ``hyperloss.triton.inspect`` compiles. ``segment_cols``: the other set's columns
+    split across programs in segments of that many (``_segments``), 0 for none."""
     one_chunk = _in_registers(d, _split(precision))
     return {
         "SELF_MODE": self_mode,
@@ -929,14 +1147,21 @@ def launch_constants(d: int, self_mode: int, has_other: bool, need_acc: bool, pr
         "SPLIT": _split(precision),
         "BLOCK_D": max(16, triton.next_power_of_2(d)) if one_chunk else _CHUNK_D,  # tl.dot needs K >= 16
         "FOLD_D": _FOLD_D,
+        "SEGMENT_COLS": segment_cols,
     }
 
 
 def lean_launch_constants(
-    d: int, self_mode: int, has_other: bool, need_acc: bool, precision: str, operand: torch.dtype
+    d: int,
+    self_mode: int,
+    has_other: bool,
+    need_acc: bool,
+    precision: str,
+    operand: torch.dtype,
+    segment_cols: int = 0,
 ) -> dict[str, object]:
     """The lean kernel's compile-time arguments (all but the block configuration)."""
-    constants = launch_constants(d, self_mode, has_other, need_acc, precision)
+    constants = launch_constants(d, self_mode, has_other, need_acc, precision, segment_cols)
     return {
         "SELF_MODE": self_mode,
         "HAS_OTHER": has_other,
@@ -946,6 +1171,7 @@ def lean_launch_constants(
         "SPLIT": constants["SPLIT"],
         "SHIFT": _LEAN_SHIFT.get(operand, 0),
         "BLOCK_D": constants["BLOCK_D"],
+        "SEGMENT_COLS": segment_cols,
     }
 
 
@@ -960,6 +1186,7 @@ POINTER_TYPES = {
     "rowb_ptr": "fp32",
     "otherb_ptr": "fp32",
     "flags_ptr": "i32",
+    "dref_out_ptr": "compute",
 }
 
 
@@ -979,46 +1206,95 @@ def _sweep(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Launches the row kernel: per row dref (compute dtype), sums (4 x rows, float64: r_self, u_self, r_other,
     u_other) and, when ``need_acc``, acc (rows x D, compute dtype). ``rows_lo``/``other_lo``: the low float16 parts
-    of a split (``_prepare``), else None."""
+    of a split (``_prepare``), else None. With few rows and a large other set, over a grid of (row blocks, S column
+    segments) whose partial results _merge_segments_kernel adds up (``_segments``)."""
     n, d = rows.shape
-    dref = torch.empty(n, dtype=dtype, device=rows.device)
-    sums = torch.empty((4, n), dtype=torch.float64, device=rows.device)
-    acc = torch.empty((n, d), dtype=dtype, device=rows.device) if need_acc else None
     has_other = other is not None
+    segments, segment_cols = _segments(n, other.shape[0] if has_other else 0, d, dtype, need_acc, rows.device)
+    # One slot per segment; slot 0 is the result.
+    dref = torch.empty((segments, n), dtype=dtype, device=rows.device)
+    sums = torch.empty((segments, 4, n), dtype=torch.float64, device=rows.device)
+    acc = torch.empty((segments, n, d), dtype=dtype, device=rows.device) if need_acc else None
     if not has_other:  # never read (HAS_OTHER is false); any tensor will do as the pointer
         other, other_lo, a_other = rows, rows_lo, a_rows
     if rows_lo is None:  # never read (SPLIT is false)
         rows_lo, other_lo = rows, other
-    kwargs = launch_constants(d, self_mode, has_other, need_acc, precision)
+    kwargs = launch_constants(d, self_mode, has_other, need_acc, precision, segment_cols)
     acc_arg = dref if acc is None else acc
 
     def grid(meta):
-        return (triton.cdiv(n, meta["BLOCK_M"]),)
+        return (triton.cdiv(n, meta["BLOCK_M"]), segments)
 
     if not _lean(dtype, d, rows_lo is not rows):
         wrap_triton(_rows_kernel)[grid](
             rows, rows_lo, a_rows, n, other, other_lo, a_other, other.shape[0], consts, info, dref, sums, acc_arg, dref,
             d, size_bucket(n), **kwargs,
         )  # fmt: skip
-        return dref, sums, acc
-    # The lean sweep, then the rows it flags again with the running reference (a program per block of rows that
-    # returns at once where none is flagged).
-    rows_b = _bias(a_rows)
-    other_b = _bias(a_other) if has_other else rows_b
-    flags = torch.empty(n, dtype=torch.int32, device=rows.device)
-    constants = lean_launch_constants(d, self_mode, has_other, need_acc, precision, rows.dtype)
-    _tune_on_prefix(rows, rows_lo, rows_b, other, other_lo, other_b, consts, info, dtype, constants)
-    wrap_triton(_lean_kernel)[grid](
-        rows, rows_lo, rows_b, n, other, other_lo, other_b, other.shape[0], consts, info, dref, sums, acc_arg, flags, d,
-        size_bucket(n), **constants,
+    else:
+        # The lean sweep, then the rows it flags again with the running reference (a program per block of rows
+        # and segment that returns at once where none is flagged).
+        rows_b = _bias(a_rows)
+        other_b = _bias(a_other) if has_other else rows_b
+        flags = torch.empty((segments, n), dtype=torch.int32, device=rows.device)
+        constants = lean_launch_constants(d, self_mode, has_other, need_acc, precision, rows.dtype, segment_cols)
+        _tune_on_prefix(rows, rows_lo, rows_b, other, other_lo, other_b, consts, info, dtype, constants)
+        wrap_triton(_lean_kernel)[grid](
+            rows, rows_lo, rows_b, n, other, other_lo, other_b, other.shape[0], consts, info, dref, sums, acc_arg,
+            flags, d, size_bucket(n), **constants,
+        )  # fmt: skip
+        fallback = _FALLBACK_INTERPRET if INTERPRET else _fallback_config(d, rows_lo is not rows)
+        wrap_triton(_uniform_rows_kernel)[(triton.cdiv(n, fallback.kwargs["BLOCK_M"]), segments)](
+            rows, rows_lo, a_rows, n, other, other_lo, a_other, other.shape[0], consts, info, dref, sums, acc_arg,
+            flags, d, size_bucket(n), CHECK_FLAGS=True, **kwargs, **fallback.kwargs, num_warps=fallback.num_warps,
+            num_stages=fallback.num_stages,
+        )  # fmt: skip
+    if segments == 1:
+        return dref[0], sums[0], (None if acc is None else acc[0])
+    dref_out = torch.empty(n, dtype=dtype, device=rows.device)
+    sums_out = torch.empty((4, n), dtype=torch.float64, device=rows.device)
+    col_blocks = triton.cdiv(d, _MERGE_COLS) if need_acc else 1
+    wrap_triton(_merge_segments_kernel)[(triton.cdiv(n, _MERGE_ROWS), col_blocks)](
+        dref, sums, acc_arg, dref_out, sums_out, n, segments, d, consts, info,
+        NEED_ACC=need_acc, BLOCK_R=_MERGE_ROWS, BLOCK_C=_MERGE_COLS, num_warps=MERGE_WARPS,
     )  # fmt: skip
-    fallback = _FALLBACK_INTERPRET if INTERPRET else _fallback_config(d, rows_lo is not rows)
-    wrap_triton(_uniform_rows_kernel)[(triton.cdiv(n, fallback.kwargs["BLOCK_M"]),)](
-        rows, rows_lo, a_rows, n, other, other_lo, a_other, other.shape[0], consts, info, dref, sums, acc_arg, flags, d,
-        size_bucket(n), CHECK_FLAGS=True, **kwargs, **fallback.kwargs, num_warps=fallback.num_warps,
-        num_stages=fallback.num_stages,
-    )  # fmt: skip
-    return dref, sums, acc
+    return dref_out, sums_out, (None if acc is None else acc[0])
+
+
+def _segments(
+    n: int | torch.SymInt, k: int | torch.SymInt, d: int, dtype: torch.dtype, need_acc: bool, device: torch.device
+) -> tuple[int, int]:
+    """(S, columns per segment): how the sweep of ``n`` rows against an other set of ``k`` splits its columns. (1, 0)
+    where the row blocks alone fill the GPU (``_SEGMENT_PROGRAMS_PER_SM`` programs per SM at the largest BLOCK_M),
+    else segments of a power of two times _SEGMENT_ALIGN columns (few compiled variants), at least _SEGMENT_MIN_COLS,
+    the longest that give the GPU enough programs, with at most _SEGMENT_BYTES of partial accumulators (S x n x D).
+    Symbolic sizes (torch.compile with dynamic shapes) get (1, 0): choosing would specialize the graph on them."""
+    if not (isinstance(n, int) and isinstance(k, int)) or k == 0:
+        return 1, 0
+    target = _SEGMENT_TARGET or _SEGMENT_PROGRAMS_PER_SM * _sm_count(device)
+    row_blocks = triton.cdiv(n, _SEGMENT_ROWS)
+    if row_blocks >= target:
+        return 1, 0
+    # The longest power-of-two segments that still make the target (at most twice as many as needed).
+    per_segment = triton.cdiv(triton.cdiv(k, _SEGMENT_ALIGN), triton.cdiv(target, row_blocks))
+    cols = max(_SEGMENT_MIN_COLS, _SEGMENT_ALIGN << (per_segment.bit_length() - 1))
+    if need_acc:
+        while triton.cdiv(k, cols) * n * d * dtype.itemsize > _SEGMENT_BYTES and cols < k:
+            cols *= 2
+    segments = triton.cdiv(k, cols)
+    return (segments, cols) if segments > 1 else (1, 0)
+
+
+def _sm_count(device: torch.device) -> int:
+    """The device's streaming multiprocessors: 132 (an H100/H200) under the interpreter, and while torch.compile
+    traces (no device query in a graph)."""
+    if INTERPRET or device.type != "cuda" or torch.compiler.is_compiling():
+        return 132
+    return _device_sm_count(torch.cuda.current_device() if device.index is None else device.index)
+
+
+@functools.cache
+def _device_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 _TUNED: set[tuple] = set()
@@ -1081,13 +1357,14 @@ def _fallback_config(d: int, split: bool = False) -> triton.Config:
     return triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=8, num_stages=2)
 
 
-def _finish_grad(v, v_lo, acc, dref, sums, consts, info, comb) -> torch.Tensor:
+def _finish_grad(v, v_lo, acc, dref, sums, consts, info, comb, into_v: bool = False) -> torch.Tensor:
+    """The gradient to the rows v' (x' or q'), written over acc, or with ``into_v`` over v' itself (v's dtype)."""
     n, d = v.shape
     wrap_triton(_grad_kernel)[(triton.cdiv(n, _GRAD_ROWS),)](
         v, v if v_lo is None else v_lo, acc, dref, sums, n, d, consts, info, comb,
-        SPLIT=v_lo is not None, BLOCK_R=_GRAD_ROWS, BLOCK_C=_GRAD_COLS, num_warps=8,
+        SPLIT=v_lo is not None, BLOCK_R=_GRAD_ROWS, BLOCK_C=_GRAD_COLS, INTO_V=into_v, num_warps=8,
     )  # fmt: skip
-    return acc
+    return v if into_v else acc
 
 
 @triton_op("hyperloss::triton_uniform_lse", mutates_args=())
@@ -1099,6 +1376,7 @@ def triton_uniform_lse(
     grad_x: bool,
     grad_queue: bool,
     precision: str,
+    input_dtype: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The op behind ``uniform_lse``: absent gradients are returned as empty tensors (an op returns tensors)."""
     dtype = compute_dtype(x.dtype)
@@ -1132,20 +1410,22 @@ def triton_uniform_lse(
     wrap_triton(_combine_kernel)[(1,)](
         dref, sums, n, k, consts, prep.info, lse, comb, SELF_MODE=self_mode, BLOCK=_FINISH_ROWS, num_warps=8
     )
-    if grad_x:
-        gx = _finish_grad(prep.x, prep.x_lo, acc, dref, sums, consts, prep.info, comb)
-    else:
-        gx = x.new_empty(0, dtype=dtype)
     if grad_queue:
-        # The queue's gradient: the same sweep with the queue as rows and x as the other set (the N x K pairs).
+        # The queue's gradient: the same sweep with the queue as rows and x as the other set (the N x K pairs),
+        # before either gradient is finished (with input_dtype they overwrite x' and q').
         dref_q, sums_q, acc_q = _sweep(
             prep.queue, prep.queue_lo, prep.queue_norms, prep.x, prep.x_lo, prep.x_norms, consts, prep.info, dtype,
             _SELF_NONE, True, precision,
         )  # fmt: skip
-        gq = _finish_grad(prep.queue, prep.queue_lo, acc_q, dref_q, sums_q, consts, prep.info, comb)
-    else:
-        gq = x.new_empty(0, dtype=dtype)
-    return lse, gx, gq
+    # 16-bit inputs, asked for gradients in their dtype: written over x' and q' (their own copies, in the inputs'
+    # dtype, no longer needed), so that no float32 N x D gradient is left after the sweep (only acc, freed here).
+    into_v = input_dtype and x.dtype != dtype
+    absent = x.dtype if into_v else dtype  # two tensors: an op's outputs may not alias
+    gx = _finish_grad(prep.x, prep.x_lo, acc, dref, sums, consts, prep.info, comb, into_v) if grad_x else None
+    gq = None
+    if grad_queue:
+        gq = _finish_grad(prep.queue, prep.queue_lo, acc_q, dref_q, sums_q, consts, prep.info, comb, into_v)
+    return lse, x.new_empty(0, dtype=absent) if gx is None else gx, x.new_empty(0, dtype=absent) if gq is None else gq
 
 
 def uniform_lse(
@@ -1157,6 +1437,7 @@ def uniform_lse(
     grad_queue: bool,
     *,
     precision: str | None = None,
+    input_dtype: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """See ``hyperloss.backends.Backend.uniform_lse``: same contract (``t`` a 0-dim float64 tensor; a number is accepted
     too), fused Triton kernel.
@@ -1166,10 +1447,14 @@ def uniform_lse(
     (``torch.backends.cuda.matmul.fp32_precision`` or ``torch.get_float32_matmul_precision()``). Other dtypes ignore
     it: float16/bfloat16 use their own tensor-core products with fp32 accumulation, float64 is exact.
     Under TRITON_INTERPRET=1, bfloat16 inputs and tf32/bf16 products raise NotImplementedError (numpy has neither).
+
+    ``input_dtype``: the gradients in x's dtype instead of the compute dtype (float16/bfloat16 inputs: rounded once,
+    written over the kernels' own 16-bit copy of the rows; no float32 N x D gradient). The backend exposes it as
+    ``input_dtype_gradients`` for the autograd glue, which returns that dtype anyway.
     """
     resolved = resolve_precision(x.dtype, precision)
     check_interpretable(x.dtype, resolved)
     lse, gx, gq = torch.ops.hyperloss.triton_uniform_lse(
-        x, queue, as_scalar_tensor(t), intra_batch, grad_x, grad_queue, resolved
+        x, queue, as_scalar_tensor(t), intra_batch, grad_x, grad_queue, resolved, input_dtype
     )
     return lse, (gx if grad_x else None), (gq if grad_queue and queue is not None else None)
