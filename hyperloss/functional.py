@@ -33,7 +33,10 @@ def _uniform_lse(name, x, queue, t_scalar, intra_batch, grad_x, grad_queue, prec
     backend can write them so (its ``input_dtype_gradients``): the backward pass returns that dtype anyway
     (``scale_saved_grad``), and 16-bit inputs then keep no float32 N x D gradient."""
     backend = backends.get(name)
-    if input_dtype and getattr(backend, "input_dtype_gradients", False):
+    # bfloat16 only: a float16 gradient would be rounded before the backward pass scales it, and under AMP's loss
+    # scaling its small entries (below 6e-5, typical at N = 65536) would lose digits to float16's subnormals, or
+    # vanish, where scaling first keeps them; bfloat16 has float32's range.
+    if input_dtype and x.dtype == torch.bfloat16 and getattr(backend, "input_dtype_gradients", False):
         return backend.uniform_lse(x, queue, t_scalar, intra_batch, grad_x, grad_queue, precision, input_dtype=True)
     return backend.uniform_lse(x, queue, t_scalar, intra_batch, grad_x, grad_queue, precision)
 

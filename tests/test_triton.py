@@ -221,8 +221,10 @@ def test_gradients_in_the_input_dtype(queue_rows):
 
 
 def test_autograd_asks_for_gradients_in_the_input_dtype(monkeypatch):
-    # The loss's backward returns x's dtype anyway: it asks the kernels for it (no float32 N x D gradient saved for
-    # 16-bit inputs), except where d loss/dt is formed from the row gradients (kept in the compute dtype).
+    # The loss's backward returns x's dtype anyway: for bfloat16 it asks the kernels for it (no float32 N x D
+    # gradient saved), except where d loss/dt is formed from the row gradients (kept in the compute dtype). float16
+    # keeps float32 gradients (scaled by grad_output before rounding: AMP's loss scale). The interpreter cannot run
+    # bfloat16, so the policy is checked with the kernel call recorded and replaced.
     calls = []
 
     def recording(*args, **kwargs):
@@ -230,14 +232,23 @@ def test_autograd_asks_for_gradients_in_the_input_dtype(monkeypatch):
         calls.append((kwargs.get("input_dtype", False), out[1].dtype))
         return out
 
+    def as_float16(x, queue, *args, **kwargs):  # the bfloat16 call, run on a float16 copy
+        return inner(x.to(torch.float16), queue, *args, **kwargs)
+
     uniform_lse = hl_triton.uniform_lse
     monkeypatch.setattr(hl_triton, "uniform_lse", recording)
     x = _feats(20, 8, seed=24, dtype=torch.float16).requires_grad_()
     hyperloss.uniform_loss(x, 2.0, backend="triton").backward()
-    assert calls == [(True, torch.float16)] and x.grad.dtype == torch.float16
+    assert calls == [(False, torch.float32)] and x.grad.dtype == torch.float16
+    inner = uniform_lse
+    uniform_lse = as_float16
+    xb = x.detach().to(torch.bfloat16).requires_grad_()
+    hyperloss.uniform_loss(xb, 2.0, backend="triton").backward()
+    assert calls[1] == (True, torch.float16) and xb.grad.dtype == torch.bfloat16
+    uniform_lse = inner
     t = torch.tensor(2.0, requires_grad=True)
     hyperloss.uniform_loss(x, t, backend="triton").backward()
-    assert calls[1] == (False, torch.float32) and t.grad is not None
+    assert calls[2] == (False, torch.float32) and t.grad is not None
 
 
 def test_precision_follows_torch_and_can_be_overridden():
