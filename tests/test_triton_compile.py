@@ -3,6 +3,7 @@ errors that the CPU interpreter cannot (tensor-core dots, bf16/fp16 casts, libde
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import pytest
@@ -32,6 +33,9 @@ H100 = GPUTarget("cuda", 90, 32)
 
 
 def _compile(kernel, types: dict[str, str], constants: dict[str, object], num_warps: int = 4) -> None:
+    # Constexprs a launch leaves at their defaults are constants here too (not runtime arguments of `types`).
+    defaults = {p.name: p.default for p in kernel.params if p.is_constexpr and p.default is not inspect.Parameter.empty}
+    constants = {**defaults, **constants}
     signature = {name: "constexpr" if name in constants else types[name] for name in kernel.arg_names}
     source = ASTSource(kernel, signature, constants)
     compiled = triton.compile(source, target=H100, options={"num_warps": num_warps, "num_stages": 2})
