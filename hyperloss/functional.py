@@ -195,8 +195,8 @@ def uniform_loss(
         normalize: L2-normalize the rows of x (and of the queue) first, with its gradient, as lightly's
             HypersphereLoss does (one more pass over the rows).
         backend: "auto" (HYPERLOSS_BACKEND overrides it) or one of ``hyperloss.backends()``. With weights only the
-            backends that support them run ("cpu" and "chunked"; ``hyperloss.backends.supports_weights``): "auto"
-            takes the best-ranked of them on x's device (the native "cpu" kernel on the CPU, "chunked" elsewhere),
+            backends that support them run ("cpu", "triton" and "chunked"; ``hyperloss.backends.supports_weights``):
+            "auto" takes the best-ranked of them on x's device ("cpu" on the CPU, "triton" on a GPU),
             and HYPERLOSS_BACKEND applies where it names one of them; another one named explicitly raises
             NotImplementedError.
         precision: how the fused GPU kernels multiply float32 inputs: "highest"/"ieee" (exact), "high"/"tf32",

@@ -28,6 +28,7 @@ import importlib  # noqa: E402
 uniform = importlib.import_module("hyperloss.triton.uniform")
 align_module = importlib.import_module("hyperloss.triton.align")
 prepare_module = importlib.import_module("hyperloss.triton._prepare")
+weighted = importlib.import_module("hyperloss.triton.uniform_weighted")
 
 H100 = GPUTarget("cuda", 90, 32)
 
@@ -162,6 +163,40 @@ def test_finishing_kernels_compile_for_sm90(operand, acc, split):
     types = {name: "*fp64" for name in kernel.arg_names}
     types.update(v_ptr=f"*{operand}", v_lo_ptr=f"*{operand}", acc_ptr=f"*{acc}", dref_ptr=f"*{acc}")
     types.update(n_rows="i32", D="i32")
+    _compile(kernel, types, dict(SPLIT=split, BLOCK_R=32, BLOCK_C=128))
+
+
+@pytest.mark.parametrize(
+    ("operand", "acc", "split", "one_chunk"),
+    [
+        ("fp16", "fp32", True, True),  # exact fp32 products: float16 parts, p split too
+        ("bf16", "fp32", False, True),
+        ("fp64", "fp64", False, True),
+        ("fp16", "fp32", False, False),  # long rows: the Gram over D in chunks
+    ],
+)
+def test_weighted_kernels_compile_for_sm90(operand, acc, split, one_chunk):
+    """The per-row-weight sweeps (statistics with the deficits' series, the accumulator per D chunk) and their
+    gradient finish."""
+    common = dict(INPUT_PRECISION="ieee", SPLIT=split, ONE_CHUNK=one_chunk, BLOCK_D=128 if one_chunk else 64)
+    for kernel in (weighted._weighted_stats_kernel, weighted._weighted_acc_kernel):
+        types = {name: "i32" for name in kernel.arg_names}
+        types.update({name: f"*{operand}" for name in kernel.arg_names if name.endswith(("rows_ptr", "lo_ptr"))})
+        types.update(other_ptr=f"*{operand}", m_ptr=f"*{acc}", acc_ptr=f"*{acc}")
+        types.update({name: "*fp64" for name in ("consts_ptr", "info_ptr", "sums_ptr")})
+        types.update({name: "*fp64" for name in kernel.arg_names if name.endswith("norms_ptr")})
+        types.update({name: "*fp32" for name in kernel.arg_names if name.endswith(("log2w_ptr", "_w_ptr"))})
+        blocks = dict(BLOCK_M=32, BLOCK_N=32) if operand == "fp64" else dict(BLOCK_M=64, BLOCK_N=64)
+        if kernel is weighted._weighted_acc_kernel:
+            modes = ((2, True),)  # every pair of a row
+            common["P_SCALE"] = 16384.0 if operand == "fp16" else 1.0
+        else:
+            modes = ((1, False), (2, True))  # loss only (j > i); every pair, a queue
+        for self_mode, has_other in modes:
+            _compile(kernel, types, dict(SELF_MODE=self_mode, HAS_OTHER=has_other, **common, **blocks))
+    kernel = weighted._weighted_grad_kernel
+    types = {name: "*fp64" for name in kernel.arg_names}
+    types.update(v_ptr=f"*{operand}", v_lo_ptr=f"*{operand}", acc_ptr=f"*{acc}", n_rows="i32", D="i32")
     _compile(kernel, types, dict(SPLIT=split, BLOCK_R=32, BLOCK_C=128))
 
 

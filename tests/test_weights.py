@@ -16,6 +16,7 @@ from hyperloss import _common, backends, reference
 from tests.helpers import (
     BACKENDS,
     DEVICE,
+    INTERPRET,
     assert_close_scaled,
     examples,
     features,
@@ -231,20 +232,32 @@ def test_weight_dtypes_and_forward_only(backend, dtype):
     assert loss.item() == pytest.approx(float(want), abs=1e-5)
 
 
-def test_gradcheck_native_kernel_weights_and_t():
-    if "cpu" not in backends.usable("cpu") or not backends.supports_weights("cpu"):
-        pytest.skip("the native CPU kernel with weights is not built")
-    x = features(11, 4, seed=13, device="cpu").requires_grad_()
-    queue = features(6, 4, seed=14, device="cpu").requires_grad_()
+# The kernels with weights (the C++ CPU kernel; the Triton sweeps on a GPU or under TRITON_INTERPRET=1).
+NATIVE_WEIGHT_BACKENDS = ["cpu"] if "cpu" in backends.usable("cpu") and backends.supports_weights("cpu") else []
+NATIVE_WEIGHT_BACKENDS += ["triton"] if "triton" in WEIGHT_BACKENDS else []
+
+
+@pytest.mark.parametrize("backend", NATIVE_WEIGHT_BACKENDS)
+def test_gradcheck_native_kernel_weights_and_t(backend):
+    """gradcheck for x, the queue, t and both weights; on the Triton sweeps under the interpreter (each call
+    ~0.5 s) for t and the weights only (x and the queue: the property tests against the dense definition)."""
+    device = DEVICE if backend == "triton" else "cpu"
+    rows_too = not (backend == "triton" and INTERPRET)
+    x = features(11, 4, seed=13, device=device).requires_grad_(rows_too)
+    queue = features(6, 4, seed=14, device=device).requires_grad_(rows_too)
     t = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
-    w = (torch.rand(11, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) + 0.1).requires_grad_()
-    qw = (torch.rand(6, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) + 0.1).requires_grad_()
+    w = (torch.rand(11, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) + 0.1).to(device)
+    qw = (torch.rand(6, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) + 0.1).to(device)
+    w, qw = w.requires_grad_(), qw.requires_grad_()
 
     def loss(x, q, t, w, qw):
-        return hyperloss.uniform_loss(x, t, queue=q, weights=w, queue_weights=qw, backend="cpu")
+        return hyperloss.uniform_loss(x, t, queue=q, weights=w, queue_weights=qw, backend=backend)
 
-    assert torch.autograd.gradcheck(loss, (x, queue, t, w, qw), eps=1e-6, atol=1e-8)
-    assert torch.autograd.gradcheck(lambda x, t, w: loss(x, None, t, w, None), (x, t, w), eps=1e-6, atol=1e-8)
+    if rows_too:
+        assert torch.autograd.gradcheck(loss, (x, queue, t, w, qw), eps=1e-6, atol=1e-8)
+        assert torch.autograd.gradcheck(lambda x, t, w: loss(x, None, t, w, None), (x, t, w), eps=1e-6, atol=1e-8)
+    else:
+        assert torch.autograd.gradcheck(lambda t, w, qw: loss(x, queue, t, w, qw), (t, w, qw), eps=1e-6, atol=1e-8)
     # A weight of 0 (one-sided differences: a weight may not go below 0).
     w0 = w.detach().clone()
     w0[2] = 0.0

@@ -52,6 +52,25 @@ class TritonBackend:
             x, queue, t, intra_batch, grad_x, grad_queue, precision=precision, input_dtype=input_dtype
         )
 
+    def uniform_lse_weighted(
+        self,
+        x,
+        queue,
+        t,
+        intra_batch,
+        weights,
+        queue_weights,
+        grad_x,
+        grad_queue,
+        grad_weights,
+        grad_queue_weights,
+        precision=None,
+    ):
+        return self._kernels.uniform_lse_weighted(
+            x, queue, t, intra_batch, weights, queue_weights, grad_x, grad_queue, grad_weights, grad_queue_weights,
+            precision=precision,
+        )  # fmt: skip
+
     def align(self, x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, grad_x: bool, grad_y: bool = False):
         return split_align_gradient(*self._kernels.align(x, y, alpha, grad_x or grad_y), grad_x, grad_y)
 

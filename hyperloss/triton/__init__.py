@@ -1,7 +1,8 @@
 """The "triton" backend: fused Triton kernels (GPU; CPU under TRITON_INTERPRET=1).
 
-``uniform.py`` and ``align.py`` each hold one op: kernels, launcher, and its torch.library registration
-(``hyperloss::triton_uniform_lse``, ``hyperloss::triton_align``) so that torch.compile traces through them;
+``uniform.py``, ``uniform_weighted.py`` and ``align.py`` each hold one op: kernels, launcher, and its torch.library
+registration (``hyperloss::triton_uniform_lse``, ``hyperloss::triton_uniform_lse_weighted``,
+``hyperloss::triton_align``) so that torch.compile traces through them;
 ``_prepare.py`` centers and scales the rows for the uniformity kernel. Under TRITON_INTERPRET=1 (numpy) bfloat16
 inputs and tf32/bf16 products raise NotImplementedError: the interpreter cannot emulate them.
 """
@@ -32,6 +33,7 @@ def available() -> tuple[bool, str]:
 if _IMPORT_ERROR is None:
     from .align import align
     from .uniform import uniform_lse
+    from .uniform_weighted import uniform_lse_weighted
 else:
 
     def uniform_lse(*args, **kwargs):
@@ -40,5 +42,8 @@ else:
     def align(*args, **kwargs):
         raise RuntimeError(_IMPORT_ERROR)
 
+    def uniform_lse_weighted(*args, **kwargs):
+        raise RuntimeError(_IMPORT_ERROR)
 
-__all__ = ["align", "available", "uniform_lse"]
+
+__all__ = ["align", "available", "uniform_lse", "uniform_lse_weighted"]

@@ -1085,7 +1085,6 @@ def _grad_kernel(
     compute dtype (t above its range) where the gradient does not (R_i v'_i - acc_i is then 0 or tiny)."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     mask_r = rows < n_rows
-    rows64 = rows.to(tl.int64)
     e = tl.load(info_ptr).to(tl.int64)
     finite = tl.load(info_ptr + 1) != 0
     dref = tl.load(dref_ptr + rows, mask=mask_r, other=float("inf"))
@@ -1094,16 +1093,30 @@ def _grad_kernel(
     )
     log2_coef = _log2_weight(dref, tl.load(comb_ptr + 1), tl.load(consts_ptr + 1), 2 * e) - tl.load(comb_ptr)
     log2_coef = log2_coef + (log2(tl.load(consts_ptr)) + 1.0)  # * 2t
+    if INTO_V:  # each element is read before it is written, by the same program
+        out_ptr = v_ptr
+    else:
+        out_ptr = acc_ptr
+    _write_row_gradients(
+        v_ptr, v_lo_ptr, acc_ptr, out_ptr, rows, mask_r, weight, log2_coef, e, finite, D, SPLIT, BLOCK_C
+    )
+
+
+@triton.jit
+def _write_row_gradients(
+    v_ptr, v_lo_ptr, acc_ptr, out_ptr, rows, mask_r, weight, log2_coef, e, finite, D, SPLIT: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """out_i = 2^(log2_coef_i + e) (acc_i - weight_i v'_i) (SPLIT: v' = v + v_lo), rounded once from float64 to
+    out's dtype; 0 where log2_coef is -inf, NaN everywhere unless ``finite``. The factor is applied as a mantissa
+    and exact powers of two: it may lie far outside the compute dtype where the gradient does not."""
+    rows64 = rows.to(tl.int64)
     present = log2_coef > float("-inf")  # else no weight on this row's pairs: its gradient is 0
     # Beyond +-3000 the gradient over- or underflows every dtype.
     log2_coef = tl.minimum(tl.maximum(tl.where(present, log2_coef, 0.0), -3000.0), 3000.0)
     k = tl.floor(log2_coef)
     mantissa = tl.where(present, exp2(log2_coef - k), 0.0)
     k = k.to(tl.int64) + e
-    if INTO_V:  # each element is read before it is written, by the same program
-        out_ptr = v_ptr
-    else:
-        out_ptr = acc_ptr
     ty = out_ptr.dtype.element_ty
     for c0 in range(0, D, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
@@ -1367,6 +1380,22 @@ def _finish_grad(v, v_lo, acc, dref, sums, consts, info, comb, into_v: bool = Fa
     return v if into_v else acc
 
 
+def host_constants(
+    t: torch.Tensor, n: int | torch.SymInt, k: int | torch.SymInt, intra_batch: bool, device: torch.device
+) -> torch.Tensor:
+    """The kernels' float64 constants [t, t log2 e, ln 2, |P|] on ``device``: made on t's device (the CPU) and
+    copied in one go, without waiting for the GPU (the source is staged at once)."""
+    t = t.to(dtype=torch.float64)
+    return torch.stack(
+        [
+            t,
+            t * math.log2(math.e),
+            torch.full((), math.log(2.0), dtype=torch.float64, device=t.device),
+            torch.full((), num_pairs(n, k, intra_batch), dtype=torch.float64, device=t.device),
+        ]
+    ).to(device, non_blocking=True)
+
+
 @triton_op("hyperloss::triton_uniform_lse", mutates_args=())
 def triton_uniform_lse(
     x: torch.Tensor,
@@ -1382,17 +1411,7 @@ def triton_uniform_lse(
     dtype = compute_dtype(x.dtype)
     n = x.shape[0]
     k = 0 if queue is None else queue.shape[0]
-    # Host constants, made on t's device (the CPU) and copied in one go, without waiting for the GPU (the source is
-    # staged at once): [t, t log2 e, ln 2, |P|].
-    t = t.to(dtype=torch.float64)
-    consts = torch.stack(
-        [
-            t,
-            t * math.log2(math.e),
-            torch.full((), math.log(2.0), dtype=torch.float64, device=t.device),
-            torch.full((), num_pairs(n, k, intra_batch), dtype=torch.float64, device=t.device),
-        ]
-    ).to(x.device, non_blocking=True)
+    consts = host_constants(t, n, k, intra_batch, x.device)
     prep = prepare(x, queue, _operand_dtype(x.dtype, precision), row_pad=_ROW_PAD, split=_split(precision))
     grad_queue = grad_queue and queue is not None
 
