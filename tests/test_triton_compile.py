@@ -178,7 +178,9 @@ def test_finishing_kernels_compile_for_sm90(operand, acc, split):
 def test_weighted_kernels_compile_for_sm90(operand, acc, split, one_chunk):
     """The per-row-weight sweeps (statistics with the deficits' series, the accumulator per D chunk) and their
     gradient finish."""
-    common = dict(INPUT_PRECISION="ieee", SPLIT=split, ONE_CHUNK=one_chunk, BLOCK_D=128 if one_chunk else 64)
+    common = dict(
+        INPUT_PRECISION="ieee", SPLIT=split, ONE_CHUNK=one_chunk, EVEN_D=one_chunk, BLOCK_D=128 if one_chunk else 64
+    )
     for kernel in (weighted._weighted_stats_kernel, weighted._weighted_acc_kernel):
         types = {name: "i32" for name in kernel.arg_names}
         types.update({name: f"*{operand}" for name in kernel.arg_names if name.endswith(("rows_ptr", "lo_ptr"))})
@@ -186,7 +188,7 @@ def test_weighted_kernels_compile_for_sm90(operand, acc, split, one_chunk):
         types.update({name: "*fp64" for name in ("consts_ptr", "info_ptr", "sums_ptr")})
         types.update({name: "*fp64" for name in kernel.arg_names if name.endswith("norms_ptr")})
         types.update({name: "*fp32" for name in kernel.arg_names if name.endswith(("log2w_ptr", "_w_ptr"))})
-        blocks = dict(BLOCK_M=32, BLOCK_N=32) if operand == "fp64" else dict(BLOCK_M=64, BLOCK_N=64)
+        blocks = dict(BLOCK_M=32, BLOCK_N=32) if operand == "fp64" else dict(BLOCK_M=64, BLOCK_N=32 if split else 64)
         if kernel is weighted._weighted_acc_kernel:
             modes = ((2, True),)  # every pair of a row
             common["P_SCALE"] = 16384.0 if operand == "fp16" else 1.0

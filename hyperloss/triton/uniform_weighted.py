@@ -73,58 +73,85 @@ _GRAD_COLS = 64 if INTERPRET else 128
 
 
 @triton.jit
+def _tile(ptr, first, D, offs, d_mask, EVEN_D: tl.constexpr):
+    """Rows from ``first`` of a (padded rows x D) matrix at the 32-bit offsets ``offs`` (row r, column k: r D + k)
+    from one 64-bit base per tile; no bounds but D's (none when EVEN_D)."""
+    base = ptr + tl.cast(first, tl.int64) * D
+    if EVEN_D:
+        v = tl.load(base + offs)
+    else:
+        v = tl.load(base + offs, mask=d_mask, other=0.0)
+    return v
+
+
+@triton.jit
 def _scores(
     xi,
     xi_lo,
     n_i,
     rows_ptr,
     rows_lo_ptr,
-    offs_m64,
+    row0,
     cols_ptr,
     cols_lo_ptr,
     norms_ptr,
-    offs_n,
+    j0,
     c,
     D,
     ONE_CHUNK: tl.constexpr,
+    EVEN_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """y_ij = -c_t d_ij, d = max(n_i + n_j - 2 x'_i.x'_j, 0) (compute dtype; the padding's +inf norms give -inf)
-    of one tile: the Gram product with the rows in registers (xi), or over D in chunks (rows reloaded)."""
-    offs_n64 = offs_n.to(tl.int64)
-    everywhere = offs_n >= 0  # the rows are padded: no bounds to check but D's
+    """(y, x'_j, its low part) of the column block from j0: y_ij = -c_t d_ij, d = max(n_i + n_j - 2 x'_i.x'_j, 0)
+    (compute dtype; the padding's +inf norms give -inf), the Gram product with the rows in registers (xi; the
+    columns returned for the E.X product), or over D in chunks (rows reloaded; nothing returned but y)."""
     offs_d = tl.arange(0, BLOCK_D)
+    col_offs = tl.arange(0, BLOCK_N)[:, None] * D + offs_d[None, :]
     g = tl.zeros([BLOCK_M, BLOCK_N], n_i.dtype)
     if ONE_CHUNK:
-        xj = _load_rows(cols_ptr, offs_n64, everywhere, offs_d, D)
-        xj_lo = _load_rows(cols_lo_ptr, offs_n64, everywhere, offs_d, D) if SPLIT else xj
+        d_mask = (offs_d < D)[None, :]
+        xj = _tile(cols_ptr, j0, D, col_offs, d_mask, EVEN_D)
+        xj_lo = _tile(cols_lo_ptr, j0, D, col_offs, d_mask, EVEN_D) if SPLIT else xj
         g = _gram(xi, xi_lo, tl.trans(xj), tl.trans(xj_lo), g, INPUT_PRECISION, SPLIT)
     else:
-        row_all = offs_m64 >= 0
+        row_offs = tl.arange(0, BLOCK_M)[:, None] * D + offs_d[None, :]
         for d0 in range(0, D, BLOCK_D):
-            a = _load_rows(rows_ptr, offs_m64, row_all, d0 + offs_d, D)
-            a_lo = _load_rows(rows_lo_ptr, offs_m64, row_all, d0 + offs_d, D) if SPLIT else a
-            b = _load_rows(cols_ptr, offs_n64, everywhere, d0 + offs_d, D)
-            b_lo = _load_rows(cols_lo_ptr, offs_n64, everywhere, d0 + offs_d, D) if SPLIT else b
+            d_mask = (d0 + offs_d < D)[None, :]
+            a = _tile(rows_ptr + d0, row0, D, row_offs, d_mask, False)
+            a_lo = _tile(rows_lo_ptr + d0, row0, D, row_offs, d_mask, False) if SPLIT else a
+            b = _tile(cols_ptr + d0, j0, D, col_offs, d_mask, False)
+            b_lo = _tile(cols_lo_ptr + d0, j0, D, col_offs, d_mask, False) if SPLIT else b
             g = _gram(a, a_lo, tl.trans(b), tl.trans(b_lo), g, INPUT_PRECISION, SPLIT)
-    n_j = tl.load(norms_ptr + offs_n).to(n_i.dtype)
+        xj = g
+        xj_lo = g
+    n_j = tl.load(norms_ptr + j0 + tl.arange(0, BLOCK_N)).to(n_i.dtype)
     d = tl.maximum(n_i[:, None] + n_j[None, :] - 2.0 * g, 0.0)
-    return -c * d
+    return -c * d, xj, xj_lo
 
 
 @triton.jit
-def _pairs(offs_m, offs_n, n_cols, PAIR_MASK: tl.constexpr):
-    """Which (i, j) of a tile are pairs: j < n_cols and (PAIR_MASK 1) j > i or (2) j != i."""
-    valid = (offs_n < n_cols)[None, :] & (offs_m >= 0)[:, None]
+def _pairs(offs_m, offs_n, PAIR_MASK: tl.constexpr):
+    """Which (i, j) of a tile are pairs: (PAIR_MASK 1) j > i or (2) j != i; 0: every one (the padding's columns
+    need no mask: their scores are -inf, their weights 0)."""
+    valid = (offs_n >= 0)[None, :] & (offs_m >= 0)[:, None]
     if PAIR_MASK == 1:
         valid = valid & (offs_n[None, :] > offs_m[:, None])
     elif PAIR_MASK == 2:
         valid = valid & (offs_n[None, :] != offs_m[:, None])
     return valid
+
+
+@triton.jit
+def _diagonal_blocks(pid, n_rows, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[first, end): the column blocks of the rows' own set that hold some j = i of row block ``pid``."""
+    row0 = pid * BLOCK_M
+    first = row0 // BLOCK_N * BLOCK_N
+    end = tl.minimum((row0 + BLOCK_M + BLOCK_N - 1) // BLOCK_N * BLOCK_N, n_rows)
+    return first, end
 
 
 @triton.jit
@@ -145,11 +172,11 @@ def _stats_tile(
     log2w_ptr,
     w_ptr,
     j0,
-    n_cols,
     c,
     D,
     PAIR_MASK: tl.constexpr,
     ONE_CHUNK: tl.constexpr,
+    EVEN_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -159,14 +186,16 @@ def _stats_tile(
     """One column block of set a: m_i <- max(m_i, max_j y_ij + b_j), r_a <- r_a 2^(m_old - m_new) + sum_j
     2^(y_ij + b_j - m_new), u_a += sum_j v_j (2^y_ij - 1); r_b (the other set's sum) rescaled alike."""
     offs_n = j0 + tl.arange(0, BLOCK_N)
-    y = _scores(
-        xi, xi_lo, n_i, rows_ptr, rows_lo_ptr, offs_m.to(tl.int64), cols_ptr, cols_lo_ptr, norms_ptr, offs_n, c, D,
-        ONE_CHUNK, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N, BLOCK_D,
+    y, _, _ = _scores(
+        xi, xi_lo, n_i, rows_ptr, rows_lo_ptr, tl.program_id(0) * BLOCK_M, cols_ptr, cols_lo_ptr, norms_ptr, j0, c,
+        D, ONE_CHUNK, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N, BLOCK_D,
     )  # fmt: skip
-    valid = _pairs(offs_m, offs_n, n_cols, PAIR_MASK)
     b = tl.load(log2w_ptr + offs_n).to(y.dtype)  # padded with -inf
     v = tl.load(w_ptr + offs_n).to(y.dtype)  # padded with 0
-    yw = tl.where(valid, y + b[None, :], float("-inf"))
+    yw = y + b[None, :]
+    if PAIR_MASK != 0:
+        valid = _pairs(offs_m, offs_n, PAIR_MASK)
+        yw = tl.where(valid, yw, float("-inf"))
     m_new = tl.maximum(m, tl.max(yw, axis=1))
     m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # no term yet: nothing to rescale
     rescale = exp2((m - m_ref).to(tl.float64))
@@ -174,10 +203,13 @@ def _stats_tile(
     r_a = r_a * rescale + tl.sum(p, axis=1).to(tl.float64)
     r_b = r_b * rescale
     # 2^y - 1 = expm1(a), a = y ln 2: a series near 0, where 2^y - 1 would keep only exp2's rounding of 2^y.
+    # (|a| <= ln 2 / 16: the series' remainder is below 3e-8 of it.)
     a = y * _LN2
-    series = a * (1.0 + a * 0.5 * (1.0 + a * (1.0 / 3) * (1.0 + a * 0.25 * (1.0 + a * 0.2))))
-    deficit = tl.where(y > -_NEAR_ZERO, series, exp2(y) - 1.0)
-    u_a += tl.sum(tl.where(valid, v[None, :] * deficit, 0.0), axis=1).to(tl.float64)
+    series = a * (1.0 + a * (0.5 + a * (1.0 / 6 + a * (1.0 / 24))))
+    deficit = v[None, :] * tl.where(y > -_NEAR_ZERO, series, exp2(y) - 1.0)
+    if PAIR_MASK != 0:
+        deficit = tl.where(valid, deficit, 0.0)
+    u_a += tl.sum(deficit, axis=1).to(tl.float64)
     return m_new, r_a, u_a, r_b
 
 
@@ -203,6 +235,7 @@ def _weighted_stats_kernel(
     SELF_MODE: tl.constexpr,
     HAS_OTHER: tl.constexpr,
     ONE_CHUNK: tl.constexpr,
+    EVEN_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -232,18 +265,33 @@ def _weighted_stats_kernel(
     r_other = tl.zeros([BLOCK_M], tl.float64)
     u_other = tl.zeros([BLOCK_M], tl.float64)
     if SELF_MODE != 0:
-        start = (pid * BLOCK_M) // BLOCK_N * BLOCK_N if SELF_MODE == 1 else 0  # first block holding a j > i
-        for j0 in range(start, n_rows, BLOCK_N):
+        # The column blocks holding some j = i take the pair mask; the others none (separate loops: one tile
+        # body live at a time, no branch in the loop).
+        diag_first, diag_end = _diagonal_blocks(pid, n_rows, BLOCK_M, BLOCK_N)
+        for j0 in range(diag_first, diag_end, BLOCK_N):
             m, r_self, u_self, r_other = _stats_tile(
                 m, r_self, u_self, r_other, xi, xi_lo, n_i, rows_ptr, rows_lo_ptr, offs_m, rows_ptr, rows_lo_ptr,
-                rows_norms_ptr, rows_log2w_ptr, rows_w_ptr, j0, n_rows, c, D, SELF_MODE, ONE_CHUNK,
-                INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N, BLOCK_D,
+                rows_norms_ptr, rows_log2w_ptr, rows_w_ptr, j0, c, D, SELF_MODE, ONE_CHUNK, EVEN_D, INPUT_PRECISION,
+                SPLIT, BLOCK_M, BLOCK_N, BLOCK_D,
+            )  # fmt: skip
+        if SELF_MODE == 2:  # the blocks before the diagonal (SELF_MODE 1: none of them holds a j > i)
+            for j0 in range(0, diag_first, BLOCK_N):
+                m, r_self, u_self, r_other = _stats_tile(
+                    m, r_self, u_self, r_other, xi, xi_lo, n_i, rows_ptr, rows_lo_ptr, offs_m, rows_ptr,
+                    rows_lo_ptr, rows_norms_ptr, rows_log2w_ptr, rows_w_ptr, j0, c, D, 0, ONE_CHUNK, EVEN_D,
+                    INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N, BLOCK_D,
+                )  # fmt: skip
+        for j0 in range(diag_end, n_rows, BLOCK_N):
+            m, r_self, u_self, r_other = _stats_tile(
+                m, r_self, u_self, r_other, xi, xi_lo, n_i, rows_ptr, rows_lo_ptr, offs_m, rows_ptr, rows_lo_ptr,
+                rows_norms_ptr, rows_log2w_ptr, rows_w_ptr, j0, c, D, 0, ONE_CHUNK, EVEN_D, INPUT_PRECISION, SPLIT,
+                BLOCK_M, BLOCK_N, BLOCK_D,
             )  # fmt: skip
     if HAS_OTHER:
         for j0 in range(0, n_other, BLOCK_N):
             m, r_other, u_other, r_self = _stats_tile(
                 m, r_other, u_other, r_self, xi, xi_lo, n_i, rows_ptr, rows_lo_ptr, offs_m, other_ptr, other_lo_ptr,
-                other_norms_ptr, other_log2w_ptr, other_w_ptr, j0, n_other, c, D, 0, ONE_CHUNK, INPUT_PRECISION,
+                other_norms_ptr, other_log2w_ptr, other_w_ptr, j0, c, D, 0, ONE_CHUNK, EVEN_D, INPUT_PRECISION,
                 SPLIT, BLOCK_M, BLOCK_N, BLOCK_D,
             )  # fmt: skip
     tl.store(m_ptr + offs_m, m, mask=mask_m)
@@ -268,33 +316,38 @@ def _acc_tile(
     norms_ptr,
     log2w_ptr,
     j0,
-    n_cols,
     c,
     D,
-    offs_out,
+    out0,
     PAIR_MASK: tl.constexpr,
     P_SCALE: tl.constexpr,
     ONE_CHUNK: tl.constexpr,
+    EVEN_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """acc_i += sum_j P_SCALE 2^(y_ij + b_j - m_i) x'_j over one column block, columns offs_out of x'."""
+    """acc_i += sum_j P_SCALE 2^(y_ij + b_j - m_i) x'_j over one column block, columns [out0, out0 + BLOCK_D)."""
     offs_n = j0 + tl.arange(0, BLOCK_N)
-    y = _scores(
-        xi, xi_lo, n_i, rows_ptr, rows_lo_ptr, offs_m.to(tl.int64), cols_ptr, cols_lo_ptr, norms_ptr, offs_n, c, D,
-        ONE_CHUNK, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N, BLOCK_D,
+    y, xj, xj_lo = _scores(
+        xi, xi_lo, n_i, rows_ptr, rows_lo_ptr, tl.program_id(0) * BLOCK_M, cols_ptr, cols_lo_ptr, norms_ptr, j0, c,
+        D, ONE_CHUNK, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N, BLOCK_D,
     )  # fmt: skip
     b = tl.load(log2w_ptr + offs_n).to(y.dtype)
-    yw = tl.where(_pairs(offs_m, offs_n, n_cols, PAIR_MASK), y + b[None, :], float("-inf"))
+    yw = y + b[None, :]
+    if PAIR_MASK != 0:
+        yw = tl.where(_pairs(offs_m, offs_n, PAIR_MASK), yw, float("-inf"))
     p = exp2(yw - m_ref[:, None])
     if P_SCALE != 1.0:
         p = p * P_SCALE
-    offs_n64 = offs_n.to(tl.int64)
-    xj = _load_rows(cols_ptr, offs_n64, offs_n >= 0, offs_out, D)
-    xj_lo = _load_rows(cols_lo_ptr, offs_n64, offs_n >= 0, offs_out, D) if SPLIT else xj
+    if not ONE_CHUNK:  # this program's columns of x'_j (with ONE_CHUNK: all of them, the Gram's operand)
+        offs_d = tl.arange(0, BLOCK_D)
+        col_offs = tl.arange(0, BLOCK_N)[:, None] * D + offs_d[None, :]
+        d_mask = (out0 + offs_d < D)[None, :]
+        xj = _tile(cols_ptr + out0, j0, D, col_offs, d_mask, False)
+        xj_lo = _tile(cols_lo_ptr + out0, j0, D, col_offs, d_mask, False) if SPLIT else xj
     return _weighted_rows(p, xj, xj_lo, acc, INPUT_PRECISION, SPLIT)
 
 
@@ -319,6 +372,7 @@ def _weighted_acc_kernel(
     HAS_OTHER: tl.constexpr,
     P_SCALE: tl.constexpr,
     ONE_CHUNK: tl.constexpr,
+    EVEN_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -332,7 +386,8 @@ def _weighted_acc_kernel(
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < n_rows
     offs_m64 = offs_m.to(tl.int64)
-    offs_out = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    out0 = tl.program_id(1) * BLOCK_D
+    offs_out = out0 + tl.arange(0, BLOCK_D)
     c, _, _ = _scaled_t(consts_ptr, info_ptr, ty)
     n_i = tl.load(rows_norms_ptr + offs_m).to(ty)
     m = tl.load(m_ptr + offs_m, mask=mask_m, other=float("-inf"))
@@ -345,17 +400,30 @@ def _weighted_acc_kernel(
         xi_lo = xi
     acc = tl.zeros([BLOCK_M, BLOCK_D], ty)
     if SELF_MODE != 0:
-        for j0 in range(0, n_rows, BLOCK_N):
+        diag_first, diag_end = _diagonal_blocks(pid, n_rows, BLOCK_M, BLOCK_N)
+        for j0 in range(diag_first, diag_end, BLOCK_N):
             acc = _acc_tile(
                 acc, m_ref, xi, xi_lo, n_i, rows_ptr, rows_lo_ptr, offs_m, rows_ptr, rows_lo_ptr, rows_norms_ptr,
-                rows_log2w_ptr, j0, n_rows, c, D, offs_out, 2, P_SCALE, ONE_CHUNK, INPUT_PRECISION, SPLIT, BLOCK_M,
-                BLOCK_N, BLOCK_D,
+                rows_log2w_ptr, j0, c, D, out0, 2, P_SCALE, ONE_CHUNK, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N,
+                BLOCK_D,
+            )  # fmt: skip
+        for j0 in range(0, diag_first, BLOCK_N):
+            acc = _acc_tile(
+                acc, m_ref, xi, xi_lo, n_i, rows_ptr, rows_lo_ptr, offs_m, rows_ptr, rows_lo_ptr, rows_norms_ptr,
+                rows_log2w_ptr, j0, c, D, out0, 0, P_SCALE, ONE_CHUNK, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N,
+                BLOCK_D,
+            )  # fmt: skip
+        for j0 in range(diag_end, n_rows, BLOCK_N):
+            acc = _acc_tile(
+                acc, m_ref, xi, xi_lo, n_i, rows_ptr, rows_lo_ptr, offs_m, rows_ptr, rows_lo_ptr, rows_norms_ptr,
+                rows_log2w_ptr, j0, c, D, out0, 0, P_SCALE, ONE_CHUNK, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M, BLOCK_N,
+                BLOCK_D,
             )  # fmt: skip
     if HAS_OTHER:
         for j0 in range(0, n_other, BLOCK_N):
             acc = _acc_tile(
                 acc, m_ref, xi, xi_lo, n_i, rows_ptr, rows_lo_ptr, offs_m, other_ptr, other_lo_ptr, other_norms_ptr,
-                other_log2w_ptr, j0, n_other, c, D, offs_out, 0, P_SCALE, ONE_CHUNK, INPUT_PRECISION, SPLIT, BLOCK_M,
+                other_log2w_ptr, j0, c, D, out0, 0, P_SCALE, ONE_CHUNK, EVEN_D, INPUT_PRECISION, SPLIT, BLOCK_M,
                 BLOCK_N, BLOCK_D,
             )  # fmt: skip
     if P_SCALE != 1.0:
@@ -385,14 +453,15 @@ def _weighted_grad_kernel(
 # Host side
 
 
-def _blocks(dtype: torch.dtype) -> triton.Config:
-    """One block configuration (not tuned): 64 x 64 tiles, 32 x 32 for float64 (its dots hold more registers)."""
+def _blocks(dtype: torch.dtype, split: bool) -> triton.Config:
+    """One block configuration (not tuned). Compiled for sm_90, neither sweep spills registers with these at
+    D = 128 (16-bit operands: 44 and 32 SASS instructions per pair in the statistics and accumulator loops) nor with
+    a split at D = 64 and 128 (its three dots per product: 32-column blocks); float64's dots hold more registers."""
     if INTERPRET:
         return triton.Config({"BLOCK_M": 16, "BLOCK_N": 16})
     if dtype == torch.float64:
         return triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2)
-    # 8 warps: no register spills in either sweep at D = 128 (16-bit) or D = 64 (a split), sm_90.
-    return triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=8, num_stages=2)
+    return triton.Config({"BLOCK_M": 64, "BLOCK_N": 32 if split else 64}, num_warps=8, num_stages=2)
 
 
 class _Columns:
@@ -422,6 +491,7 @@ def _launch_constants(d: int, self_mode: int, has_other: bool, precision: str) -
         "SELF_MODE": self_mode,
         "HAS_OTHER": has_other,
         "ONE_CHUNK": one_chunk,
+        "EVEN_D": one_chunk and d == max(16, triton.next_power_of_2(d)),
         "INPUT_PRECISION": "ieee",  # as in ``uniform``: tf32 runs on a float16 copy
         "SPLIT": split,
         "BLOCK_D": max(16, triton.next_power_of_2(d)) if one_chunk else _CHUNK_D,
@@ -433,7 +503,7 @@ def _sweep(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(m, sums, acc or None) of the rows against their own set (``self_mode``) and ``other``."""
     n, d = rows.rows.shape
-    config = _blocks(dtype)
+    config = _blocks(dtype, rows.lo is not None)
     constants = _launch_constants(d, self_mode, other is not None, precision)
     other_args = (other or rows).args()
     m = torch.empty(n, dtype=dtype, device=rows.rows.device)
