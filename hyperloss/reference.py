@@ -114,10 +114,11 @@ def dense_uniform_loss(
     """log mean over the pair set of exp(-t ||.||^2), as a log-sum-exp over distances taken by direct differences:
     finite where the paper's code gives -inf, and exact for rows with a large common offset.
 
-    With per-row weights, the weighted mean: log( sum_pairs w_u w_v exp(-t d_uv) / sum_pairs w_u w_v ), taken as
-    m + log sum_pairs w_u w_v exp(-t d_uv - m) with m the largest score of a pair of positive weight (no log of a
-    weight: autograd gives finite weight gradients where a weight is 0, as long as no pair of weight 0 scores more
-    than ~700 above m, beyond which exp overflows to inf and the value becomes NaN).
+    With per-row weights, the weighted mean: log( sum_pairs w_u w_v exp(-t d_uv) / sum_pairs w_u w_v ), taken per
+    kind of pair (x-x, x-queue) as m + log sum_pairs w_u w_v exp(-t d_uv - m) with m the largest score of a pair of
+    positive weight, each set's weights scaled by its largest (no log of a weight: autograd gives finite weight
+    gradients where a weight is 0, as long as no pair of weight 0 scores more than ~700 above m, beyond which exp
+    overflows to inf and the value becomes NaN).
 
     Materializes the N x N (and N x K) scores: for small inputs and tests only.
 
@@ -133,30 +134,38 @@ def dense_uniform_loss(
         A 0-dim tensor of x's dtype; autograd through torch (also to higher orders). In float64 it is the
         definition every backend is tested against.
     """
-    scores, pair_weights = [], []
     w = x.new_ones(x.shape[0]) if weights is None else weights.to(x.dtype)
     qw = None if queue is None else queue.new_ones(queue.shape[0])
     if queue is not None and queue_weights is not None:
         qw = queue_weights.to(x.dtype)
-    # The loss does not change when every weight is scaled by one factor: by the largest, no product overflows.
-    largest = torch.stack([v.detach().amax() for v in (w, qw) if v is not None]).amax()
-    w, qw = w / largest, None if qw is None else qw / largest
+    # Each set's weights scaled by its own largest (the x-x and x-queue pairs then carry log factors 2 log L_x and
+    # log L_x + log L_q back): no product of two weights overflows or leaves the normal range, even for sets 1e300
+    # apart.
+    groups = []  # (scores, pair weights, log of the factor taken out)
+    largest = [None if v is None else v.detach().amax() for v in (w, qw)]
+    largest = [None if v is None else torch.where(v > 0, v, 1.0) for v in largest]  # a set of weight 0: as is
+    log_largest = [None if v is None else v.log() for v in largest]
+    w = w / largest[0]
+    qw = None if qw is None else qw / largest[1]
     if intra_batch:
         n = x.shape[0]
         upper = torch.triu_indices(n, n, offset=1, device=x.device)
-        scores.append(direct_sq_dists(x, x)[upper[0], upper[1]].mul(-t))
-        pair_weights.append(w[upper[0]] * w[upper[1]])
+        scores = direct_sq_dists(x, x)[upper[0], upper[1]].mul(-t)
+        groups.append((scores, w[upper[0]] * w[upper[1]], 2 * log_largest[0]))
     if queue is not None:
-        scores.append(direct_sq_dists(x, queue).flatten().mul(-t))
-        pair_weights.append((w[:, None] * qw[None, :]).flatten())
-    scores = torch.cat(scores)
+        scores = direct_sq_dists(x, queue).flatten().mul(-t)
+        groups.append((scores, (w[:, None] * qw[None, :]).flatten(), log_largest[0] + log_largest[1]))
     if weights is None and queue_weights is None:
         k = 0 if queue is None else queue.shape[0]
-        lse = torch.logsumexp(scores, dim=0)
+        lse = torch.logsumexp(torch.cat([g[0] for g in groups]), dim=0)
         return lse - log_num_pairs(x.shape[0], k, intra_batch, x.device).to(lse.dtype)
-    pair_weights = torch.cat(pair_weights)
-    top = torch.where(pair_weights > 0, scores, -torch.inf).amax().detach()
-    return top + (pair_weights * (scores - top).exp()).sum().log() - pair_weights.sum().log()
+    numerators, denominators = [], []
+    for scores, pair_weights, log_factor in groups:
+        top = torch.where(pair_weights > 0, scores, -torch.inf).amax().detach()
+        top = torch.where(torch.isinf(top), 0.0, top)  # a group of weight 0: its sums are 0
+        numerators.append(top + (pair_weights * (scores - top).exp()).sum().log() + log_factor)
+        denominators.append(pair_weights.sum().log() + log_factor)
+    return torch.logsumexp(torch.stack(numerators), 0) - torch.logsumexp(torch.stack(denominators), 0)
 
 
 # The chunked backend's primitives, at the path they had before the registry (``hyperloss.backends.chunked``).
