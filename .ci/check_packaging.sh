@@ -13,7 +13,7 @@ CHECKOUT=$PWD
 PYTHON=${PYTHON:-python3}
 TORCH=${TORCH_SPEC:-torch==2.13.0}
 WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT  # the venvs' background pip, if the build failed
 export HYPERLOSS_CUDA=OFF PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # The two fresh venvs get their torch while the build runs, not after it.
