@@ -13,10 +13,10 @@ export HYPERLOSS_CUDA
 
 .PHONY: test bench build lint pytest ctest package-check clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet torch==2.13.0 triton pytest hypothesis pytest-benchmark scikit-build-core ninja build ruff \
-	  matplotlib numpy jax jaxlib scikit-learn torchmetrics tqdm
+	$(PIP) install --quiet torch==2.13.0 triton pytest pytest-xdist hypothesis pytest-benchmark scikit-build-core ninja \
+	  build ruff matplotlib numpy jax jaxlib scikit-learn torchmetrics tqdm
 	touch $@
 
 # An editable install: Python from the checkout, the C libraries built by CMake (build/<wheel tag>, incremental).
@@ -31,9 +31,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check hyperloss tests bench
 
 # The Triton kernels run on the CPU only under TRITON_INTERPRET=1, which must be set before Python starts.
+# One pytest-xdist worker per core (PYTEST_WORKERS=0: none). The first pass keeps each module on one worker
+# (loadscope; loadgroup's marks are lost with pytest 9.2, pytest-xdist issue #1386): a module-scoped fixture (the
+# sm_90 compilations, the ahead-of-time generator's output) then runs once, not once per worker. Every worker keeps
+# torch's default thread count (the thread-count tests compare it with one thread); passive OpenMP waits keep a
+# worker's idle threads from spinning on the cores the other one needs (7x slower tests/test_uniform.py without).
+PYTEST_WORKERS ?= logical
+PYTEST_ENV := OMP_WAIT_POLICY=passive
 pytest: build
-	$(PY) -m pytest -q tests bench
-	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/test_triton.py tests/test_triton_lean.py
+	$(PYTEST_ENV) $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope tests bench
+	$(PYTEST_ENV) TRITON_INTERPRET=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) tests/test_triton.py tests/test_triton_lean.py
 
 # The C library: build (CUDA kernels too where nvcc is found), C++ tests, then install it and build a separate
 # program against it with find_package(hyperloss).

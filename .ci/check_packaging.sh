@@ -13,12 +13,28 @@ CHECKOUT=$PWD
 PYTHON=${PYTHON:-python3}
 TORCH=${TORCH_SPEC:-torch==2.13.0}
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT  # the venvs' background pip, if the build failed
 export HYPERLOSS_CUDA=OFF PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# The two fresh venvs get their torch while the build runs, not after it.
+fresh_venv() {
+    "$PYTHON" -m venv "$WORK/venv-$1"
+    "$WORK/venv-$1/bin/pip" install --quiet "$TORCH" numpy > "$WORK/venv-$1.log" 2>&1
+}
+echo "== fresh venvs for the sdist and the wheel, $TORCH (in the background)"
+declare -A venv_job
+for kind in sdist wheel; do
+    fresh_venv "$kind" &
+    venv_job[$kind]=$!
+done
 
 echo "== building the sdist and the wheel (python -m build, isolated)"
 "$PYTHON" -m build --sdist --wheel --outdir "$WORK/dist" . > "$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log"; exit 1; }
 ls "$WORK/dist"
+echo "   built in ${SECONDS}s"
+for kind in sdist wheel; do
+    wait "${venv_job[$kind]}" || { grep -v "^WARNING: Location" "$WORK/venv-$kind.log" | tail -40; exit 1; }
+done
 
 smoke='
 import os, sys, torch, hyperloss
@@ -42,9 +58,7 @@ print("hyperloss.jax works, through", hj.KERNEL_PATH)
 for kind in sdist wheel; do
     artifact=$(ls "$WORK"/dist/*.tar.gz)
     [ "$kind" = wheel ] && artifact="$(ls "$WORK"/dist/*.whl)[jax]"  # the jax extra: hyperloss.jax must work too
-    echo "== $kind: fresh venv, $TORCH, then pip install $(basename "$artifact")"
-    "$PYTHON" -m venv "$WORK/venv-$kind"
-    "$WORK/venv-$kind/bin/pip" install --quiet "$TORCH" numpy 2>&1 | grep -v "^WARNING: Location" || true
+    echo "== $kind: pip install $(basename "$artifact") into its fresh venv (${SECONDS}s)"
     before=$("$WORK/venv-$kind/bin/python" -c "import torch; print(torch.__version__)")
     "$WORK/venv-$kind/bin/pip" install -v "$artifact" > "$WORK/install-$kind.log" 2>&1 \
         || { grep -v "^WARNING: Location" "$WORK/install-$kind.log" | tail -40; exit 1; }
@@ -55,4 +69,4 @@ for kind in sdist wheel; do
     [ "$before" = "$after" ] || { echo "FAIL: torch changed from $before to $after"; exit 1; }
     (cd "$WORK" && CHECKOUT="$CHECKOUT" "$WORK/venv-$kind/bin/python" -c "$smoke")
 done
-echo "packaging check passed"
+echo "packaging check passed (${SECONDS}s)"
