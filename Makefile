@@ -30,7 +30,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check hyperloss tests bench
 	$(VENV)/bin/ruff format --check hyperloss tests bench
 
-# The Triton kernels run on the CPU only under TRITON_INTERPRET=1, which must be set before Python starts.
+# The Triton kernels run on the CPU only under TRITON_INTERPRET=1, which must be set before Python starts (the
+# second pass: the Triton modules, and the weighted-loss tests' "triton" cases).
 # One pytest-xdist worker per core (PYTEST_WORKERS=0: none). The first pass keeps each module on one worker
 # (loadscope; loadgroup's marks are lost with pytest 9.2, pytest-xdist issue #1386): a module-scoped fixture (the
 # sm_90 compilations, the ahead-of-time generator's output) then runs once, not once per worker. Every worker keeps
@@ -40,7 +41,8 @@ PYTEST_WORKERS ?= logical
 PYTEST_ENV := OMP_WAIT_POLICY=passive
 pytest: build
 	$(PYTEST_ENV) $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope tests bench
-	$(PYTEST_ENV) TRITON_INTERPRET=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) tests/test_triton.py tests/test_triton_lean.py
+	$(PYTEST_ENV) TRITON_INTERPRET=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) tests/test_triton.py tests/test_triton_lean.py \
+	  tests/test_weights.py tests/test_weights_triton_hostile.py -k triton
 
 # The C library: build (CUDA kernels too where nvcc is found), C++ tests, then install it and build a separate
 # program against it with find_package(hyperloss).
