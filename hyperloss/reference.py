@@ -159,13 +159,14 @@ def dense_uniform_loss(
         k = 0 if queue is None else queue.shape[0]
         lse = torch.logsumexp(torch.cat([g[0] for g in groups]), dim=0)
         return lse - log_num_pairs(x.shape[0], k, intra_batch, x.device).to(lse.dtype)
-    numerators, denominators = [], []
-    for scores, pair_weights, log_factor in groups:
-        top = torch.where(pair_weights > 0, scores, -torch.inf).amax().detach()
-        top = torch.where(torch.isinf(top), 0.0, top)  # a group of weight 0: its sums are 0
-        numerators.append(top + (pair_weights * (scores - top).exp()).sum().log() + log_factor)
-        denominators.append(pair_weights.sum().log() + log_factor)
-    return torch.logsumexp(torch.stack(numerators), 0) - torch.logsumexp(torch.stack(denominators), 0)
+    # The kinds of pairs summed with factors exp(log factor - the largest) <= 1, relative to the largest score of a
+    # pair of positive weight: a kind of weight 0 adds 0 (and its weights get their finite gradients).
+    log_factors = torch.stack([g[2] for g in groups]).detach()
+    factors = (log_factors - log_factors.amax()).exp()
+    scores = torch.cat([g[0] for g in groups])
+    pair_weights = torch.cat([g[1] * f for g, f in zip(groups, factors, strict=True)])
+    top = torch.where(pair_weights > 0, scores, -torch.inf).amax().detach()
+    return top + (pair_weights * (scores - top).exp()).sum().log() - pair_weights.sum().log()
 
 
 # The chunked backend's primitives, at the path they had before the registry (``hyperloss.backends.chunked``).
