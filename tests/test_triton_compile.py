@@ -191,11 +191,12 @@ def test_weighted_kernels_compile_for_sm90(operand, acc, split, one_chunk):
         blocks = dict(BLOCK_M=32, BLOCK_N=32) if operand == "fp64" else dict(BLOCK_M=64, BLOCK_N=32 if split else 64)
         if kernel is weighted._weighted_acc_kernel:
             modes = ((2, True),)  # every pair of a row
-            common["P_SCALE"] = 16384.0 if operand == "fp16" else 1.0
+            extra = dict(P_SCALE=16384.0 if operand == "fp16" else 1.0)
         else:
             modes = ((1, False), (2, True))  # loss only (j > i); every pair, a queue
+            extra = {}
         for self_mode, has_other in modes:
-            _compile(kernel, types, dict(SELF_MODE=self_mode, HAS_OTHER=has_other, **common, **blocks))
+            _compile(kernel, types, dict(SELF_MODE=self_mode, HAS_OTHER=has_other, **common, **extra, **blocks))
     kernel = weighted._weighted_grad_kernel
     types = {name: "*fp64" for name in kernel.arg_names}
     types.update(v_ptr=f"*{operand}", v_lo_ptr=f"*{operand}", acc_ptr=f"*{acc}", n_rows="i32", D="i32")

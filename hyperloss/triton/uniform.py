@@ -1088,9 +1088,6 @@ def _grad_kernel(
     e = tl.load(info_ptr).to(tl.int64)
     finite = tl.load(info_ptr + 1) != 0
     dref = tl.load(dref_ptr + rows, mask=mask_r, other=float("inf"))
-    weight = tl.load(sums_ptr + rows, mask=mask_r, other=0.0) + tl.load(
-        sums_ptr + 2 * n_rows + rows, mask=mask_r, other=0.0
-    )
     log2_coef = _log2_weight(dref, tl.load(comb_ptr + 1), tl.load(consts_ptr + 1), 2 * e) - tl.load(comb_ptr)
     log2_coef = log2_coef + (log2(tl.load(consts_ptr)) + 1.0)  # * 2t
     if INTO_V:  # each element is read before it is written, by the same program
@@ -1098,19 +1095,23 @@ def _grad_kernel(
     else:
         out_ptr = acc_ptr
     _write_row_gradients(
-        v_ptr, v_lo_ptr, acc_ptr, out_ptr, rows, mask_r, weight, log2_coef, e, finite, D, SPLIT, BLOCK_C
+        v_ptr, v_lo_ptr, acc_ptr, out_ptr, sums_ptr, n_rows, rows, mask_r, log2_coef, e, finite, D, SPLIT, BLOCK_C
     )
 
 
 @triton.jit
 def _write_row_gradients(
-    v_ptr, v_lo_ptr, acc_ptr, out_ptr, rows, mask_r, weight, log2_coef, e, finite, D, SPLIT: tl.constexpr,
+    v_ptr, v_lo_ptr, acc_ptr, out_ptr, sums_ptr, n_rows, rows, mask_r, log2_coef, e, finite, D, SPLIT: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """out_i = 2^(log2_coef_i + e) (acc_i - weight_i v'_i) (SPLIT: v' = v + v_lo), rounded once from float64 to
-    out's dtype; 0 where log2_coef is -inf, NaN everywhere unless ``finite``. The factor is applied as a mantissa
-    and exact powers of two: it may lie far outside the compute dtype where the gradient does not."""
+    """out_i = 2^(log2_coef_i + e) (acc_i - R_i v'_i) (SPLIT: v' = v + v_lo; R_i = r_self_i + r_other_i from the
+    sweep's sums), rounded once from float64 to out's dtype; 0 where log2_coef is -inf, NaN everywhere unless
+    ``finite``. The factor is applied as a mantissa and exact powers of two: it may lie far outside the compute dtype
+    where the gradient does not."""
     rows64 = rows.to(tl.int64)
+    weight = tl.load(sums_ptr + rows, mask=mask_r, other=0.0) + tl.load(
+        sums_ptr + 2 * n_rows + rows, mask=mask_r, other=0.0
+    )
     present = log2_coef > float("-inf")  # else no weight on this row's pairs: its gradient is 0
     # Beyond +-3000 the gradient over- or underflows every dtype.
     log2_coef = tl.minimum(tl.maximum(tl.where(present, log2_coef, 0.0), -3000.0), 3000.0)

@@ -40,7 +40,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from .._common import power_of_two_scale, row_weights
+from .._common import as_scalar_tensor, power_of_two_scale, row_weights
 from .._precision import resolve_precision
 from .._validation import compute_dtype
 from ._prepare import padded, prepare
@@ -440,12 +440,9 @@ def _weighted_grad_kernel(
     """In place in acc: d lse / d v_i = 2^(log2_coef_i + E) (acc_i - R_i v'_i), R_i = r_self_i + r_other_i."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     mask_r = rows < n_rows
-    weight = tl.load(sums_ptr + rows, mask=mask_r, other=0.0) + tl.load(
-        sums_ptr + 2 * n_rows + rows, mask=mask_r, other=0.0
-    )
     log2_coef = tl.load(log2_coef_ptr + rows, mask=mask_r, other=float("-inf"))
     _write_row_gradients(
-        v_ptr, v_lo_ptr, acc_ptr, acc_ptr, rows, mask_r, weight, log2_coef, tl.load(info_ptr).to(tl.int64),
+        v_ptr, v_lo_ptr, acc_ptr, acc_ptr, sums_ptr, n_rows, rows, mask_r, log2_coef, tl.load(info_ptr).to(tl.int64),
         tl.load(info_ptr + 1) != 0, D, SPLIT, BLOCK_C,
     )  # fmt: skip
 
@@ -470,8 +467,7 @@ class _Columns:
     dtype (float32, float64 for float64 inputs), padded with -inf and 0 to the rows' padding: log2(s w) with the
     scale s common to both sets (the scores of both sets share a row's maximum and its accumulator), and the values
     s' w for the deficits with this set's own scale s' (its largest in [0.5, 1): a set far lighter than the other
-    keeps its digits there, where s w could be subnormal). ``partners``: per row of this set, as columns of its own
-    set, the sum of the others' values s' w_j (j != i, or j > i with ``upper``), float64; ``total``: all of them."""
+    keeps its digits there, where s w could be subnormal)."""
 
     def __init__(self, rows, rows_lo, norms, weights: torch.Tensor, log2_scale: torch.Tensor, dtype: torch.dtype):
         self.rows, self.lo, self.norms = rows, rows_lo, norms
@@ -485,13 +481,19 @@ class _Columns:
         self.w = torch.zeros(n_pad, dtype=dtype, device=rows.device)
         self.w[:n] = torch.exp2(log2_w + (log2_scale - self.log2_shift))
         self.n = n
-        values = self.w[:n].to(torch.float64)
-        self.total = values.sum()
-        # Running sums of nonnegative terms: total - w_i would lose every digit of a row's partners where its own
-        # weight dominates them.
+
+    def total(self) -> torch.Tensor:
+        """The sum of the values s' w (float64)."""
+        return self.w[: self.n].sum(dtype=torch.float64)
+
+    def partner_sums(self, upper: bool) -> torch.Tensor:
+        """Per row, as a column set of its own, the sum of the others' values s' w_j (float64): j > i with
+        ``upper``, else j != i. Running sums of nonnegative terms: total - w_i would lose every digit of a row's
+        partners where its own weight dominates them."""
+        values = self.w[: self.n].to(torch.float64)
         zero = values.new_zeros(1)
-        self.before = torch.cat([zero, values.cumsum(0)[:-1]])
-        self.after = torch.cat([values.flip(0).cumsum(0).flip(0)[1:], zero])
+        after = torch.cat([values.flip(0).cumsum(0).flip(0)[1:], zero])
+        return after if upper else torch.cat([zero, values.cumsum(0)[:-1]]) + after
 
     def args(self, with_values: bool = True) -> tuple:
         lo = self.rows if self.lo is None else self.lo  # never read without a split
@@ -500,15 +502,16 @@ class _Columns:
 
 def _launch_constants(d: int, self_mode: int, has_other: bool, precision: str) -> dict[str, object]:
     split = _split(precision)
-    one_chunk = triton.next_power_of_2(d) <= (_MAX_REGISTER_D // 2 if split else _MAX_REGISTER_D)
+    width = max(16, triton.next_power_of_2(d))  # tl.dot needs K >= 16
+    one_chunk = width <= (_MAX_REGISTER_D // 2 if split else _MAX_REGISTER_D)
     return {
         "SELF_MODE": self_mode,
         "HAS_OTHER": has_other,
         "ONE_CHUNK": one_chunk,
-        "EVEN_D": one_chunk and d == max(16, triton.next_power_of_2(d)),
+        "EVEN_D": one_chunk and d == width,
         "INPUT_PRECISION": "ieee",  # as in ``uniform``: tf32 runs on a float16 copy
         "SPLIT": split,
-        "BLOCK_D": max(16, triton.next_power_of_2(d)) if one_chunk else _CHUNK_D,
+        "BLOCK_D": width if one_chunk else _CHUNK_D,
     }
 
 
@@ -591,11 +594,11 @@ def triton_uniform_lse_weighted(
     if self_mode == _SELF_NONE:
         self_sum = torch.full_like(log2_w, -math.inf)
     else:
-        count = xs.before + xs.after if self_mode == _SELF_ALL else xs.after
+        count = xs.partner_sums(upper=self_mode == _SELF_UPPER)
         self_sum = _log2_set_sum(m, sums[0], sums[1], count, xs)
     other_sum = torch.full_like(log2_w, -math.inf)
     if qs is not None:
-        other_sum = _log2_set_sum(m, sums[2], sums[3], qs.total.expand(n), qs)
+        other_sum = _log2_set_sum(m, sums[2], sums[3], qs.total().expand(n), qs)
     log2_h = 1.0 if self_mode == _SELF_ALL else 0.0  # each pair of x swept from both of its rows, or once
     row_sum = torch.logaddexp2(self_sum - log2_h, other_sum) - log2_scale
     l2 = torch.logsumexp((log2_w + row_sum) * math.log(2.0), 0) / math.log(2.0)
@@ -614,7 +617,7 @@ def triton_uniform_lse_weighted(
             log2_coef = log2_2t + log2_qw + m_q.to(torch.float64) - l2 - log2_scale
             gq = _finish_grad(prep.queue, prep.queue_lo, acc_q, sums_q, log2_coef, info)
         if grad_queue_weights:
-            q_sum = _log2_set_sum(m_q, sums_q[2], sums_q[3], xs.total.expand(k), xs)
+            q_sum = _log2_set_sum(m_q, sums_q[2], sums_q[3], xs.total().expand(k), xs)
             gqw = torch.exp2(q_sum - log2_scale - l2)
     gw, gqw = (None if g is None else torch.where(info[1] != 0, g, math.nan) for g in (gw, gqw))
     # An op returns tensors: empty ones for the gradients not asked for.
@@ -658,10 +661,9 @@ def uniform_lse_weighted(
     """
     resolved = resolve_precision(x.dtype, precision)
     check_interpretable(x.dtype, resolved)
-    t = t.to(torch.float64) if isinstance(t, torch.Tensor) else torch.tensor(float(t), dtype=torch.float64)
     lse, gx, gq, gw, gqw = torch.ops.hyperloss.triton_uniform_lse_weighted(
-        x, queue, t, intra_batch, weights, queue_weights, grad_x, grad_queue, grad_weights, grad_queue_weights,
-        resolved,
+        x, queue, as_scalar_tensor(t), intra_batch, weights, queue_weights, grad_x, grad_queue, grad_weights,
+        grad_queue_weights, resolved,
     )  # fmt: skip
     has_queue = queue is not None
     return (
