@@ -6,12 +6,18 @@
 #      the GPU, while the package's C library with its CUDA kernels builds (CPU-bound);
 #   2. the headline Triton benchmarks: uniformity forward+backward, D = 128, bf16 and fp32 "high" (tf32) at
 #      N = 65536 and 262144, bf16 at 2^20 (autotuning capped at the 2^17 bucket), alignment fp32 at 2^20, with
-#      peak extra memory (JSON);
-#   3. the CUDA backend's tests, then the standalone C library (CMake -G Ninja) and its ctest;
-#   4. compute-sanitizer memcheck on small Triton and CUDA calls.
-# Every step has a time limit and is stopped by SIGINT (pytest and the benchmark then write what they have).
-# Everything goes into at most 4 files in the output folder: gpu-check.log (every step's output), gpu-check.json
-# (the benchmark), gpu-check.md (the table of steps), gpu-check-sanitizer.log.
+#      peak extra memory (JSON); meanwhile (niced) the standalone C library with the Triton kernels compiled ahead
+#      of time (CMake -G Ninja, -DHYPERLOSS_TRITON_AOT=ON: csrc/cuda/aot/README.md) builds in build-gpu;
+#   3. the CUDA backend's and JAX's tests on the GPU (the package's library: the hand-written CUDA kernels), ctest
+#      of the AOT build (test_cuda: CUDA vs the float64 CPU kernel for every dtype, precision and gradient, counting
+#      the calls that ran the AOT kernels; triton_aot: each lean sweep launched), the CUDA backend's tests on the AOT
+#      library (HYPERLOSS_LIBRARY_DIR=build-gpu), and uniformity/alignment timed on the CUDA backend with each
+#      library against the Triton backend (JSON);
+#   4. compute-sanitizer memcheck on small Triton and CUDA calls (the CUDA ones on the AOT library where it built).
+# Every step has a time limit and is stopped by SIGINT (pytest and the benchmarks then write what they have).
+# Everything goes into at most 5 files in the output folder: gpu-check.log (every step's output), gpu-check.json
+# (the Triton benchmark), gpu-check-cuda.json (the CUDA backend's timings), gpu-check.md (the table of steps),
+# gpu-check-sanitizer.log.
 #
 # Usage: bash bench/gpu_check.sh [--out DIR] [--dry-run]   (default DIR: bench/results)
 #   --dry-run   print the plan and its time budget, run nothing (CI runs this)
@@ -42,9 +48,9 @@ TOTAL=${GPU_CHECK_SECONDS:-530}
 
 # The plan: step name | share of the budget (percent) | what it runs (no "|" inside). The shares add up to 100.
 PLAN=(
-    "1 GPU tests (Triton) + C library build (CUDA)|30|pytest tests/test_triton.py on the GPU, meanwhile pip install -e . (HYPERLOSS_CUDA=ON, Ninja)"
-    "2 headline Triton benchmarks|30|uniform fwd+bwd D=128: bf16/fp32-high N=65536,262144; bf16 N=2^20; align fp32 N=2^20"
-    "3 CUDA tests + CMake build + ctest|28|pytest tests/test_cuda_backend.py; cmake -G Ninja; ctest"
+    "1 GPU tests (Triton) + C library build (CUDA)|28|pytest tests/test_triton.py on the GPU, meanwhile pip install -e . (HYPERLOSS_CUDA=ON, Ninja)"
+    "2 headline Triton benchmarks + AOT build|26|uniform fwd+bwd D=128: bf16/fp32-high N=65536,262144; bf16 N=2^20; align fp32 N=2^20; meanwhile cmake -DHYPERLOSS_TRITON_AOT=ON"
+    "3 CUDA + JAX tests, AOT ctest, CUDA timings|34|pytest test_cuda_backend.py test_jax.py; ctest (AOT); pytest test_cuda_backend.py on the AOT library; cuda vs triton N=65536"
     "4 compute-sanitizer memcheck|12|small Triton and CUDA calls under memcheck"
 )
 
@@ -59,13 +65,14 @@ if ((DRY_RUN)); then
         sum=$((sum + $(limit_of "$share")))
     done
     echo "  total of the step limits: ${sum}s <= ${TOTAL}s"
-    echo "  files: $OUT_DIR/gpu-check.log gpu-check.json gpu-check.md gpu-check-sanitizer.log (4 <= 8)"
+    echo "  files: $OUT_DIR/gpu-check.log gpu-check.json gpu-check-cuda.json gpu-check.md gpu-check-sanitizer.log (5 <= 8)"
     exit 0
 fi
 
 mkdir -p "$OUT_DIR"
 LOG="$OUT_DIR/gpu-check.log"
 JSON="$OUT_DIR/gpu-check.json"
+CUDA_JSON="$OUT_DIR/gpu-check-cuda.json"
 TABLE="$OUT_DIR/gpu-check.md"
 SANITIZER_LOG="$OUT_DIR/gpu-check-sanitizer.log"
 TMP=$(mktemp -d)
@@ -114,8 +121,11 @@ name = torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO CUDA'
 print(f'{name} | torch {torch.__version__} | triton {tv}')" 2>&1 | tail -1)
 echo "environment: $ENV_LINE" | tee -a "$LOG"
 
+# status_of RC: the PASS/TIMEOUT/FAIL word of a run_limited that ran in a background subshell (its exit code).
+status_of() { if (($1 == 0)); then echo PASS; elif (($1 == 124 || $1 == 137 || $1 == 130)); then echo TIMEOUT; else echo "FAIL($1)"; fi; }
+
 # --- 1. Triton GPU tests || the C library's CUDA build ------------------------------------------------------
-LIMIT=$(limit_of 30)
+LIMIT=$(limit_of 28)
 run_limited "$LIMIT" "$TMP/triton-tests.log" env HYPERLOSS_TRITON_AUTOTUNE=0 "$PY" -m pytest -q -rs -x \
     tests/test_triton.py -p no:cacheprovider &
 TESTS_PID=$!
@@ -123,28 +133,25 @@ run_limited "$LIMIT" "$TMP/build.log" env CMAKE_GENERATOR=Ninja CMAKE_BUILD_PARA
     HYPERLOSS_CUDA=ON "$PY" -m pip install --no-build-isolation --no-deps --no-index -e .
 BUILD_STATUS=$STATUS BUILD_SECONDS=$SECONDS_TAKEN
 wait "$TESTS_PID"
-TESTS_RC=$?
-# run_limited ran in a subshell for the tests: its status is its exit code (124: the time limit).
-if ((TESTS_RC == 0)); then TESTS_STATUS=PASS; elif ((TESTS_RC == 124)); then TESTS_STATUS=TIMEOUT; else TESTS_STATUS="FAIL($TESTS_RC)"; fi
+TESTS_STATUS=$(status_of $?)
 append_log "pytest tests/test_triton.py (GPU)" "$TMP/triton-tests.log"
 append_log "build libhyperloss (CUDA)" "$TMP/build.log"
 ROWS+=("pytest triton (GPU)|$TESTS_STATUS|$LIMIT|$(summary_of "$TMP/triton-tests.log")")
 ROWS+=("build libhyperloss (CUDA)|$BUILD_STATUS|$BUILD_SECONDS|")
 
-# --- 2. headline Triton benchmarks --------------------------------------------------------------------------
-cat >"$TMP/headline.py" <<'EOF'
-# Uniformity forward+backward and alignment on the Triton backend; partial results are written on SIGINT.
-import json, sys, time
-import torch
-import hyperloss
+# --- 2. headline Triton benchmarks || the C library with the AOT Triton kernels ----------------------------
+# The AOT build runs niced beside the benchmarks (CPU against GPU work; the benchmarks' first calls compile too) and
+# may run into step 3's share, which waits for it.
+AOT_LIMIT=$(($(limit_of 26) + $(limit_of 34) / 3))
+AOT_T0=$SECONDS
+run_limited "$AOT_LIMIT" "$TMP/aot-build.log" nice -n 10 bash -c \
+    "cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DHYPERLOSS_TRITON_AOT=ON \
+       -DHYPERLOSS_AOT_PYTHON=$(command -v "$PY") && cmake --build build-gpu" &
+AOT_PID=$!
 
-out = sys.argv[1]
-results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "runs": []}
-try:
-    import triton
-    results["triton"] = triton.__version__
-except ImportError:
-    pass
+cat >"$TMP/gpu_timing.py" <<'EOF'
+# The timing both benchmark scripts use: the best of `repeat` CUDA-event timings after one untimed call.
+import torch
 
 
 def timed(fn, repeat=5):
@@ -156,6 +163,21 @@ def timed(fn, repeat=5):
         start.record(); fn(); stop.record(); torch.cuda.synchronize()
         best = min(best, start.elapsed_time(stop))
     return best
+EOF
+cat >"$TMP/headline.py" <<'EOF'
+# Uniformity forward+backward and alignment on the Triton backend; partial results are written on SIGINT.
+import json, sys, time
+import torch
+import hyperloss
+from gpu_timing import timed
+
+out = sys.argv[1]
+results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "runs": []}
+try:
+    import triton
+    results["triton"] = triton.__version__
+except ImportError:
+    pass
 
 
 def uniform_step(x):
@@ -199,25 +221,83 @@ finally:
     with open(out, "w") as f:
         json.dump(results, f, indent=1)
 EOF
-LIMIT=$(limit_of 30)
+LIMIT=$(limit_of 26)
 run_limited "$LIMIT" "$TMP/headline.log" "$PY" "$TMP/headline.py" "$JSON"
 append_log "headline Triton benchmarks" "$TMP/headline.log"
 ROWS+=("headline benchmarks|$STATUS|$SECONDS_TAKEN|$(grep -c '"ms"' "$TMP/headline.log") of 6 runs in $JSON")
 
-# --- 3. CUDA tests, CMake + ctest ---------------------------------------------------------------------------
-LIMIT=$(limit_of 28)
+# --- 3. CUDA + JAX tests, the AOT build's ctest and tests, CUDA timings -------------------------------------
+cat >"$TMP/cuda_timing.py" <<'EOF'
+# Uniformity (bf16, fp32 "high") and alignment (fp32) forward+backward, D = 128, on the CUDA backend (and with
+# "handwritten", the Triton backend beside it); the library is whichever hyperloss._lib loads (HYPERLOSS_LIBRARY_DIR).
+import json, os, sys
+import torch
+import hyperloss
+from hyperloss import _lib
+from gpu_timing import timed
+
+out, library = sys.argv[1], sys.argv[2]
+results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "runs": []}
+if os.path.exists(out):
+    with open(out) as f:
+        results = json.load(f)
+backends = ["triton", "cuda"] if library == "handwritten" else ["cuda"]
+cases = [("uniform", torch.bfloat16, None, 65536), ("uniform", torch.float32, "high", 65536),
+         ("align", torch.float32, None, 1 << 20)]
+try:
+    for loss, dtype, precision, n in cases:
+        torch.manual_seed(0)
+        torch.set_float32_matmul_precision(precision or "highest")
+        x = torch.nn.functional.normalize(torch.randn(n, 128, device="cuda"), dim=1).to(dtype).requires_grad_()
+        y = torch.nn.functional.normalize(torch.randn(n, 128, device="cuda"), dim=1).to(dtype).requires_grad_()
+        for backend in backends:
+            def step():
+                x.grad = y.grad = None
+                if loss == "uniform":
+                    hyperloss.uniform_loss(x, 2.0, backend=backend).backward()
+                else:
+                    hyperloss.align_loss(x, y, backend=backend).backward()
+            ms = timed(step)
+            row = {"loss": loss, "dtype": str(dtype).removeprefix("torch."), "precision": precision, "n": n, "d": 128,
+                   "backend": backend, "library": library if backend == "cuda" else "triton (JIT)",
+                   "library_file": _lib.lib._name if backend == "cuda" else None, "ms": ms}
+            results["runs"].append(row)
+            print(json.dumps(row), flush=True)
+except KeyboardInterrupt:
+    results["interrupted"] = True
+finally:
+    with open(out, "w") as f:
+        json.dump(results, f, indent=1)
+EOF
+LIMIT=$(limit_of 34)
 T3=$SECONDS
-run_limited "$((LIMIT / 2))" "$TMP/cuda-tests.log" "$PY" -m pytest -q -rs tests/test_cuda_backend.py -p no:cacheprovider
-append_log "pytest tests/test_cuda_backend.py" "$TMP/cuda-tests.log"
-ROWS+=("pytest cuda backend|$STATUS|$SECONDS_TAKEN|$(summary_of "$TMP/cuda-tests.log")")
-if command -v cmake >/dev/null 2>&1; then
-    run_limited "$((LIMIT - (SECONDS - T3)))" "$TMP/ctest.log" bash -c \
-        "cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build build-gpu \
-         && cd build-gpu && ctest --output-on-failure"
-    append_log "CMake build + ctest" "$TMP/ctest.log"
-    ROWS+=("cmake + ctest|$STATUS|$SECONDS_TAKEN|$(grep -E "tests passed|tests failed" "$TMP/ctest.log" | tail -1)")
-else
-    ROWS+=("cmake + ctest|SKIP|0|cmake not installed")
+left3() { echo $((LIMIT - (SECONDS - T3))); }
+rm -f "$CUDA_JSON"
+run_limited "$((LIMIT * 35 / 100))" "$TMP/cuda-tests.log" env XLA_PYTHON_CLIENT_PREALLOCATE=false "$PY" -m pytest \
+    -q -rs tests/test_cuda_backend.py tests/test_jax.py -p no:cacheprovider
+append_log "pytest tests/test_cuda_backend.py tests/test_jax.py (the package's library)" "$TMP/cuda-tests.log"
+ROWS+=("pytest cuda backend + jax (GPU)|$STATUS|$SECONDS_TAKEN|$(summary_of "$TMP/cuda-tests.log")")
+run_limited "$(($(left3) / 5))" "$TMP/cuda-timing.log" "$PY" "$TMP/cuda_timing.py" "$CUDA_JSON" handwritten
+append_log "timings: triton and cuda (hand-written kernels)" "$TMP/cuda-timing.log"
+ROWS+=("timings triton + cuda (hand-written)|$STATUS|$SECONDS_TAKEN|$(grep -c '"ms"' "$TMP/cuda-timing.log") of 6 runs in $CUDA_JSON")
+wait "$AOT_PID"
+AOT_STATUS=$(status_of $?)
+append_log "CMake build with the AOT Triton kernels" "$TMP/aot-build.log"
+ROWS+=("cmake build (AOT)|$AOT_STATUS|$((SECONDS - AOT_T0))|$(grep -m1 -o "Triton kernels ahead of time ON[^)]*)" "$TMP/aot-build.log")")
+AOT_LIB=""
+if [[ $AOT_STATUS == PASS ]]; then
+    AOT_LIB=$PWD/build-gpu
+    run_limited "$(($(left3) / 3))" "$TMP/ctest.log" bash -c "cd build-gpu && ctest --output-on-failure"
+    append_log "ctest (AOT build)" "$TMP/ctest.log"
+    ROWS+=("ctest (AOT build)|$STATUS|$SECONDS_TAKEN|$(grep -E "tests passed|tests failed" "$TMP/ctest.log" | tail -1); $(grep -m1 "ahead-of-time Triton kernels:" "$TMP/ctest.log")")
+    run_limited "$(($(left3) * 2 / 3))" "$TMP/aot-tests.log" env HYPERLOSS_LIBRARY_DIR="$AOT_LIB" "$PY" -m pytest -q \
+        -rs tests/test_cuda_backend.py -p no:cacheprovider
+    append_log "pytest tests/test_cuda_backend.py (HYPERLOSS_LIBRARY_DIR=build-gpu: the AOT kernels)" "$TMP/aot-tests.log"
+    ROWS+=("pytest cuda backend (AOT library)|$STATUS|$SECONDS_TAKEN|$(summary_of "$TMP/aot-tests.log")")
+    run_limited "$(left3)" "$TMP/aot-timing.log" env HYPERLOSS_LIBRARY_DIR="$AOT_LIB" "$PY" "$TMP/cuda_timing.py" \
+        "$CUDA_JSON" aot
+    append_log "timings: cuda (AOT library)" "$TMP/aot-timing.log"
+    ROWS+=("timings cuda (AOT)|$STATUS|$SECONDS_TAKEN|$(grep -c '"ms"' "$TMP/aot-timing.log") of 3 runs in $CUDA_JSON")
 fi
 
 # --- 4. compute-sanitizer -----------------------------------------------------------------------------------
@@ -250,7 +330,8 @@ torch.cuda.synchronize()
 print("sanitizer case done")
 EOF
     run_limited "$(limit_of 12)" "$SANITIZER_LOG" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 HYPERLOSS_TRITON_AUTOTUNE=0 \
-        "$SANITIZER" --tool memcheck --error-exitcode 1 "$PY" "$TMP/sanitize_case.py"
+        ${AOT_LIB:+HYPERLOSS_LIBRARY_DIR="$AOT_LIB"} "$SANITIZER" --tool memcheck --error-exitcode 1 "$PY" \
+        "$TMP/sanitize_case.py"
     ROWS+=("compute-sanitizer memcheck|$STATUS|$SECONDS_TAKEN|$(grep -E "ERROR SUMMARY" "$SANITIZER_LOG" | tail -1)")
 fi
 

@@ -214,9 +214,13 @@ _uniform_weighted.defvjp(_uniform_weighted_fwd, _uniform_weighted_bwd, symbolic_
 
 
 def _platform(x) -> str:
-    """Where ``x`` is computed: its device's platform, or under a trace (no device yet) JAX's default backend."""
+    """Where ``x`` is computed: its device's platform, or under a trace (no device yet) the default device's
+    (``jax.default_device``, which may name a device or a platform), else JAX's default backend."""
     if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
         return next(iter(x.devices())).platform
+    default = jax.config.jax_default_device
+    if default is not None:
+        return default if isinstance(default, str) else default.platform
     return jax.default_backend()
 
 

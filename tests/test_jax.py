@@ -1,4 +1,7 @@
-"""hyperloss.jax under jax.jit on the CPU: values and gradients equal the torch backends and the float64 reference."""
+"""hyperloss.jax under jax.jit: values and gradients equal the torch backends and the float64 reference.
+
+Every test runs on the CPU; the unweighted ones (parameter ``device``) also on the GPU where JAX has one, through the
+FFI's CUDA handlers into the library's CUDA kernels (per-row weights are CPU-only)."""
 
 from __future__ import annotations
 
@@ -22,6 +25,37 @@ except ImportError as error:  # pragma: no cover - only where the FFI library wa
 TOL = {np.float64: TOLERANCES["float64"][:2], np.float32: TOLERANCES["float32"][:2]}
 
 
+def _platforms() -> list[str]:
+    try:
+        return ["cpu", "gpu"] if jax.devices("gpu") else ["cpu"]
+    except RuntimeError:  # no GPU backend in this jax
+        return ["cpu"]
+
+
+@pytest.fixture(autouse=True)
+def _on_cpu():
+    """The CPU by default: a jax with CUDA would put every array on the GPU."""
+    with jax.default_device(jax.devices("cpu")[0]):
+        yield
+
+
+@pytest.fixture(params=_platforms())
+def device(request):
+    """The platform a test's arrays are created on ("gpu" only where JAX has one). On a GPU the FFI's CUDA handlers
+    must run (not the host callback, which takes CPU arrays only), with exact float32 products so that TOL holds
+    (float32 follows jax_default_matmul_precision, tf32 unless set; tf32 is tested through the C API)."""
+    if request.param == "cpu":
+        yield "cpu"
+        return
+    assert hj.KERNEL_PATH == "ffi", "no FFI library: the GPU cannot be reached"
+    with jax.default_device(jax.devices("gpu")[0]), jax.default_matmul_precision("highest"):
+        yield "gpu"
+
+
+def _on(value, device: str) -> None:
+    assert {d.platform for d in value.devices()} == {device}
+
+
 def _max_rel(got, want) -> float:
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-3)) if want.size else 0.0
@@ -38,7 +72,7 @@ def _max_rel(got, want) -> float:
         (30, 0, 5, 50.0, True),
     ],
 )
-def test_uniform_matches_reference_under_jit(dtype, n, k, d, t, intra_batch):
+def test_uniform_matches_reference_under_jit(dtype, n, k, d, t, intra_batch, device):
     x = features(n, d, seed=n + d, dtype=torch.float64, device="cpu")
     queue = features(k, d, seed=k, dtype=torch.float64, device="cpu") if k else None
     want, want_grads = uniform_reference(x, t, queue, intra_batch)
@@ -52,6 +86,7 @@ def test_uniform_matches_reference_under_jit(dtype, n, k, d, t, intra_batch):
         fn = jax.jit(jax.value_and_grad(lambda a, b: hj.uniform_loss(a, t, queue=b, intra_batch=intra_batch), (0, 1)))
         value, got_grads = fn(xj, qj)
     value_tol, grad_tol = TOL[dtype]
+    _on(value, device)
     assert value.dtype == dtype
     assert abs(float(value) - want.item()) <= value_tol * (1 + abs(want.item())) + 64 * np.finfo(dtype).eps * t
     for got, w in zip(got_grads, want_grads, strict=True):
@@ -68,7 +103,7 @@ def test_uniform_matches_reference_under_jit(dtype, n, k, d, t, intra_batch):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("alpha", [0.7, 2.0, 3.0])
-def test_align_matches_reference_under_jit(dtype, alpha):
+def test_align_matches_reference_under_jit(dtype, alpha, device):
     x = features(50, 11, seed=1, dtype=torch.float64, device="cpu")
     y = features(50, 11, seed=2, dtype=torch.float64, device="cpu")
     x64, y64 = x.clone().requires_grad_(), y.clone().requires_grad_()
@@ -76,15 +111,17 @@ def test_align_matches_reference_under_jit(dtype, alpha):
     want_gx, want_gy = torch.autograd.grad(want, (x64, y64))
     fn = jax.jit(jax.value_and_grad(lambda a, b: hj.align_loss(a, b, alpha), (0, 1)))
     value, (gx, gy) = fn(jnp.asarray(x.numpy().astype(dtype)), jnp.asarray(y.numpy().astype(dtype)))
+    _on(gx, device)
     value_tol, grad_tol = TOL[dtype]
     assert abs(float(value) - want.item()) <= value_tol * (1 + want.item())
     assert _max_rel(gx, want_gx.numpy()) <= grad_tol and _max_rel(gy, want_gy.numpy()) <= grad_tol
 
 
-def test_half_precision_computes_in_float32():
+def test_half_precision_computes_in_float32(device):
     x = features(20, 6, seed=3, dtype=torch.float64, device="cpu")
     xj = jnp.asarray(x.numpy()).astype(jnp.bfloat16)
     value, grad = jax.value_and_grad(lambda a: hj.uniform_loss(a))(xj)
+    _on(grad, device)
     assert value.dtype == jnp.float32 and grad.dtype == jnp.bfloat16
     want = reference.dense_uniform_loss(torch.from_numpy(np.array(xj.astype(jnp.float64))))
     assert abs(float(value) - want.item()) <= 1e-5 * (1 + abs(want.item()))
@@ -130,7 +167,7 @@ def _direct_loss(x: np.ndarray, t: float, queue: np.ndarray | None = None, intra
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_near_zero_loss_keeps_its_digits(dtype):
+def test_near_zero_loss_keeps_its_digits(dtype, device):
     # N = 1000 unit rows, t = 1e-6: the loss is about -2e-6, far below float32's resolution of log|P| = 13.1.
     x = _unit_rows(1000, 16, seed=0).astype(dtype)
     want = _direct_loss(x, 1e-6)  # of the values the dtype holds
@@ -138,6 +175,7 @@ def test_near_zero_loss_keeps_its_digits(dtype):
     xj = jnp.asarray(x)
     plain = hj.uniform_loss(xj, 1e-6)
     value, grad = jax.jit(jax.value_and_grad(lambda a: hj.uniform_loss(a, 1e-6)))(xj)
+    _on(grad, device)
     for got in (plain, value):
         assert got.dtype == dtype
         assert float(got) <= 0
@@ -149,7 +187,7 @@ def test_near_zero_loss_keeps_its_digits(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("intra_batch", [True, False])
-def test_near_zero_loss_with_queue(dtype, intra_batch):
+def test_near_zero_loss_with_queue(dtype, intra_batch, device):
     x = _unit_rows(300, 8, seed=1).astype(dtype)
     q = _unit_rows(200, 8, seed=2).astype(dtype)
     want = _direct_loss(x, 1e-6, q, intra_batch)
@@ -158,7 +196,7 @@ def test_near_zero_loss_with_queue(dtype, intra_batch):
     assert abs(float(got) - want) <= 1e-4 * abs(want)
 
 
-def test_equal_rows_give_zero_never_positive():
+def test_equal_rows_give_zero_never_positive(device):
     for dtype in (np.float32, np.float64):
         x = jnp.full((7, 3), 0.3, dtype)
         assert float(hj.uniform_loss(x, 2.0)) == 0.0
@@ -166,7 +204,7 @@ def test_equal_rows_give_zero_never_positive():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_common_offset(dtype):
+def test_common_offset(dtype, device):
     # Rows far from the origin: the kernels center them, so the Gram form cancels only on their spread.
     value, grad = jax.jit(jax.value_and_grad(lambda a: hj.uniform_loss(a, 2.0)))(
         jnp.asarray(np.array([[1e4, 0], [1e4, 1]], dtype))
@@ -187,7 +225,7 @@ def test_common_offset(dtype):
     np.testing.assert_allclose(np.asarray(gq, np.float64), [[0, -300]], rtol=1e-6, atol=1e-6)
 
 
-def test_offset_random_rows_match_the_direct_reference():
+def test_offset_random_rows_match_the_direct_reference(device):
     # 64 random unit rows moved by 1000 in every coordinate: the float32 loss of the held values to ~float32 digits.
     base = _unit_rows(64, 12, seed=3)
     for dtype in (np.float32, np.float64):
@@ -250,7 +288,7 @@ def test_callback_path_matches_the_reference(monkeypatch, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_traced_temperature_is_differentiable(dtype):
+def test_traced_temperature_is_differentiable(dtype, device):
     """t as an array: jax.grad with respect to it (and the rows) under jit, against float64 autograd."""
     x = features(35, 6, seed=21, device="cpu")
     queue = features(8, 6, seed=22, device="cpu")
@@ -394,3 +432,12 @@ def test_weighted_bad_input_and_gpu(monkeypatch):
     with pytest.raises(NotImplementedError, match="per-row weights run on the CPU only"):
         hj.uniform_loss(x, weights=jnp.ones(4))
     assert np.isfinite(float(hj.uniform_loss(x)))  # without weights nothing changes
+
+
+def test_traced_weights_follow_the_default_device(monkeypatch):
+    """Under jit the arrays have no device yet: the default device (here the CPU, see _on_cpu) decides where the
+    weighted loss runs, not the default backend, which is the GPU on a machine with one."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    x = jnp.asarray(_unit_rows(6, 3, seed=8), jnp.float32)
+    value = jax.jit(lambda a, c: hj.uniform_loss(a, weights=c))(x, jnp.ones(6, jnp.float32))
+    assert np.isfinite(float(value))

@@ -74,6 +74,8 @@ UNHINTED = ("n_rows", "n_other", "size_bucket")
 FINISH_WARPS = 8
 KINDS = ("lean", "fallback", "combine", "grad")
 C_KEY_NONE = -1  # a key field that does not select this kernel (aot.h)
+# The dynamic shared memory an sm_90 block may opt into (cudaDevAttrMaxSharedMemoryPerBlockOptin on H100/H200).
+MAX_SHARED_BYTES = 232448
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,6 +256,21 @@ def compile_spec(spec: Spec) -> Compiled:
     meta = compiled.metadata
     if getattr(meta, "global_scratch_size", 0) or getattr(meta, "profile_scratch_size", 0):
         raise RuntimeError(f"{spec.name}: needs global or profile scratch memory, which the launcher does not provide")
+    # What the C launcher (csrc/cuda/aot/aot.cpp) does not do: clusters, programmatic dependent launch, cooperative
+    # grids, tensor descriptors (TMA set up by the host); and more shared memory than an sm_90 block may opt into.
+    unsupported = [
+        name
+        for name, present in (
+            ("num_ctas > 1", getattr(meta, "num_ctas", 1) != 1),
+            ("launch_pdl", getattr(meta, "launch_pdl", False)),
+            ("launch_cooperative_grid", getattr(meta, "launch_cooperative_grid", False)),
+            ("tensor descriptors", bool(getattr(meta, "tensordesc_meta", None))),
+            (f"{meta.shared} B of shared memory > {MAX_SHARED_BYTES}", int(meta.shared) > MAX_SHARED_BYTES),
+        )
+        if present
+    ]
+    if unsupported:
+        raise RuntimeError(f"{spec.name}: the launcher cannot run it: {', '.join(unsupported)}")
     args = spec.args()
     params = ptx_params(compiled.asm["ptx"], meta.name)
     expected = ["u64" if ty.startswith("*") else PTX_TYPES[ty] for _, ty in args]

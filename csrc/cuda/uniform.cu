@@ -930,6 +930,21 @@ int steps(const Plan& p, Step out[8]) {
   return n;
 }
 
+// Whether every kernel of the plan is loaded and allowed its shared memory on the current device (loading them on
+// first use). Where one cannot be (a driver that rejects the cubin), the call runs the hand-written kernels instead
+// of failing, and the runtime's last error is cleared so that no later check reports it.
+bool kernels_ready(const Plan& p) {
+  Step todo[8];
+  const int n = steps(p, todo);
+  for (int k = 0; k < n; ++k) {
+    if (hl_aot_prepare(todo[k].launch->kernel) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return false;
+    }
+  }
+  return true;
+}
+
 hl_status launch(const Plan& p, const Workspace& ws, const Step& step, cudaStream_t stream) {
   const SideArgs args = side_args(p, ws, step.side_b);
   unsigned grid = step.launch->grid;
@@ -1017,8 +1032,9 @@ hl_status run(const Plan& p, const hl_matrix& a_in, const hl_matrix& b_in, doubl
   Step todo[8];
   const int n = steps(p, todo);
   constexpr int kCopyThreads = 256;
-  for (int k = 0; k < n && status == HL_OK; ++k) {
+  for (int k = 0; k < n; ++k) {
     status = launch(p, ws, todo[k], stream);
+    if (status != HL_OK) break;  // nothing after a failed launch: the results would be garbage
     const Launch* done = todo[k].launch;
     if (done == &p.combine) results_kernel<float><<<1, 1, 0, stream>>>(ws.lse, std::log(pairs), out);
     if (done == &p.grad) {
@@ -1112,7 +1128,7 @@ hl_status dispatch(hl_dtype dtype, hl_precision precision, const hl_matrix& a, c
   aot::Plan plan;
   if (aot::make_plan(dtype, precision, a.rows, cross ? b.rows : 0, a.cols, intra, ga != nullptr,
                      cross && gb != nullptr, &plan) &&
-      aot::device_matches(device))
+      aot::device_matches(device) && aot::kernels_ready(plan))
     return aot::dispatch(dtype, plan, a, b, t, out, ga, gb, workspace, stream);
 #endif
   switch (dtype) {
@@ -1149,7 +1165,7 @@ bool uniform_runs_aot(hl_dtype dtype, hl_precision precision, int64_t rows_a, in
   aot::Plan plan;
   int device = 0;
   return aot::make_plan(dtype, precision, rows_a, rows_b, cols, intra_batch != 0, grad_a, grad_b, &plan) &&
-         cudaGetDevice(&device) == cudaSuccess && aot::device_matches(device);
+         cudaGetDevice(&device) == cudaSuccess && aot::device_matches(device) && aot::kernels_ready(plan);
 #else
   (void)dtype, (void)precision, (void)rows_a, (void)rows_b, (void)cols, (void)intra_batch, (void)grad_a, (void)grad_b;
   return false;

@@ -31,7 +31,8 @@ namespace {
 struct Loaded {
   cudaLibrary_t library = nullptr;
   cudaKernel_t kernel = nullptr;
-  std::set<int> shared_opt_in;  // devices on which the dynamic shared memory above 48 KiB is allowed
+  cudaError_t load_error = cudaSuccess;  // a load that failed is not retried on every call
+  std::set<int> shared_opt_in;           // devices on which the dynamic shared memory above 48 KiB is allowed
 };
 
 std::mutex mutex;
@@ -44,15 +45,22 @@ std::unordered_map<const hl_aot_kernel*, Loaded>& loaded() {
 cudaError_t prepare(const hl_aot_kernel* k, int device, cudaKernel_t* out) {
   std::lock_guard<std::mutex> lock(mutex);
   Loaded& entry = loaded()[k];
+  if (entry.load_error != cudaSuccess) return entry.load_error;
   if (entry.kernel == nullptr) {
     cudaError_t e = cudaLibraryLoadData(&entry.library, k->cubin, nullptr, nullptr, 0, nullptr, nullptr, 0);
-    if (e != cudaSuccess) return e;
-    e = cudaLibraryGetKernel(&entry.kernel, entry.library, k->function);
-    if (e != cudaSuccess) {
-      cudaLibraryUnload(entry.library);
-      entry.library = nullptr;
-      return e;
+    if (e == cudaSuccess) {
+      e = cudaLibraryGetKernel(&entry.kernel, entry.library, k->function);
+      if (e != cudaSuccess) {
+        cudaLibraryUnload(entry.library);
+        entry.library = nullptr;
+        entry.kernel = nullptr;
+      }
     }
+    // Not remembered: errors that say nothing about the cubin (no device yet, no memory) may pass.
+    if (e != cudaSuccess && e != cudaErrorNoDevice && e != cudaErrorInsufficientDriver &&
+        e != cudaErrorMemoryAllocation && e != cudaErrorInitializationError)
+      entry.load_error = e;
+    if (e != cudaSuccess) return e;
   }
   if (k->shared_bytes > 48 * 1024 && entry.shared_opt_in.count(device) == 0) {
     const cudaError_t e = cudaKernelSetAttributeForDevice(entry.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -131,6 +139,14 @@ extern "C" int hl_aot_check_args(const hl_aot_kernel* k, const hl_aot_arg* args,
     return -1;
   }
   return bind(k, args, num_args, slots, params, error, error_size) ? 0 : -1;
+}
+
+extern "C" int hl_aot_prepare(const hl_aot_kernel* k) {
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  cudaKernel_t kernel = nullptr;
+  if (e == cudaSuccess) e = prepare(k, device, &kernel);
+  return e;
 }
 
 extern "C" int hl_aot_launch(const hl_aot_kernel* k, void* stream, unsigned grid_x, const hl_aot_arg* args,

@@ -53,6 +53,11 @@ const hl_aot_kernel* hl_aot_find(const char* function, int dtype, int self_mode,
  * its type. No device call. Returns 0, or -1 with a message in `error` (which may be NULL). */
 int hl_aot_check_args(const hl_aot_kernel* k, const hl_aot_arg* args, int num_args, char* error, size_t error_size);
 
+/* Loads `k` (once) and allows its shared memory on the current device, without launching: a caller that checks
+ * every kernel of a call first can take another path where one fails (a driver that rejects the cubin). Returns a
+ * cudaError_t (0: ready); a load the driver refused is remembered and its error returned without retrying. */
+int hl_aot_prepare(const hl_aot_kernel* k);
+
 /* Launches `k` on grid (grid_x, 1, 1) on `stream` (a cudaStream_t; NULL: the legacy default stream) with `args`
  * bound by name (hl_aot_check_args; cudaErrorInvalidValue where they do not bind). Returns a cudaError_t (0:
  * launched). Loads the cubin on first use (thread-safe; one library for every device and context). */

@@ -76,6 +76,26 @@ void check_build_coverage() {
 #endif
 }
 
+// The all-pairs lean sweep's arguments over n rows (no queue; the low parts, read only by a split, are the rows):
+// what run_lean launches with, and without a GPU bound against the kernel's own list (an argument the kernel gains
+// must be added here: the GPU half of this test would otherwise fail to launch).
+std::vector<hl_aot_arg> lean_args(const hl_aot_kernel& k, int n, void* rows, void* rowb, void* consts, void* info,
+                                  void* dref, void* sums, void* acc, void* flags) {
+  const char* op = k.dtype == HL_FLOAT16 ? "*fp16" : "*bf16";
+  return {
+      {"rows_ptr", op, rows, 0},          {"rows_lo_ptr", op, rows, 0},     {"rowb_ptr", "*fp32", rowb, 0},
+      {"n_rows", "i32", nullptr, n},      {"other_ptr", op, rows, 0},       {"other_lo_ptr", op, rows, 0},
+      {"otherb_ptr", "*fp32", rowb, 0},   {"n_other", "i32", nullptr, 0},   {"consts_ptr", "*fp64", consts, 0},
+      {"info_ptr", "*fp64", info, 0},     {"dref_ptr", "*fp32", dref, 0},   {"sums_ptr", "*fp64", sums, 0},
+      {"acc_ptr", "*fp32", acc, 0},       {"flags_ptr", "*i32", flags, 0},  {"D", "i32", nullptr, k.block_d},
+      {"size_bucket", "i32", nullptr, 0},
+  };
+}
+
+bool is_all_pairs_lean(const hl_aot_kernel& k) {
+  return std::strcmp(k.function, "_uniform_lean_kernel") == 0 && !k.has_other && k.self_mode == 2;
+}
+
 // One lean sweep over n equal rows (zeros), no queue; the sums as the kernel wrote them.
 bool run_lean(const hl_aot_kernel& k, int n, std::vector<double>* sums, std::vector<int>* flags) {
   const int d = k.block_d;
@@ -92,16 +112,9 @@ bool run_lean(const hl_aot_kernel& k, int n, std::vector<double>* sums, std::vec
   const double host_info[2] = {0.0, 1.0};  // E = 0, every input finite
   cudaMemcpy(consts, host_consts, sizeof host_consts, cudaMemcpyHostToDevice);
   cudaMemcpy(info, host_info, sizeof host_info, cudaMemcpyHostToDevice);
-  const char* op = k.dtype == HL_FLOAT16 ? "*fp16" : "*bf16";
-  const hl_aot_arg args[] = {
-      {"rows_ptr", op, rows, 0},          {"rowb_ptr", "*fp32", rowb, 0},     {"n_rows", "i32", nullptr, n},
-      {"other_ptr", op, rows, 0},         {"otherb_ptr", "*fp32", rowb, 0},   {"n_other", "i32", nullptr, 0},
-      {"consts_ptr", "*fp64", consts, 0}, {"info_ptr", "*fp64", info, 0},     {"dref_ptr", "*fp32", dref, 0},
-      {"sums_ptr", "*fp64", sums_d, 0},   {"acc_ptr", "*fp32", acc, 0},       {"flags_ptr", "*i32", flags_d, 0},
-      {"D", "i32", nullptr, d},           {"size_bucket", "i32", nullptr, 0},
-  };
-  const int num_args = sizeof args / sizeof args[0];
-  ok = hl_aot_launch(&k, nullptr, (n + k.block_m - 1) / k.block_m, args, num_args) == cudaSuccess &&
+  const std::vector<hl_aot_arg> args = lean_args(k, n, rows, rowb, consts, info, dref, sums_d, acc, flags_d);
+  const int num_args = static_cast<int>(args.size());
+  ok = hl_aot_launch(&k, nullptr, (n + k.block_m - 1) / k.block_m, args.data(), num_args) == cudaSuccess &&
        cudaDeviceSynchronize() == cudaSuccess;
   sums->resize(4 * n);
   flags->resize(n);
@@ -138,6 +151,17 @@ int main() {
     check(hl_aot_check_args(&k, dummy.data(), k.num_args, nullptr, 0) == 0, "its own argument list", "bind");
     check(hl_aot_launch(&k, nullptr, 1, dummy.data(), k.num_args) != cudaSuccess, "launched without a GPU",
           "launch");
+    // The GPU half's own argument list binds to every kernel it would launch.
+    for (int i = 0; i < hl_aot_kernel_count; ++i) {
+      const hl_aot_kernel& lean = hl_aot_kernel_table[i];
+      if (!is_all_pairs_lean(lean)) continue;
+      const std::vector<hl_aot_arg> args = lean_args(lean, 1, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                                     nullptr, nullptr);
+      error[0] = '\0';
+      const int num_args = static_cast<int>(args.size());
+      const bool binds = hl_aot_check_args(&lean, args.data(), num_args, error, sizeof error) == 0;
+      check(binds, std::string("the launch test's arguments do not bind: ") + error, lean.name);
+    }
     std::printf("%s (%d kernels); no GPU: the launches are skipped\n",
                 failures ? "FAILED" : "table, coverage and binding checks passed", hl_aot_kernel_count);
     return failures ? 1 : 77;
@@ -145,7 +169,7 @@ int main() {
   const int n = 256;  // a multiple of every BLOCK_M: no padding rows
   for (int i = 0; i < hl_aot_kernel_count; ++i) {
     const hl_aot_kernel& k = hl_aot_kernel_table[i];
-    if (std::strcmp(k.function, "_uniform_lean_kernel") != 0 || k.has_other || k.self_mode != 2) continue;
+    if (!is_all_pairs_lean(k)) continue;
     std::vector<double> sums;
     std::vector<int> flags;
     if (!run_lean(k, n, &sums, &flags)) {
