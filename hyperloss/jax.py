@@ -20,7 +20,8 @@ only: ``jax.pure_callback`` into the torch frontend's own weighted loss on its "
 (``hl_uniform_lse_weighted_cpu``), which forms log(S / W) and the weights' gradients in float64 with the one
 implementation of the pair weight sum W (``hyperloss._common.pair_weight_log_sum``); an FFI handler would need a
 second one in C++, and float32 outputs could not carry W's digits back (the loss near 0 would lose them). There
-is no weighted CUDA kernel: weights on a GPU raise NotImplementedError.
+is no weighted CUDA kernel: weights with arrays on a GPU raise NotImplementedError; under ``jax.jit`` (where arrays
+have no device yet) the host path runs wherever the computation is placed (on a GPU: a copy to the host and back).
 """
 
 from __future__ import annotations
@@ -213,15 +214,11 @@ def _uniform_weighted_bwd(t, intra_batch, residuals, g):
 _uniform_weighted.defvjp(_uniform_weighted_fwd, _uniform_weighted_bwd, symbolic_zeros=True)
 
 
-def _platform(x) -> str:
-    """Where ``x`` is computed: its device's platform, or under a trace (no device yet) the default device's
-    (``jax.default_device``, which may name a device or a platform), else JAX's default backend."""
+def _platform(x) -> str | None:
+    """The platform of a concrete array's device; None for a NumPy array or under a trace (no device yet)."""
     if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
         return next(iter(x.devices())).platform
-    default = jax.config.jax_default_device
-    if default is not None:
-        return default if isinstance(default, str) else default.platform
-    return jax.default_backend()
+    return None
 
 
 def _check_weights(x, queue, weights, queue_weights, intra_batch: bool) -> None:
@@ -298,8 +295,8 @@ def uniform_loss(
         weights: optional (N,) floating array of x's rows' weights: the loss is then the weighted mean over the
             pairs, log( sum_pairs w_u w_v exp(-t ||u - v||^2) / sum_pairs w_u w_v ), as in
             ``hyperloss.uniform_loss`` (finite, >= 0, some pair of two positive weights; checked where the values
-            are concrete, outside jit; invalid traced ones give NaN). Differentiable. CPU only (see the module
-            docstring): on a GPU it raises NotImplementedError.
+            are concrete, outside jit; invalid traced ones give NaN). Differentiable. Computed on the host (see
+            the module docstring): arrays on a GPU raise NotImplementedError.
         queue_weights: optional (K,) weights of the queue's rows, as ``weights`` (needs a queue).
         precision: products of float32 inputs on a GPU: "highest"/"ieee" (exact), "high"/"tf32", "medium"/"bf16";
             None follows JAX's ``jax_default_matmul_precision`` (``hyperloss._precision.resolve_jax_precision``).
@@ -313,7 +310,7 @@ def uniform_loss(
             a non-bool intra_batch or a non-number t.
         ValueError: for a wrong shape, too few rows, t not finite or <= 0, an unknown precision, or invalid
             concrete weights.
-        NotImplementedError: weights on a device other than the CPU (no weighted CUDA kernel).
+        NotImplementedError: weights with arrays on a device other than the CPU (no weighted CUDA kernel).
     """
     api = "hyperloss.uniform_loss"
     x_spec = _spec("x", x, torch_api=api)
@@ -322,10 +319,13 @@ def uniform_loss(
     weighted = weights is not None or queue_weights is not None
     if weighted:
         _check_weights(x, queue, weights, queue_weights, intra_batch)
-        if _platform(x) != "cpu":
+        # Concrete arrays on another device are refused rather than copied to the host and back on every call;
+        # under jit (no device yet) the host callback runs wherever the computation is placed.
+        platform = _platform(x)
+        if platform not in (None, "cpu"):
             raise NotImplementedError(
                 f"hyperloss.jax.uniform_loss: per-row weights run on the CPU only (there is no weighted kernel for "
-                f"{_platform(x)}); put the arrays on the CPU (jax.device_put(x, jax.devices('cpu')[0])) or drop the "
+                f"{platform}); put the arrays on the CPU (jax.device_put(x, jax.devices('cpu')[0])) or drop the "
                 "weights"
             )
     dtype = _compute_dtype(x.dtype)

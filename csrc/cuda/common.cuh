@@ -50,6 +50,12 @@ class WorkspaceCarver {
   size_t offset_ = 0;
 };
 
-inline hl_status status_of(cudaError_t error) { return error == cudaSuccess ? HL_OK : HL_ERR_CUDA; }
+// HL_OK, or HL_ERR_CUDA with the runtime's last error cleared: a failed call or launch leaves its error behind, and
+// this call reports it; left there, the next call's status_of(cudaGetLastError()) would fail on it too.
+inline hl_status status_of(cudaError_t error) {
+  if (error == cudaSuccess) return HL_OK;
+  (void)cudaGetLastError();
+  return HL_ERR_CUDA;
+}
 
 }  // namespace hyperloss::cuda

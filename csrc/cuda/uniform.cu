@@ -637,7 +637,8 @@ unsigned grid_for(int64_t n, int64_t per_block, int64_t most = 65535) {
 template <typename Tin>
 hl_status launch_centering(const MatrixView<Tin>& a, const MatrixView<Tin>& b, int64_t cols, double* center,
                            unsigned long long* flags, cudaStream_t stream) {
-  if (cudaMemsetAsync(flags, 0, 2 * sizeof(unsigned long long), stream) != cudaSuccess) return HL_ERR_CUDA;
+  if (const cudaError_t e = cudaMemsetAsync(flags, 0, 2 * sizeof(unsigned long long), stream); e != cudaSuccess)
+    return status_of(e);
   const unsigned stat_blocks = grid_for(cols, 32, kMaxStatBlocks);
   column_mean_kernel<Tin><<<stat_blocks, 32 * kStatWarps, 0, stream>>>(
       a, b, cols, 1.0 / static_cast<double>(a.rows + b.rows), center, flags + 1);
@@ -651,7 +652,7 @@ hl_status launch_sweep(const SweepArgs<Tin, Tc>& args, cudaStream_t stream) {
   auto kernel = sweep_kernel<Tin, Tc, G>;
   if (smem > 48 * 1024) {
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    if (e != cudaSuccess) return HL_ERR_CUDA;
+    if (e != cudaSuccess) return status_of(e);
   }
   const int64_t blocks = (args.rows.rows + kTile - 1) / kTile;
   kernel<<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(args);
@@ -676,7 +677,7 @@ hl_status uniform(const hl_matrix& a_in, const hl_matrix& b_in, double t, bool i
   cudaError_t error = cudaSuccess;
   if (grad_a) error = cudaMemsetAsync(ws.acc_a, 0, sizeof(Tc) * a.rows * cols, stream);
   if (grad_b && error == cudaSuccess) error = cudaMemsetAsync(ws.acc_b, 0, sizeof(Tc) * b.rows * cols, stream);
-  if (error != cudaSuccess) return HL_ERR_CUDA;
+  if (error != cudaSuccess) return status_of(error);
 
   // Center and scale.
   if (launch_centering(a_raw, b_raw, cols, ws.center, ws.flags, stream) != HL_OK) return HL_ERR_CUDA;
@@ -949,8 +950,7 @@ hl_status launch(const Plan& p, const Workspace& ws, const Step& step, cudaStrea
   const SideArgs args = side_args(p, ws, step.side_b);
   unsigned grid = step.launch->grid;
   if (step.launch == &p.grad) grid = grad_grid(p, step.side_b ? p.rows_b : p.rows_a);
-  return hl_aot_launch(step.launch->kernel, stream, grid, args.args, kSideArgs) == cudaSuccess ? HL_OK
-                                                                                              : HL_ERR_CUDA;
+  return status_of(static_cast<cudaError_t>(hl_aot_launch(step.launch->kernel, stream, grid, args.args, kSideArgs)));
 }
 
 // x' = (x - c) 2^-E in the operand type, rows padded to `rows_out` and columns to `width` with zeros, and per row
@@ -1112,9 +1112,10 @@ hl_status dispatch(hl_dtype dtype, hl_precision precision, const hl_matrix& a, c
 
   const bool intra = intra_batch != 0;
   int device = 0, major = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess)
-    return HL_ERR_CUDA;
+  if (const cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return status_of(e);
+  if (const cudaError_t e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+      e != cudaSuccess)
+    return status_of(e);
   const bool tensor_cores = major >= 8;  // bf16 and tf32 fragments; older GPUs compute every product on SIMT
   if (dtype == HL_FLOAT64) {
     const Results<double> out{static_cast<double*>(results.lse), results.lse_f64, static_cast<double*>(results.loss)};
@@ -1168,6 +1169,15 @@ bool uniform_runs_aot(hl_dtype dtype, hl_precision precision, int64_t rows_a, in
          cudaGetDevice(&device) == cudaSuccess && aot::device_matches(device) && aot::kernels_ready(plan);
 #else
   (void)dtype, (void)precision, (void)rows_a, (void)rows_b, (void)cols, (void)intra_batch, (void)grad_a, (void)grad_b;
+  return false;
+#endif
+}
+
+bool aot_built_for_current_device() {
+#ifdef HYPERLOSS_TRITON_AOT
+  int device = 0;
+  return cudaGetDevice(&device) == cudaSuccess && aot::device_matches(device);
+#else
   return false;
 #endif
 }

@@ -30,6 +30,10 @@ hl_status uniform_lse(hl_dtype dtype, hl_precision precision, hl_matrix a, hl_ma
 bool uniform_runs_aot(hl_dtype dtype, hl_precision precision, int64_t rows_a, int64_t rows_b, int64_t cols,
                       int intra_batch, bool grad_a, bool grad_b);
 
+// For the tests: whether this build has ahead-of-time kernels compiled for the current device's generation (so that
+// 16-bit calls should run them; uniform_runs_aot also needs the driver to load them).
+bool aot_built_for_current_device();
+
 // For the tests, host only (no device call): every call shape the C API could route to the ahead-of-time kernels
 // (dtype, precision, width 1..256, queue, gradients) is checked for a complete set of kernels where the table
 // holds any for that operand dtype and block width, for each kernel's arguments bound by name, and for a workspace

@@ -31,9 +31,28 @@ namespace {
 struct Loaded {
   cudaLibrary_t library = nullptr;
   cudaKernel_t kernel = nullptr;
-  cudaError_t load_error = cudaSuccess;  // a load that failed is not retried on every call
-  std::set<int> shared_opt_in;           // devices on which the dynamic shared memory above 48 KiB is allowed
+  cudaError_t refused = cudaSuccess;  // the driver refused the cubin: not retried on every call
+  std::set<int> ready;                // devices on which the kernel is loaded and allowed its shared memory
 };
+
+// Errors that say the cubin cannot run here (remembered); others (no device yet, out of memory, an error left by
+// earlier work, stream capture) may pass, and are returned without being remembered.
+bool refuses_image(cudaError_t e) {
+  switch (e) {
+    case cudaErrorInvalidKernelImage:
+    case cudaErrorNoKernelImageForDevice:
+    case cudaErrorUnsupportedPtxVersion:
+    case cudaErrorInvalidPtx:
+    case cudaErrorInvalidSource:
+    case cudaErrorSharedObjectInitFailed:
+    case cudaErrorSharedObjectSymbolNotFound:
+    case cudaErrorSymbolNotFound:
+    case cudaErrorInvalidDeviceFunction:
+      return true;
+    default:
+      return false;
+  }
+}
 
 std::mutex mutex;
 std::unordered_map<const hl_aot_kernel*, Loaded>& loaded() {
@@ -41,32 +60,40 @@ std::unordered_map<const hl_aot_kernel*, Loaded>& loaded() {
   return *map;
 }
 
-// The kernel handle of `k`, loaded on first use and allowed its shared memory on `device`.
+// The kernel handle of `k`, its library loaded on first use, and on `device` (once per device) the kernel itself
+// loaded and allowed its shared memory. With lazy loading (CUDA's default since 12.2) cudaLibraryLoadData does not
+// load kernels into a context; asking for the kernel's attributes does, so a cubin the driver refuses fails here,
+// before any launch of the call, rather than at its launch.
 cudaError_t prepare(const hl_aot_kernel* k, int device, cudaKernel_t* out) {
   std::lock_guard<std::mutex> lock(mutex);
   Loaded& entry = loaded()[k];
-  if (entry.load_error != cudaSuccess) return entry.load_error;
+  if (entry.refused != cudaSuccess) return entry.refused;
+  auto fail = [&](cudaError_t e) {
+    if (refuses_image(e)) entry.refused = e;
+    return e;
+  };
   if (entry.kernel == nullptr) {
     cudaError_t e = cudaLibraryLoadData(&entry.library, k->cubin, nullptr, nullptr, 0, nullptr, nullptr, 0);
-    if (e == cudaSuccess) {
-      e = cudaLibraryGetKernel(&entry.kernel, entry.library, k->function);
-      if (e != cudaSuccess) {
-        cudaLibraryUnload(entry.library);
-        entry.library = nullptr;
-        entry.kernel = nullptr;
-      }
+    if (e != cudaSuccess) return fail(e);
+    e = cudaLibraryGetKernel(&entry.kernel, entry.library, k->function);
+    if (e != cudaSuccess) {
+      cudaLibraryUnload(entry.library);
+      entry.library = nullptr;
+      entry.kernel = nullptr;
+      return fail(e);
     }
-    // Not remembered: errors that say nothing about the cubin (no device yet, no memory) may pass.
-    if (e != cudaSuccess && e != cudaErrorNoDevice && e != cudaErrorInsufficientDriver &&
-        e != cudaErrorMemoryAllocation && e != cudaErrorInitializationError)
-      entry.load_error = e;
-    if (e != cudaSuccess) return e;
   }
-  if (k->shared_bytes > 48 * 1024 && entry.shared_opt_in.count(device) == 0) {
-    const cudaError_t e = cudaKernelSetAttributeForDevice(entry.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                          k->shared_bytes, device);
-    if (e != cudaSuccess) return e;
-    entry.shared_opt_in.insert(device);
+  if (entry.ready.count(device) == 0) {
+    cudaFuncAttributes attributes{};
+    cudaError_t e = cudaFuncGetAttributes(&attributes, reinterpret_cast<const void*>(entry.kernel));
+    if (e != cudaSuccess) return fail(e);
+    if (attributes.maxThreadsPerBlock < 32 * k->num_warps) return fail(cudaErrorInvalidDeviceFunction);
+    if (k->shared_bytes > 48 * 1024) {
+      e = cudaKernelSetAttributeForDevice(entry.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, k->shared_bytes,
+                                          device);
+      if (e != cudaSuccess) return e;  // e.g. a device with less shared memory: not the cubin's fault
+    }
+    entry.ready.insert(device);
   }
   *out = entry.kernel;
   return cudaSuccess;

@@ -3,7 +3,8 @@
 // for (HL_AOT_BUILD_DTYPES x HL_AOT_BUILD_D, from CMake); for every call shape the C API routes to these kernels
 // (hyperloss::cuda::aot_plan_problems: dtype, precision, width 1..256, queue, gradients) the set is complete, the C
 // side's values bind to each kernel's arguments by name and type, and the workspace query covers the plan; a launch
-// without a GPU fails with an error (no crash, no exit). On a GPU, also: each all-pairs lean sweep on rows that are
+// without a GPU fails with an error (no crash, no exit). On a GPU, also: every kernel loads (hl_aot_prepare), and
+// each all-pairs lean sweep on rows that are
 // all equal (every pair has d = 0, p = 1: each row's plain sum is its pair count, its deficit 0, and it is flagged
 // as all terms near 1), which checks loading, argument binding, grid and shared memory. The numbers of the whole
 // pipeline against the CPU are csrc/tests/test_cuda.cpp's. Exit 77 (skipped) without a GPU, after the checks that
@@ -165,6 +166,12 @@ int main() {
     std::printf("%s (%d kernels); no GPU: the launches are skipped\n",
                 failures ? "FAILED" : "table, coverage and binding checks passed", hl_aot_kernel_count);
     return failures ? 1 : 77;
+  }
+  // Every kernel of the table loads on this device and is allowed its shared memory (only the all-pairs lean
+  // kernels are launched below; the C API would send a call whose kernels do not load to the hand-written ones).
+  for (int i = 0; i < hl_aot_kernel_count; ++i) {
+    const cudaError_t e = static_cast<cudaError_t>(hl_aot_prepare(&hl_aot_kernel_table[i]));
+    check(e == cudaSuccess, std::string("not loaded: ") + cudaGetErrorString(e), hl_aot_kernel_table[i].name);
   }
   const int n = 256;  // a multiple of every BLOCK_M: no padding rows
   for (int i = 0; i < hl_aot_kernel_count; ++i) {
