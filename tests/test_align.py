@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import hyperloss
 from hyperloss import reference
-from tests.helpers import BACKENDS, CPU_BACKENDS, check_align, examples, features, unsupported
+from tests.helpers import BACKENDS, CPU_BACKENDS, DEVICE, check_align, examples, features, unsupported
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -76,6 +76,34 @@ def test_second_derivative_raises(backend):
     loss = hyperloss.align_loss(x, features(5, 3, seed=8), backend=backend)
     with pytest.raises(RuntimeError, match="second derivatives"):
         torch.autograd.grad(loss, x, create_graph=True)
+
+
+@pytest.mark.parametrize(("scale", "alpha"), [(1e19, 1.0), (1e19, 2.0), (1e-25, 1.0), (1e-30, 0.5), (1e-20, 0.25)])
+@pytest.mark.parametrize("d", [5, 40])
+def test_float32_rows_at_extreme_scales(backend, scale, alpha, d):
+    """Differences whose float32 squares overflow (~1e19) or underflow (~1e-25), and alpha < 1 at 1e-30, whose
+    coefficient d^(alpha/2-1) (~1e44) overflows float32 while the gradient does not: the float64 value rounded to
+    float32 (inf where it does not fit, as the paper's formula in float32 gives), gradients to float32 digits."""
+    torch.manual_seed(0)
+    x = (torch.randn(8, d) * scale).to(DEVICE).requires_grad_()
+    y = (torch.randn(8, d) * scale).to(DEVICE).requires_grad_()
+    got = hyperloss.align_loss(x, y, alpha, backend=backend)
+    x64, y64 = (v.detach().cpu().double().requires_grad_() for v in (x, y))
+    want = reference.paper_align_loss(x64, y64, alpha)
+    assert got.dtype == torch.float32
+    assert float(got) == pytest.approx(float(want.float()), rel=1e-6)
+    gx, gy = torch.autograd.grad(got, (x, y))
+    want_gx, want_gy = torch.autograd.grad(want, (x64, y64))
+    for g, w in ((gx, want_gx), (gy, want_gy)):
+        assert torch.isfinite(g).all()
+        assert float((g.cpu().double() - w).abs().max() / w.abs().max()) <= 1e-6
+
+
+def test_float32_loss_beyond_range_is_inf(backend):
+    """A loss beyond float32's range (its terms fit float64) is inf, as a float32 cast gives: not an error."""
+    x = torch.full((4, 8), 1e19, device=DEVICE)
+    assert hyperloss.align_loss(x, -x, backend=backend).item() == float("inf")
+    assert hyperloss.align_loss(x, -x, 100.0, backend=backend).item() == float("inf")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #if defined(__SSE2__)
@@ -108,6 +109,26 @@ inline void gradient_row(const T* __restrict__ xr, const T* __restrict__ yr, T c
   gradient_span<T>(xr, yr, 1, 1, coef, done, cols, gx, gy);
 }
 
+// Whether a coefficient formed in double keeps its digits in T: 0, or a normal T.
+template <typename T>
+inline bool fits(double coef) {
+  const double a = std::fabs(coef);
+  return a == 0 || (a <= static_cast<double>(std::numeric_limits<T>::max()) &&
+                    a >= static_cast<double>(std::numeric_limits<T>::min()));
+}
+
+// gradient_span with the coefficient and the products in double, each rounded once to T: for a coefficient beyond
+// T's range whose gradient is not (rows 1e-30 apart at alpha = 0.5: coefficient ~1e44, gradient ~1e14).
+template <typename T>
+inline void gradient_span_wide(const T* __restrict__ xr, const T* __restrict__ yr, int64_t xs, int64_t ys,
+                               double coef, int64_t cols, T* __restrict__ gx, T* __restrict__ gy) {
+  for (int64_t c = 0; c < cols; ++c) {
+    const double g = coef * (static_cast<double>(xr[c * xs]) - static_cast<double>(yr[c * ys]));
+    if (gx != nullptr) gx[c] = static_cast<T>(g);
+    if (gy != nullptr) gy[c] = static_cast<T>(-g);
+  }
+}
+
 // One row: its loss term, and its gradients where the pointers are non-null. The squared distance is summed in
 // double (rows may be millions of columns long, and x - y of two floats is exact in double); the gradient is
 // formed in T, the row still in L1 from the first loop. Step is the column stride (1 vectorizes).
@@ -123,9 +144,11 @@ inline double align_row(const T* __restrict__ xr, const T* __restrict__ yr, int6
   }
   if (gx != nullptr || gy != nullptr) {
     // alpha = 2 needs no power; elsewhere a zero distance has a zero (sub)gradient, never 0 * inf.
-    const T coef =
-        static_cast<T>(args.square ? args.scale : (d2 > 0 ? args.scale * std::pow(d2, args.half_alpha - 1) : 0.0));
-    if (xs == 1 && ys == 1) {
+    const double wide = args.square ? args.scale : (d2 > 0 ? args.scale * std::pow(d2, args.half_alpha - 1) : 0.0);
+    const T coef = static_cast<T>(wide);
+    if (!fits<T>(wide)) {
+      gradient_span_wide<T>(xr, yr, xs, ys, wide, cols, gx, gy);
+    } else if (xs == 1 && ys == 1) {
       gradient_row<T>(xr, yr, coef, cols, args.stream, gx, gy);
     } else {
       gradient_span<T>(xr, yr, xs, ys, coef, 0, cols, gx, gy);

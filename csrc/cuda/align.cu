@@ -26,19 +26,24 @@ __global__ void align_rows_kernel(Rows<Tin> x, Rows<Tin> y, int64_t rows, int64_
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;
-  Tc d2 = 0;
+  // Squares, d, the powers and the gradient's products in double (the kernel is memory-bound): a float square
+  // overflows for differences beyond ~1.8e19 and underflows below ~1e-23, and at alpha < 1 the coefficient of rows
+  // 1e-30 apart (~1e44) overflows float while the gradient does not.
+  double d2 = 0;
   for (int64_t c = lane; c < cols; c += 32) {
-    const Tc diff = to_compute<Tc>(x.at(row, c)) - to_compute<Tc>(y.at(row, c));
+    const double diff = static_cast<double>(to_compute<Tc>(x.at(row, c)) - to_compute<Tc>(y.at(row, c)));
     d2 += diff * diff;
   }
   d2 = warp_sum(d2);
-  const bool square = alpha == Tc(2);
-  if (lane == 0) terms[row] = square ? d2 : pow(d2, alpha / Tc(2));
+  const double half_alpha = static_cast<double>(alpha) / 2;
+  const bool square = half_alpha == 1;
+  if (lane == 0) terms[row] = static_cast<Tc>(square ? d2 : pow(d2, half_alpha));
   if (grad_x == nullptr && grad_y == nullptr) return;
-  const Tc scale = alpha / static_cast<Tc>(rows);
-  const Tc coef = square ? scale : (d2 > Tc(0) ? scale * pow(d2, alpha / Tc(2) - Tc(1)) : Tc(0));
+  const double scale = static_cast<double>(alpha) / static_cast<double>(rows);
+  const double coef = square ? scale : (d2 > 0 ? scale * pow(d2, half_alpha - 1) : 0.0);
   for (int64_t c = lane; c < cols; c += 32) {  // the row is still in L1/L2
-    const Tc g = coef * (to_compute<Tc>(x.at(row, c)) - to_compute<Tc>(y.at(row, c)));
+    const double diff = static_cast<double>(to_compute<Tc>(x.at(row, c)) - to_compute<Tc>(y.at(row, c)));
+    const Tc g = static_cast<Tc>(coef * diff);
     if (grad_x != nullptr) grad_x[row * cols + c] = g;
     if (grad_y != nullptr) grad_y[row * cols + c] = -g;
   }

@@ -318,15 +318,25 @@ def align(
         inputs, else float32).
     """
     dtype = compute_dtype(x.dtype)
-    diff = x.to(dtype) - y.to(dtype)
-    d2 = diff.pow(2).sum(1, dtype=torch.float64)  # rows may be very long
     alpha = alpha.to(device=x.device, dtype=torch.float64)
-    loss = d2.pow(alpha / 2).mean().to(dtype)
-    if not grad_x:
-        return loss, None
-    safe = torch.where(d2 > 0, d2, 1.0)
-    coef = torch.where(d2 > 0, safe.pow(alpha / 2 - 1) * (alpha / x.shape[0]), 0.0).to(dtype)
-    return loss, coef[:, None] * diff
+    # Float64 differences, in blocks of rows (bounded memory): a float32 square overflows for differences beyond
+    # ~1.8e19 and underflows below ~1e-23, where the distance and the gradient are representable; and at alpha < 1
+    # the coefficient d^(alpha/2-1) of rows 1e-30 apart (~1e44) overflows float32 while its product with x - y does
+    # not.
+    n = x.shape[0]
+    rows_per_block = max(1, _BLOCK_ELEMENTS // 4 // max(x.shape[1], 1))
+    terms = torch.empty(n, dtype=torch.float64, device=x.device)
+    grad = torch.empty(x.shape, dtype=dtype, device=x.device) if grad_x else None
+    for first in range(0, n, rows_per_block):
+        rows = slice(first, min(first + rows_per_block, n))
+        diff = x[rows].to(torch.float64) - y[rows].to(torch.float64)
+        d2 = diff.pow(2).sum(1)
+        terms[rows] = d2.pow(alpha / 2)
+        if grad is not None:
+            safe = torch.where(d2 > 0, d2, 1.0)
+            coef = torch.where(d2 > 0, safe.pow(alpha / 2 - 1) * (alpha / n), 0.0)
+            grad[rows] = coef[:, None] * diff
+    return terms.mean().to(dtype), grad
 
 
 class ChunkedBackend:

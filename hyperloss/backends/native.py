@@ -194,7 +194,15 @@ def _align_cpu(
         ctypes.byref(loss), _pointer(gx), _pointer(gy),
     )  # fmt: skip
     _lib.check(status, "align")
-    return torch.scalar_tensor(loss.value, dtype=x.dtype), gx, gy  # half the cost of torch.tensor
+    return _scalar(loss.value, x.dtype), gx, gy
+
+
+def _scalar(value: float, dtype: torch.dtype) -> torch.Tensor:
+    """A 0-dim tensor of ``value`` rounded to ``dtype``: +-inf beyond its range, as a cast gives (torch.scalar_tensor,
+    half the cost of torch.tensor, raises there instead)."""
+    if abs(value) <= torch.finfo(dtype).max or math.isnan(value):
+        return torch.scalar_tensor(value, dtype=dtype)
+    return torch.tensor(value, dtype=torch.float64).to(dtype)
 
 
 def _align_cuda(x, y, alpha, grad_x, grad_y=False):

@@ -49,8 +49,10 @@ def _align_kernel(
 ):
     """term_i = d_i^(alpha/2) (float64) and gx_i = (alpha/N) d_i^(alpha/2-1) (x_i - y_i), gx_i = 0 where d_i = 0.
 
-    alpha_ptr: float64 alpha, read at run time (one compiled kernel for every alpha). d_i is summed in float64 per
-    block of columns, and the powers are taken in float64 (per row: the kernel stays memory-bound).
+    alpha_ptr: float64 alpha, read at run time (one compiled kernel for every alpha). The squares, d_i, the powers and
+    the gradient's products are float64 (the kernel stays memory-bound): a float32 square overflows for differences
+    beyond ~1.8e19 and underflows below ~1e-23, and at alpha < 1 the coefficient of rows 1e-30 apart (~1e44) overflows
+    float32 while the gradient does not.
     """
     ty = gx_ptr.dtype.element_ty
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -60,13 +62,15 @@ def _align_kernel(
     if ONE_CHUNK:
         diff, mask = _diff_block(x_ptr, y_ptr, offs_m64, mask_m, stride_xn, stride_xd, stride_yn, stride_yd,
                                  offs_d, D, ty)  # fmt: skip
-        d2 = tl.sum(diff * diff, axis=1).to(tl.float64)
+        wide = diff.to(tl.float64)
+        d2 = tl.sum(wide * wide, axis=1)
     else:
         d2 = tl.zeros([BLOCK_M], tl.float64)
         for d0 in range(0, D, BLOCK_D):
             diff, mask = _diff_block(x_ptr, y_ptr, offs_m64, mask_m, stride_xn, stride_xd, stride_yn, stride_yd,
                                      d0 + offs_d, D, ty)  # fmt: skip
-            d2 += tl.sum(diff * diff, axis=1).to(tl.float64)
+            wide = diff.to(tl.float64)
+            d2 += tl.sum(wide * wide, axis=1)
 
     alpha = tl.load(alpha_ptr)
     half_alpha = alpha * 0.5
@@ -79,15 +83,16 @@ def _align_kernel(
     tl.store(terms_ptr + offs_m, term, mask=mask_m)
 
     if NEED_GRAD:
-        coef = tl.where(d2 > 0, grad_scale * term / safe, 0.0).to(ty)
+        coef = tl.where(d2 > 0, grad_scale * term / safe, 0.0)
         if ONE_CHUNK:
-            tl.store(gx_ptr + offs_m64[:, None] * D + offs_d[None, :], coef[:, None] * diff, mask=mask)
+            tl.store(gx_ptr + offs_m64[:, None] * D + offs_d[None, :], (coef[:, None] * wide).to(ty), mask=mask)
         else:
             for d0 in range(0, D, BLOCK_D):
                 cols = d0 + offs_d
                 diff, mask = _diff_block(x_ptr, y_ptr, offs_m64, mask_m, stride_xn, stride_xd, stride_yn, stride_yd,
                                          cols, D, ty)  # fmt: skip
-                tl.store(gx_ptr + offs_m64[:, None] * D + cols[None, :], coef[:, None] * diff, mask=mask)
+                g = coef[:, None] * diff.to(tl.float64)
+                tl.store(gx_ptr + offs_m64[:, None] * D + cols[None, :], g.to(ty), mask=mask)
 
 
 @triton_op("hyperloss::triton_align", mutates_args=())
