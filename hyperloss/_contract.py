@@ -58,7 +58,9 @@ def check_features(name: str, shape: Sequence[int], dtype: str, min_rows: int = 
 
 def check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+        kind = type(value)
+        qualified = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        raise TypeError(f"{name} must be a bool (True or False), got {qualified}")
     return value
 
 

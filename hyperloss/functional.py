@@ -225,6 +225,12 @@ def uniform_loss(
     if normalize:
         x, queue = normalized_rows(x, queue)
     t_scalar = as_scalar_tensor(t)
+    # Under torch.compile a tensor t is not read (check_temperature): an invalid one gives NaN here, alike on every
+    # backend (the native kernels would refuse it with an error, the formula would give a number).
+    t_valid = None
+    if isinstance(t, torch.Tensor) and torch.compiler.is_compiling():
+        t_valid = torch.isfinite(t_scalar) & (t_scalar > 0)
+        t_scalar = torch.where(t_valid, t_scalar, 1.0)
     trainable_t = isinstance(t, torch.Tensor) and t.requires_grad
     t_graph = t if trainable_t else None
     graph = torch.is_grad_enabled() and any(
@@ -232,12 +238,14 @@ def uniform_loss(
     )
     if weighted and not graph:  # no graph to build: skip autograd
         no_grads = (False, False, False, False)
-        return _weighted_loss(x, queue, t_scalar, intra_batch, weights, queue_weights, name, precision, no_grads)[0]
-    if weighted:
-        return _WeightedUniformLoss.apply(
+        loss = _weighted_loss(x, queue, t_scalar, intra_batch, weights, queue_weights, name, precision, no_grads)[0]
+    elif weighted:
+        loss = _WeightedUniformLoss.apply(
             x, queue, t_graph, weights, queue_weights, t_scalar, intra_batch, name, precision
         )
-    if not graph:
+    elif not graph:
         lse, _, _ = backends.get(name).uniform_lse(x, queue, t_scalar, intra_batch, False, False, precision)
-        return _log_mean(lse, x, queue, intra_batch)
-    return _UniformLoss.apply(x, queue, t_graph, t_scalar, intra_batch, name, precision)
+        loss = _log_mean(lse, x, queue, intra_batch)
+    else:
+        loss = _UniformLoss.apply(x, queue, t_graph, t_scalar, intra_batch, name, precision)
+    return loss if t_valid is None else torch.where(t_valid.to(loss.device), loss, float("nan"))

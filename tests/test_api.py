@@ -177,6 +177,18 @@ def test_torch_compile_fullgraph_trainable_temperature():
         assert torch.allclose(g, w, rtol=1e-5, atol=1e-7)
 
 
+def test_invalid_tensor_temperature_under_compile_gives_nan(backend):
+    """Under torch.compile a tensor t is not read: t <= 0 or non-finite gives a NaN loss on every backend (the
+    native kernels would refuse it, the formula would give a number), a valid one the eager value."""
+    torch._dynamo.reset()
+    x = features(16, 5, seed=8, dtype=torch.float32)
+    compiled = torch.compile(lambda x, t: hyperloss.uniform_loss(x, t, backend=backend), fullgraph=True)
+    for bad in (-1.0, 0.0, float("-inf"), float("inf"), float("nan")):
+        assert torch.isnan(compiled(x, torch.tensor(bad, device=x.device))), bad
+    want = hyperloss.uniform_loss(x, 2.0, backend=backend)
+    assert compiled(x, torch.tensor(2.0, device=x.device)).item() == pytest.approx(want.item(), rel=1e-6)
+
+
 def test_modules_trainable_temperature_parts_and_normalize(backend):
     """trainable_t makes log t a parameter; return_parts gives the unweighted terms; normalize=True with
     align_weight 1 and uniform_weight lam is lightly's HypersphereLoss(t, lam, alpha)."""
