@@ -284,6 +284,27 @@ def test_near_zero_loss_keeps_its_digits(backend):
         assert hyperloss.uniform_loss(x[:300], t, backend=backend).item() <= 0.0
 
 
+@pytest.mark.parametrize("t", [1e-8, 1e-12])
+@pytest.mark.parametrize("with_queue", [False, True])
+def test_float32_losses_far_below_float32_resolution(backend, t, with_queue):
+    """Losses of -1e-8 .. -1e-12 (far below float32's resolution of log|P|) from float32 rows: every digit of the
+    value (the cpu kernel computes such calls again in double) and the gradients, against float64."""
+    x = features(60, 6, seed=7, dtype=torch.float32, normalize=False)
+    queue = features(9, 6, seed=8, dtype=torch.float32, normalize=False) if with_queue else None
+    _, want_grads = uniform_reference(x, t, queue)
+    # The value as log1p(mean(expm1(-t d))) in float64: log(mean(exp(-t d))) keeps only ~1e-16 / 1e-12 of it.
+    rows = torch.cat([x, queue]) if with_queue else x
+    d = torch.cdist(x.double(), rows.double()).pow(2) if with_queue else torch.pdist(x.double()).pow(2)
+    if with_queue:  # x's pairs j > i and every (x, queue) pair
+        n = x.shape[0]
+        d = torch.cat([d[:, :n][torch.triu(torch.ones(n, n, dtype=torch.bool), 1)], d[:, n:].reshape(-1)])
+    want = torch.log1p(torch.expm1(-t * d).mean()).item()
+    got = hyperloss.uniform_loss(x.requires_grad_(), t, queue=queue, backend=backend)
+    # float64's floor: lse - log|P| is formed in float64, ~eps64 log|P| ~ 1e-15 absolute
+    assert abs(got.item() - want) <= 1e-5 * abs(want) + 1e-15, (got.item(), want)
+    assert_close_scaled(torch.autograd.grad(got, x)[0], want_grads[0], 1e-5, "gradient near 0")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("t", [1e39, 1e300])
 def test_any_finite_t(backend, dtype, t):

@@ -112,8 +112,9 @@ struct Prepared {
   const T* row(int64_t r) const { return data.data() + r * padded_cols; }
 };
 
-template <typename T>
-Prepared<T> prepare(const Rows<T>& in, int64_t cols, int threads) {
+// T: the prepared rows' type; Tin: the input's (float inputs are prepared as double for uniform_lse_wide).
+template <typename T, typename Tin = T>
+Prepared<T> prepare(const Rows<Tin>& in, int64_t cols, int threads) {
   Prepared<T> out;
   const int64_t n = in.count();
   out.rows = n;
@@ -596,6 +597,29 @@ void write_nan(const hl_matrix& a, const hl_matrix& b, double* lse_out, T* grad_
   if (grad_wb) std::fill(grad_wb, grad_wb + b.rows, nan);
 }
 
+// A float32 loss lse - log|P| above -kNearZeroLoss is computed again in double (uniform_lse_wide): the tiles'
+// exponentials are float32, so a pair's exp(s) at s ~ -1e-8 is 1, and such a loss keeps only ~2^-24 log|P| of
+// absolute accuracy (1.5% relative at a loss of -1.3e-7). Above 2^-4 from 0 that is at most ~3e-5 relative.
+constexpr double kNearZeroLoss = 0x1p-4;
+
+// The float32 call in double: the float inputs prepared as double (centered and scaled exactly as in float), the
+// kernel in double, the gradients rounded once to float. Only for losses near 0 (one more pass, ~2x the time).
+hl_status uniform_lse_wide(const hl_matrix& a, const hl_matrix& b, double t, bool intra, int threads,
+                           double* lse_out, float* grad_a, float* grad_b) {
+  const bool cross = b.data != nullptr;
+  const Prepared<double> x = prepare<double, float>(Rows<float>{a, b}, a.cols, threads);
+  std::vector<double> wide_a(grad_a ? static_cast<size_t>(a.rows * a.cols) : 0);
+  std::vector<double> wide_b(cross && grad_b ? static_cast<size_t>(b.rows * b.cols) : 0);
+  UniformKernel<double> kernel(x, a.rows, intra, cross, t, grad_a ? wide_a.data() : nullptr,
+                               wide_b.empty() ? nullptr : wide_b.data(), threads);
+  const double lse = kernel.run(std::log(num_pairs(a.rows, cross ? b.rows : 0, intra)));
+  *lse_out = lse;
+  if (grad_a || !wide_b.empty()) kernel.finish_gradients(t, lse);
+  std::copy(wide_a.begin(), wide_a.end(), grad_a);  // float(double): rounded once
+  if (!wide_b.empty()) std::copy(wide_b.begin(), wide_b.end(), grad_b);
+  return HL_OK;
+}
+
 template <typename T>
 hl_status uniform_lse(const hl_matrix& a, const hl_matrix& b, double t, bool intra, int threads, double* lse_out,
                       T* grad_a, T* grad_b) {
@@ -606,7 +630,11 @@ hl_status uniform_lse(const hl_matrix& a, const hl_matrix& b, double t, bool int
     return HL_OK;
   }
   UniformKernel<T> kernel(x, a.rows, intra, cross, t, grad_a, cross ? grad_b : nullptr, threads);
-  const double lse = kernel.run(std::log(num_pairs(a.rows, cross ? b.rows : 0, intra)));
+  const double log_pairs = std::log(num_pairs(a.rows, cross ? b.rows : 0, intra));
+  const double lse = kernel.run(log_pairs);
+  if constexpr (std::is_same_v<T, float>) {
+    if (lse - log_pairs > -kNearZeroLoss) return uniform_lse_wide(a, b, t, intra, threads, lse_out, grad_a, grad_b);
+  }
   *lse_out = lse;
   if (grad_a || (cross && grad_b)) kernel.finish_gradients(t, lse);
   return HL_OK;
