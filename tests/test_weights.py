@@ -218,6 +218,26 @@ def test_weights_of_one_equal_the_unweighted_loss_and_scale_drops_out(backend):
 
 
 @pytest.mark.parametrize("backend", WEIGHT_BACKENDS)
+@pytest.mark.parametrize("t", [1e-8, 1e-10])
+def test_float32_weighted_losses_near_zero(backend, t):
+    """Weighted float32 losses of ~-1e-7 .. -1e-9 (far below float32's resolution of log W): their digits, and the
+    gradients of the rows and the weights, against float64 (the cpu kernel computes such calls again in double)."""
+    x = features(40, 6, seed=13, dtype=torch.float32, normalize=False)
+    queue = features(7, 6, seed=14, dtype=torch.float32, normalize=False)
+    w, qw = row_weights(40, "random", 5), row_weights(7, "random", 6)
+    leaves = [v.detach().cpu().double().requires_grad_() for v in (x, w)]
+    want = reference.dense_uniform_loss(leaves[0], t, queue=queue.double().cpu(), weights=leaves[1],
+                                        queue_weights=qw.double().cpu())  # fmt: skip
+    want_grads = torch.autograd.grad(want, leaves)
+    got_leaves = [v.detach().clone().requires_grad_() for v in (x, w)]
+    got = hyperloss.uniform_loss(got_leaves[0], t, queue=queue, weights=got_leaves[1], queue_weights=qw,
+                                 backend=backend)  # fmt: skip
+    assert abs(got.item() - want.item()) <= 1e-5 * abs(want.item()) + 1e-15, (got.item(), want.item())
+    for g, w_grad in zip(torch.autograd.grad(got, got_leaves), want_grads, strict=True):
+        assert float((g.cpu().double() - w_grad).abs().max() / w_grad.abs().max()) <= 1e-4
+
+
+@pytest.mark.parametrize("backend", WEIGHT_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_weight_dtypes_and_forward_only(backend, dtype):
     """Weights of any float dtype; their gradient comes back in it; a call without a graph gives the same value."""

@@ -597,27 +597,30 @@ void write_nan(const hl_matrix& a, const hl_matrix& b, double* lse_out, T* grad_
   if (grad_wb) std::fill(grad_wb, grad_wb + b.rows, nan);
 }
 
-// A float32 loss lse - log|P| above -kNearZeroLoss is computed again in double (uniform_lse_wide): the tiles'
-// exponentials are float32, so a pair's exp(s) at s ~ -1e-8 is 1, and such a loss keeps only ~2^-24 log|P| of
-// absolute accuracy (1.5% relative at a loss of -1.3e-7). Above 2^-4 from 0 that is at most ~3e-5 relative.
+// A float32 loss above -kNearZeroLoss (lse - log|P|, or lse - log W with weights) is computed again in double
+// (uniform_lse_wide): the tiles' exponentials are float32, so a pair's exp(s) at s ~ -1e-8 is 1, and such a loss
+// keeps only ~2^-24 log|P| of absolute accuracy (1.5% relative at a loss of -1.3e-7). Above 2^-4 from 0 that is
+// at most ~3e-5 relative.
 constexpr double kNearZeroLoss = 0x1p-4;
 
 // The float32 call in double: the float inputs prepared as double (centered and scaled exactly as in float), the
-// kernel in double, the gradients rounded once to float. Only for losses near 0 (one more pass, ~2x the time).
-hl_status uniform_lse_wide(const hl_matrix& a, const hl_matrix& b, double t, bool intra, int threads,
-                           double* lse_out, float* grad_a, float* grad_b) {
+// kernel in double, the x gradients rounded once to float (weight gradients are double anyway). Only for losses
+// near 0: one more pass, ~2x the time.
+double uniform_lse_wide(const hl_matrix& a, const hl_matrix& b, double t, bool intra, int threads, float* grad_a,
+                        float* grad_b, const RowBiases* biases = nullptr, double* grad_wa = nullptr,
+                        double* grad_wb = nullptr) {
   const bool cross = b.data != nullptr;
   const Prepared<double> x = prepare<double, float>(Rows<float>{a, b}, a.cols, threads);
   std::vector<double> wide_a(grad_a ? static_cast<size_t>(a.rows * a.cols) : 0);
   std::vector<double> wide_b(cross && grad_b ? static_cast<size_t>(b.rows * b.cols) : 0);
   UniformKernel<double> kernel(x, a.rows, intra, cross, t, grad_a ? wide_a.data() : nullptr,
-                               wide_b.empty() ? nullptr : wide_b.data(), threads);
+                               wide_b.empty() ? nullptr : wide_b.data(), threads, biases);
   const double lse = kernel.run(std::log(num_pairs(a.rows, cross ? b.rows : 0, intra)));
-  *lse_out = lse;
   if (grad_a || !wide_b.empty()) kernel.finish_gradients(t, lse);
+  if (grad_wa || grad_wb) kernel.weight_gradients(lse, grad_wa, grad_wb);
   std::copy(wide_a.begin(), wide_a.end(), grad_a);  // float(double): rounded once
   if (!wide_b.empty()) std::copy(wide_b.begin(), wide_b.end(), grad_b);
-  return HL_OK;
+  return lse;
 }
 
 template <typename T>
@@ -633,7 +636,10 @@ hl_status uniform_lse(const hl_matrix& a, const hl_matrix& b, double t, bool int
   const double log_pairs = std::log(num_pairs(a.rows, cross ? b.rows : 0, intra));
   const double lse = kernel.run(log_pairs);
   if constexpr (std::is_same_v<T, float>) {
-    if (lse - log_pairs > -kNearZeroLoss) return uniform_lse_wide(a, b, t, intra, threads, lse_out, grad_a, grad_b);
+    if (lse - log_pairs > -kNearZeroLoss) {
+      *lse_out = uniform_lse_wide(a, b, t, intra, threads, grad_a, grad_b);
+      return HL_OK;
+    }
   }
   *lse_out = lse;
   if (grad_a || (cross && grad_b)) kernel.finish_gradients(t, lse);
@@ -656,6 +662,20 @@ bool row_biases(const hl_matrix& a, const hl_matrix& b, const double* wa, const 
   return true;
 }
 
+// log W of the scaled weights (sum over the pairs of w_u w_v), roughly: only to tell a loss near 0 (the loss itself
+// is formed by the caller with its one careful W). Cancellation (one weight far above the rest) can make it too
+// small or -inf, which errs towards the double pass.
+double rough_log_pair_weight_sum(const RowBiases& biases, int64_t rows_a, int64_t rows_b, bool intra) {
+  double sum_a = 0, squares_a = 0, sum_b = 0;
+  for (int64_t r = 0; r < rows_a + rows_b; ++r) {
+    const double w = std::exp2(biases.log2_weights[r]);
+    (r < rows_a ? sum_a : sum_b) += w;
+    if (r < rows_a) squares_a += w * w;
+  }
+  const double pairs = (intra ? 0.5 * (sum_a * sum_a - squares_a) : 0.0) + sum_a * sum_b;
+  return pairs > 0 ? std::log(pairs) : -kInf;
+}
+
 template <typename T>
 hl_status uniform_lse_weighted(const hl_matrix& a, const hl_matrix& b, const double* weights_a,
                                const double* weights_b, double t, bool intra, int threads, double* lse_out, T* grad_a,
@@ -671,9 +691,15 @@ hl_status uniform_lse_weighted(const hl_matrix& a, const hl_matrix& b, const dou
   biases.grad_a = grad_wa != nullptr;
   biases.grad_b = grad_wb != nullptr;
   UniformKernel<T> kernel(x, a.rows, intra, cross, t, grad_a, grad_b, threads, &biases);
-  const double lse = kernel.run(std::log(num_pairs(a.rows, cross ? b.rows : 0, intra)));
+  double lse = kernel.run(std::log(num_pairs(a.rows, cross ? b.rows : 0, intra)));
+  bool wide = false;
+  if constexpr (std::is_same_v<T, float>) {
+    wide = lse - rough_log_pair_weight_sum(biases, a.rows, cross ? b.rows : 0, intra) > -kNearZeroLoss;
+    if (wide) lse = uniform_lse_wide(a, b, t, intra, threads, grad_a, grad_b, &biases, grad_wa, grad_wb);
+  }
   // lse of the scaled weights; the caller's pair weights are 4^exponent times theirs.
   *lse_out = lse + 2 * biases.exponent * kLn2;
+  if (wide) return HL_OK;
   if (grad_a || grad_b) kernel.finish_gradients(t, lse);
   if (grad_wa || grad_wb) kernel.weight_gradients(lse, grad_wa, grad_wb);
   return HL_OK;

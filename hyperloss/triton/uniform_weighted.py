@@ -480,17 +480,20 @@ class _Columns:
         self.log2_shift = log2_scale - power_of_two_scale(weights).log2()
         self.w = torch.zeros(n_pad, dtype=dtype, device=rows.device)
         self.w[:n] = torch.exp2(log2_w + (log2_scale - self.log2_shift))
+        # The values in float64 for the running sums C (S = C + u near 0): from the compute dtype's values C would
+        # carry their rounding (2^-24 relative in float32), which the loss log(S / W) near 0 cannot afford (W is exact).
+        self.w64 = weights.to(torch.float64) * power_of_two_scale(weights)
         self.n = n
 
     def total(self) -> torch.Tensor:
         """The sum of the values s' w (float64)."""
-        return self.w[: self.n].sum(dtype=torch.float64)
+        return self.w64.sum()
 
     def partner_sums(self, upper: bool) -> torch.Tensor:
         """Per row, as a column set of its own, the sum of the others' values s' w_j (float64): j > i with
         ``upper``, else j != i. Running sums of nonnegative terms: total - w_i would lose every digit of a row's
         partners where its own weight dominates them."""
-        values = self.w[: self.n].to(torch.float64)
+        values = self.w64
         zero = values.new_zeros(1)
         after = torch.cat([values.flip(0).cumsum(0).flip(0)[1:], zero])
         return after if upper else torch.cat([zero, values.cumsum(0)[:-1]]) + after
