@@ -50,7 +50,7 @@ TOTAL=${GPU_CHECK_SECONDS:-530}
 PLAN=(
     "1 GPU tests (Triton) + C library build (CUDA)|28|pytest tests/test_triton.py on the GPU, meanwhile pip install -e . (HYPERLOSS_CUDA=ON, Ninja)"
     "2 headline Triton benchmarks + AOT build|26|uniform fwd+bwd D=128: bf16/fp32-high N=65536,262144; bf16 N=2^20; align fp32 N=2^20; meanwhile cmake -DHYPERLOSS_TRITON_AOT=ON"
-    "3 CUDA + JAX tests, AOT ctest, CUDA timings|34|pytest test_cuda_backend.py test_jax.py; ctest (AOT); pytest test_cuda_backend.py on the AOT library; cuda vs triton N=65536"
+    "3 CUDA + JAX tests, AOT ctest, CUDA timings|34|pytest test_cuda_backend.py test_jax.py; ctest (AOT); pytest test_uniform.py -k cuda on the AOT library; cuda vs triton N=65536"
     "4 compute-sanitizer memcheck|12|small Triton and CUDA calls under memcheck"
 )
 
@@ -106,6 +106,10 @@ write_table() {
 }
 
 # run_limited LIMIT LOGFILE CMD...: CMD under `timeout -s INT` (then KILL 15 s later); sets STATUS and SECONDS_TAKEN.
+# status_of RC: the PASS/TIMEOUT/FAIL word of a run_limited's exit code (124, 137, 130: its time limit); a
+# run_limited in a background subshell leaves only that code.
+status_of() { if (($1 == 0)); then echo PASS; elif (($1 == 124 || $1 == 137 || $1 == 130)); then echo TIMEOUT; else echo "FAIL($1)"; fi; }
+
 run_limited() {
     local limit=$1 log=$2 t0=$SECONDS rc
     shift 2
@@ -117,7 +121,7 @@ run_limited() {
     fi
     timeout -s INT --kill-after=15 "$limit" "$@" >"$log" 2>&1
     rc=$?
-    if ((rc == 0)); then STATUS=PASS; elif ((rc == 124 || rc == 137 || rc == 130)); then STATUS=TIMEOUT; else STATUS="FAIL($rc)"; fi
+    STATUS=$(status_of "$rc")
     SECONDS_TAKEN=$((SECONDS - t0))
     return "$rc"
 }
@@ -141,9 +145,6 @@ except ImportError:
 name = torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO CUDA'
 print(f'{name} | torch {torch.__version__} | triton {tv}')" 2>&1 | tail -1)
 echo "environment: $ENV_LINE" | tee -a "$LOG"
-
-# status_of RC: the PASS/TIMEOUT/FAIL word of a run_limited that ran in a background subshell (its exit code).
-status_of() { if (($1 == 0)); then echo PASS; elif (($1 == 124 || $1 == 137 || $1 == 130)); then echo TIMEOUT; else echo "FAIL($1)"; fi; }
 
 # --- 1. Triton GPU tests || the C library's CUDA build ------------------------------------------------------
 LIMIT=$(limit_for 28)
@@ -210,7 +211,7 @@ def timed(fn, repeat=5):
 EOF
 cat >"$TMP/headline.py" <<'EOF'
 # Uniformity forward+backward and alignment on the Triton backend; partial results are written on SIGINT.
-import json, sys, time
+import sys, time
 import torch
 import hyperloss
 from gpu_timing import record, saved_on_exit, timed

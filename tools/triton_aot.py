@@ -254,13 +254,16 @@ def compile_spec(spec: Spec) -> Compiled:
         options={"num_warps": spec.num_warps, "num_stages": spec.num_stages},
     )
     meta = compiled.metadata
-    if getattr(meta, "global_scratch_size", 0) or getattr(meta, "profile_scratch_size", 0):
-        raise RuntimeError(f"{spec.name}: needs global or profile scratch memory, which the launcher does not provide")
-    # What the C launcher (csrc/cuda/aot/aot.cpp) does not do: clusters, programmatic dependent launch, cooperative
-    # grids, tensor descriptors (TMA set up by the host); and more shared memory than an sm_90 block may opt into.
+    # What the C launcher (csrc/cuda/aot/aot.cpp) does not do: scratch memory (it passes NULL), clusters,
+    # programmatic dependent launch, cooperative grids, tensor descriptors (TMA set up by the host); and more shared
+    # memory than an sm_90 block may opt into.
     unsupported = [
         name
         for name, present in (
+            (
+                "global or profile scratch memory",
+                bool(getattr(meta, "global_scratch_size", 0)) or bool(getattr(meta, "profile_scratch_size", 0)),
+            ),
             ("num_ctas > 1", getattr(meta, "num_ctas", 1) != 1),
             ("launch_pdl", getattr(meta, "launch_pdl", False)),
             ("launch_cooperative_grid", getattr(meta, "launch_cooperative_grid", False)),

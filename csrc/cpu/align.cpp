@@ -61,23 +61,27 @@ inline void vstream(double* p, __m128d v) { _mm_stream_pd(p, v); }
 #endif
 
 // g = coef * (x - y) and its exact negation for columns [first, last) of a row, plain stores (column strides xs,
-// ys; 1 vectorizes).
-template <typename T>
-inline void gradient_span(const T* __restrict__ xr, const T* __restrict__ yr, int64_t xs, int64_t ys, T coef,
+// ys; 1 vectorizes). C: the type the difference and the product are formed in (double for a coefficient beyond T's
+// range whose gradient is not: rows 1e-30 apart at alpha = 0.5, coefficient ~1e44, gradient ~1e14), rounded once.
+template <typename T, typename C = T>
+inline void gradient_span(const T* __restrict__ xr, const T* __restrict__ yr, int64_t xs, int64_t ys, C coef,
                           int64_t first, int64_t last, T* __restrict__ gx, T* __restrict__ gy) {
+  const auto g = [&](int64_t c) {
+    return static_cast<T>(coef * (static_cast<C>(xr[c * xs]) - static_cast<C>(yr[c * ys])));
+  };
   if (gx != nullptr && gy != nullptr) {
 #pragma omp simd
     for (int64_t c = first; c < last; ++c) {
-      const T g = coef * (xr[c * xs] - yr[c * ys]);
-      gx[c] = g;
-      gy[c] = -g;
+      const T v = g(c);
+      gx[c] = v;
+      gy[c] = -v;
     }
   } else if (gx != nullptr) {
 #pragma omp simd
-    for (int64_t c = first; c < last; ++c) gx[c] = coef * (xr[c * xs] - yr[c * ys]);
+    for (int64_t c = first; c < last; ++c) gx[c] = g(c);
   } else {
 #pragma omp simd
-    for (int64_t c = first; c < last; ++c) gy[c] = -(coef * (xr[c * xs] - yr[c * ys]));
+    for (int64_t c = first; c < last; ++c) gy[c] = -g(c);
   }
 }
 
@@ -117,18 +121,6 @@ inline bool fits(double coef) {
                     a >= static_cast<double>(std::numeric_limits<T>::min()));
 }
 
-// gradient_span with the coefficient and the products in double, each rounded once to T: for a coefficient beyond
-// T's range whose gradient is not (rows 1e-30 apart at alpha = 0.5: coefficient ~1e44, gradient ~1e14).
-template <typename T>
-inline void gradient_span_wide(const T* __restrict__ xr, const T* __restrict__ yr, int64_t xs, int64_t ys,
-                               double coef, int64_t cols, T* __restrict__ gx, T* __restrict__ gy) {
-  for (int64_t c = 0; c < cols; ++c) {
-    const double g = coef * (static_cast<double>(xr[c * xs]) - static_cast<double>(yr[c * ys]));
-    if (gx != nullptr) gx[c] = static_cast<T>(g);
-    if (gy != nullptr) gy[c] = static_cast<T>(-g);
-  }
-}
-
 // One row: its loss term, and its gradients where the pointers are non-null. The squared distance is summed in
 // double (rows may be millions of columns long, and x - y of two floats is exact in double); the gradient is
 // formed in T, the row still in L1 from the first loop. Step is the column stride (1 vectorizes).
@@ -147,7 +139,7 @@ inline double align_row(const T* __restrict__ xr, const T* __restrict__ yr, int6
     const double wide = args.square ? args.scale : (d2 > 0 ? args.scale * std::pow(d2, args.half_alpha - 1) : 0.0);
     const T coef = static_cast<T>(wide);
     if (!fits<T>(wide)) {
-      gradient_span_wide<T>(xr, yr, xs, ys, wide, cols, gx, gy);
+      gradient_span<T, double>(xr, yr, xs, ys, wide, 0, cols, gx, gy);  // products in double, rounded once
     } else if (xs == 1 && ys == 1) {
       gradient_row<T>(xr, yr, coef, cols, args.stream, gx, gy);
     } else {

@@ -1160,24 +1160,23 @@ hl_status uniform_lse(hl_dtype dtype, hl_precision precision, hl_matrix a, hl_ma
                   static_cast<cudaStream_t>(stream));
 }
 
-bool uniform_runs_aot(hl_dtype dtype, hl_precision precision, int64_t rows_a, int64_t rows_b, int64_t cols,
-                      int intra_batch, bool grad_a, bool grad_b) {
-#ifdef HYPERLOSS_TRITON_AOT
-  aot::Plan plan;
-  int device = 0;
-  return aot::make_plan(dtype, precision, rows_a, rows_b, cols, intra_batch != 0, grad_a, grad_b, &plan) &&
-         cudaGetDevice(&device) == cudaSuccess && aot::device_matches(device) && aot::kernels_ready(plan);
-#else
-  (void)dtype, (void)precision, (void)rows_a, (void)rows_b, (void)cols, (void)intra_batch, (void)grad_a, (void)grad_b;
-  return false;
-#endif
-}
-
 bool aot_built_for_current_device() {
 #ifdef HYPERLOSS_TRITON_AOT
   int device = 0;
   return cudaGetDevice(&device) == cudaSuccess && aot::device_matches(device);
 #else
+  return false;
+#endif
+}
+
+bool uniform_runs_aot(hl_dtype dtype, hl_precision precision, int64_t rows_a, int64_t rows_b, int64_t cols,
+                      int intra_batch, bool grad_a, bool grad_b) {
+#ifdef HYPERLOSS_TRITON_AOT
+  aot::Plan plan;
+  return aot::make_plan(dtype, precision, rows_a, rows_b, cols, intra_batch != 0, grad_a, grad_b, &plan) &&
+         aot_built_for_current_device() && aot::kernels_ready(plan);
+#else
+  (void)dtype, (void)precision, (void)rows_a, (void)rows_b, (void)cols, (void)intra_batch, (void)grad_a, (void)grad_b;
   return false;
 #endif
 }

@@ -476,13 +476,14 @@ class _Columns:
         log2_w = weights.log2()
         self.log2w = torch.full((n_pad,), -math.inf, dtype=dtype, device=rows.device)
         self.log2w[:n] = log2_w + log2_scale  # log2(s w), float64: no product that underflows
+        own_scale = power_of_two_scale(weights)  # s'
         # log2(s / s'): what turns a sum of the values into the common scale.
-        self.log2_shift = log2_scale - power_of_two_scale(weights).log2()
+        self.log2_shift = log2_scale - own_scale.log2()
         self.w = torch.zeros(n_pad, dtype=dtype, device=rows.device)
-        self.w[:n] = torch.exp2(log2_w + (log2_scale - self.log2_shift))
+        self.w[:n] = torch.exp2(log2_w + own_scale.log2())
         # The values in float64 for the running sums C (S = C + u near 0): from the compute dtype's values C would
         # carry their rounding (2^-24 relative in float32), which the loss log(S / W) near 0 cannot afford (W is exact).
-        self.w64 = weights.to(torch.float64) * power_of_two_scale(weights)
+        self.w64 = weights.to(torch.float64) * own_scale
         self.n = n
 
     def total(self) -> torch.Tensor:
