@@ -43,6 +43,36 @@ def _eager_scalar(value: float) -> torch.Tensor:
     return torch.full((), value, dtype=torch.float64)
 
 
+# The center of the uniformity kernels' rows (csrc/center.h states the same rule for the C++ and CUDA kernels): per
+# column, the median of a fixed sample of the rows of x and the queue together.
+CENTER_SAMPLE_ROWS = 1023
+
+
+def sampled_median_center(x: torch.Tensor, queue: torch.Tensor | None = None) -> torch.Tensor:
+    """The center c of the uniformity kernels' rows, in the input dtype: per column, the median (the lower one of an
+    even count, so always one of the values) of S = min(N + K, 1023) rows taken at an even stride from the rows of x
+    followed by the queue's (all of them up to 1023 rows).
+
+    Why a median: the Gram form ||u||^2 + ||v||^2 - 2 u.v of centered rows u, v is off by ~eps (||u||^2 + ||v||^2),
+    so the center must lie near the rows whose pairs dominate the loss. The mean does where the rows are one cloud,
+    but one outlier of norm 1e6 among 256 unit rows moves it ~4000 away from all the others (float32: -1.1 for
+    -3.5). The median of most rows stays among them, and a pair with the outlier keeps its relative accuracy
+    (its distance is about the outlier's own norm). A common offset is removed as by the mean. The sample keeps the
+    cost at one small sort, whatever N; detached (any center gives the same distances)."""
+    total = x.shape[0] + (0 if queue is None else queue.shape[0])
+    size = torch.sym_min(total, CENTER_SAMPLE_ROWS)
+    k = torch.arange(size, device=x.device)
+    rows = k * (total // size) + (k * (total % size)) // size  # floor(k total / S), no product beyond k S
+    if queue is None:
+        sample = x.detach().index_select(0, rows)
+    else:
+        from_x = (x.shape[0] * size + total - 1) // total  # sampled rows below N: k with floor(k total / S) < N
+        sample = torch.cat(
+            [x.detach().index_select(0, rows[:from_x]), queue.detach().index_select(0, rows[from_x:] - x.shape[0])]
+        )
+    return sample.sort(dim=0).values[(size - 1) // 2]
+
+
 def log_mean_from_lse(lse: torch.Tensor, n: int, k: int, intra_batch: bool, dtype: torch.dtype) -> torch.Tensor:
     """The loss log mean_P exp(s) = lse - log |P|, subtracted in float64 before rounding to ``dtype`` (near 0 the
     loss is far smaller than log |P|) and never above 0, the largest possible score."""

@@ -16,6 +16,7 @@ import torch
 
 import hyperloss
 from hyperloss import reference
+from hyperloss._common import sampled_median_center
 from hyperloss._precision import resolve_precision
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -105,10 +106,11 @@ def _all_rows(*tensors: torch.Tensor) -> torch.Tensor:
 
 
 def max_centered_sq_norm(*tensors: torch.Tensor) -> float:
-    """max ||v - c||^2 over the rows of every tensor, c their mean: the scale of the squared distances that the
-    backends' Gram form works on after centering (the loss is translation invariant)."""
+    """max ||v - c||^2 over the rows of every tensor, c the backends' center (``sampled_median_center``): the scale
+    of the squared distances that their Gram form works on after centering (the loss is translation invariant)."""
     rows = _all_rows(*tensors).cpu()
-    return float((rows - rows.mean(0)).pow(2).sum(1).max())
+    center = sampled_median_center(*(v.detach().cpu().double().reshape(-1, v.shape[-1]) for v in tensors))
+    return float((rows - center).pow(2).sum(1).max())
 
 
 def score_error_budget(dtype, t: float, *tensors: torch.Tensor) -> float:

@@ -126,20 +126,16 @@ def test_alignment_kernel_compiles_for_sm90(elem):
     ],
 )
 def test_preparation_kernels_compile_for_sm90(elem, operand, parts, split):
-    """Centering and scaling: statistics, float64 column sums, the centered copy; bfloat16/float16 inputs round
-    their center to the input dtype (Sterbenz), float16 is never scaled down."""
+    """Centering and scaling: statistics, the center from the sampled median, the centered copy; bfloat16/float16
+    inputs keep their center only where x - c is exact (Sterbenz), float16 is never scaled down."""
     flags = dict(NUM_PARTS=parts, SCALE_DOWN=elem != "fp16")
     kernel = prepare_module._first_kernel
     types = dict(bounds_ptr=f"*{elem}", D="i32", scales_ptr="*fp64", info_ptr="*fp64")
     _compile(kernel, types, dict(BLOCK_C=64, **flags))
-    kernel = prepare_module._column_sums_kernel
-    types = {name: "i32" for name in kernel.arg_names}
-    types.update(src_ptr=f"*{elem}", bounds_ptr=f"*{elem}", scales_ptr="*fp64", out_ptr="*fp64", stride_n="i64")
-    _compile(kernel, types, dict(NUM_PARTS=parts, ROWS_PER_PROGRAM=8192, BLOCK_R=64, BLOCK_C=64))
     kernel = prepare_module._stats_kernel
     types = {name: "i32" for name in kernel.arg_names}
-    types.update({name: "*fp64" for name in ("partials_ptr", "partials2_ptr", "center_ptr", "scales_ptr", "info_ptr")})
-    types.update(bounds_ptr=f"*{elem}")
+    types.update({name: "*fp64" for name in ("center_ptr", "scales_ptr", "info_ptr")})
+    types.update(bounds_ptr=f"*{elem}", median_ptr=f"*{elem}")
     _compile(kernel, types, dict(STERBENZ=elem in ("bf16", "fp16"), HEADROOM=12 if split else 0, BLOCK_C=64, **flags))
     kernel = prepare_module._center_kernel
     types = {name: "i32" for name in kernel.arg_names}
@@ -238,27 +234,13 @@ def test_kernels_compile_with_sizes_of_one():
     for kernel, constants in (
         (prepare_module._first_kernel, dict(D=1, NUM_PARTS=2, SCALE_DOWN=True, BLOCK_C=64)),
         (
-            prepare_module._column_sums_kernel,
-            dict(n_rows=1, D=1, NUM_PARTS=2, ROWS_PER_PROGRAM=8192, BLOCK_R=64, BLOCK_C=64),
-        ),
-        (
             prepare_module._stats_kernel,
-            dict(
-                n_groups=1,
-                n_groups2=1,
-                total_rows=1,
-                D=1,
-                NUM_PARTS=2,
-                SCALE_DOWN=True,
-                STERBENZ=False,
-                HEADROOM=12,
-                BLOCK_C=64,
-            ),
+            dict(D=1, NUM_PARTS=2, SCALE_DOWN=True, STERBENZ=False, HEADROOM=12, BLOCK_C=64),
         ),
         (prepare_module._center_kernel, dict(n_rows=1, D=1, SPLIT=True, BLOCK_R=32, BLOCK_C=128)),
     ):
         types = {name: "i32" for name in kernel.arg_names}
-        types.update({name: "*fp32" if name in ("src_ptr", "bounds_ptr") else "*fp64"
+        types.update({name: "*fp32" if name in ("src_ptr", "bounds_ptr", "median_ptr") else "*fp64"
                       for name in kernel.arg_names if name.endswith("_ptr")})  # fmt: skip
         types.update(out_ptr="*fp16", lo_ptr="*fp16")
         _compile(kernel, types, constants)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import hyperloss
 from hyperloss import reference
+from hyperloss._common import sampled_median_center
 from tests.helpers import (
     BACKENDS,
     CPU_BACKENDS,
@@ -234,6 +235,41 @@ def test_rows_around_a_far_common_vector(backend, norm, spread, t):
     x = (common + spread * torch.randn(256, 64, generator=g, dtype=torch.float64)).float().to(DEVICE)
     check_uniform(backend, x, t)
     check_uniform(backend, x, t, x[:40] + spread)
+
+
+@pytest.mark.parametrize(("n", "k"), [(5, 0), (1023, 0), (1024, 0), (700, 2300), (1, 4000)])
+def test_center_is_the_median_of_the_sampled_rows(n, k):
+    """The rule csrc/center.h shares: rows floor(i total / S), S = min(total, 1023), of x then the queue; the lower
+    median of each column (one of the values)."""
+    g = torch.Generator().manual_seed(n + k)
+    rows = torch.randint(-50, 50, (n + k, 3), generator=g).float()  # ties
+    x, queue = rows[:n], (rows[n:] if k else None)
+    size = min(n + k, 1023)
+    sample = rows[[i * (n + k) // size for i in range(size)]]
+    want = sample.sort(dim=0).values[(size - 1) // 2]
+    assert torch.equal(sampled_median_center(x, queue), want)
+
+
+@pytest.mark.parametrize("queue_rows", [0, 192])
+def test_an_outlier_does_not_move_the_center(backend, queue_rows):
+    """One row of norm 1e6 among 255 unit rows (float32, exact products): the paper's float32 pdist is exact here.
+    Centered on the mean, which the outlier moves ~4000 away from every other row, the Gram form lost the unit rows'
+    distances (-1.1 for -3.5, gradients 33% off); the sampled median stays among them, and the outlier's own pairs
+    keep their relative accuracy. With a queue: the last 192 rows are the queue."""
+    g = torch.Generator().manual_seed(6)
+    rows = torch.nn.functional.normalize(torch.randn(256, 16, generator=g, dtype=torch.float64), dim=1)
+    rows[0] *= 1e6
+    rows = rows.float().to(DEVICE)
+    n = 256 - queue_rows
+    x = rows[:n].clone().requires_grad_()
+    queue = rows[n:].clone().requires_grad_() if queue_rows else None
+    got = hyperloss.uniform_loss(x, 2.0, queue=queue, backend=backend, precision="highest")
+    want, want_grads = uniform_reference(x, 2.0, queue)
+    value = float(got.detach())
+    assert abs(value - float(want)) <= 1e-5 * abs(float(want)), (value, float(want))
+    grads = torch.autograd.grad(got, [x] + ([queue] if queue_rows else []))
+    for name, grad, want_grad in zip(("x", "queue"), grads, want_grads, strict=False):
+        assert_close_scaled(grad, want_grad, 1e-4, f"d loss / d {name}")
 
 
 def test_long_rows_sum_without_losing_digits(backend):

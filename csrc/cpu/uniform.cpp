@@ -1,8 +1,8 @@
 // Uniformity log-sum-exp and gradient on the CPU: one pass over the pair tiles, no N x N buffer, deterministic.
 //
 // Math. The rows are first centered and scaled by a power of two, x' = (x - c) 2^-E: translating every row leaves
-// every distance unchanged, so the Gram form below cancels only on the spread of the rows, not on their common
-// offset, and no norm overflows or underflows. With t' = t 4^E, for a pair (i, j):
+// every distance unchanged, so the Gram form below cancels only on the spread of the rows around c (a median that
+// outliers do not move: ../center.h), not on their common offset, and no norm overflows or underflows. With t' = t 4^E, for a pair (i, j):
 //   d_ij = max(n_i + n_j - 2 x'_i . x'_j, 0),   s_ij = -t' d_ij,   lse = log sum_pairs exp(s_ij)
 //   d lse / d x_i = -2t 2^E / Z * (w_i x'_i - sum_j e_ij x'_j),   e_ij = exp(s_ij),  w_i = sum_j e_ij,  Z = sum e
 // Inside a 64 x 64 tile of pairs the exponentials are taken relative to the tile's largest score M = -t' min d:
@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "../args.h"
+#include "../center.h"
 #include "hyperloss/hyperloss.h"
 #include "page_buffer.h"
 #include "threads.h"
@@ -140,20 +141,26 @@ Prepared<T> prepare(const Rows<Tin>& in, int64_t cols, int threads) {
   if (!finite) return out;
   const PowerOfTwoScale first(exponent_of(max_abs));
 
-  // 2. Center: per block of columns, the column means of the scaled rows (each column summed over the rows in
-  //    order: reproducible), then the centered values written straight into the packed rows. Any center is exact
-  //    math (distances do not move); the mean removes the common offset. |x 2^-e1 - c| <= 2: no overflow in T.
+  // 2. Center (../center.h): per block of columns, the median of the sampled rows' scaled values, then the
+  //    centered values written straight into the packed rows. |x 2^-e1 - c| <= 2: no overflow in T.
   out.data = PageBuffer<T>(static_cast<size_t>(n * out.padded_cols));
   out.sq_norms = PageBuffer<T>(static_cast<size_t>(n + kTile));
   constexpr int64_t kCenterCols = 16;
+  const int64_t sample = center_sample_size(n);
   double max_dev = 0;
 #pragma omp parallel for num_threads(threads) if (parallel) schedule(static) reduction(max : max_dev)
   for (int64_t c0 = 0; c0 < cols; c0 += kCenterCols) {
     const int64_t width = std::min(kCenterCols, cols - c0);
     double center[kCenterCols] = {};
-    for (int64_t r = 0; r < n; ++r)
-      for_each_in_row(in, r, c0, width, [&](int64_t c, double v) { center[c - c0] += first(v); });
-    for (int64_t c = 0; c < width; ++c) center[c] /= static_cast<double>(n);
+    std::vector<double> values(static_cast<size_t>(sample * width));  // column c's sample at (c - c0) * sample
+    for (int64_t k = 0; k < sample; ++k)
+      for_each_in_row(in, center_sample_row(k, sample, n), c0, width,
+                      [&](int64_t c, double v) { values[(c - c0) * sample + k] = first(v); });
+    for (int64_t c = 0; c < width; ++c) {
+      const auto begin = values.begin() + c * sample, middle = begin + center_rank(sample);
+      std::nth_element(begin, middle, begin + sample);
+      center[c] = *middle;
+    }
     double block_max = 0;
     for (int64_t r = 0; r < n; ++r) {
       T* dst = out.data.data() + r * out.padded_cols;

@@ -1,8 +1,9 @@
 // Uniformity log-sum-exp and gradient on NVIDIA GPUs, with no N x N buffer and no atomics on the sums.
 //
 // First the rows of A and B are centered and scaled by a power of two into the workspace, x' = (x - c) 2^-E with
-// c the column means of A and B together (as on the CPU): distances do not move, so the Gram form below cancels
-// only on the spread of the rows, not on their common offset, and no squared norm overflows. With t' = t 4^E, each
+// c the sampled column medians of A and B together (../center.h, as on the CPU): distances do not move, so the Gram
+// form below cancels only on the spread of the rows around c, not on their common offset, and no squared norm
+// overflows. With t' = t 4^E, each
 // thread block owns kTile rows i and sweeps the columns j of the pair set, flash-attention style:
 //   s_ij = -t' * max(n_i + n_j - 2 g_ij, 0)                 (g from tensor cores for 16-bit or tf32 operands)
 //   m_i  = running max of s_ij,  r_i = sum_j exp(s_ij - m_i),  acc_i = sum_j exp(s_ij - m_i) x'_j
@@ -14,7 +15,7 @@
 // sweeps only the tiles with j > i and skips acc.
 //
 // 16-bit inputs feed the tensor cores as they are, so their centered rows must be exact in the input type: each
-// column's center is a value of that type for which every x - c is one too (the rounded mean usually is, where a
+// column's center is a value of that type for which every x - c is one too (the median usually is, where a
 // common offset makes centering matter), and a column where it is not stays uncentered. Float16 rows are not
 // scaled (E = 0: their squares cannot overflow, and scaling could push small values into float16's subnormals).
 #include <mma.h>
@@ -29,6 +30,7 @@
 #include <vector>
 
 #include "../args.h"
+#include "../center.h"
 #include "common.cuh"
 #include "uniform.h"
 #ifdef HYPERLOSS_TRITON_AOT
@@ -399,51 +401,43 @@ __device__ __forceinline__ bool exact_difference(double x, double c) {
   return error == 0 && to_double(from_double<Tin>(d)) == d;
 }
 
-// Column means of A and B together (each column summed over the rows in one fixed order: reproducible), and the
-// non-finite flag: any NaN or Inf element makes the result NaN, as on the CPU. x / n is summed, so a sum never
-// overflows.
+// Each column's center (../center.h): the median of the sampled rows of A then B, one block per column: the one
+// sampled value whose rank_in_sample is the median's (with a NaN maybe none: the column keeps 0, and the call's
+// result is NaN anyway).
+constexpr int kMedianThreads = 256;
+
 template <typename Tin>
-__global__ void __launch_bounds__(32 * kStatWarps)
-    column_mean_kernel(MatrixView<Tin> a, MatrixView<Tin> b, int64_t cols, double inv_rows, double* center,
-                       unsigned long long* nonfinite) {
-  __shared__ double partial[kStatWarps][32];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  bool finite = true;
-  for (int64_t c0 = static_cast<int64_t>(blockIdx.x) * 32; c0 < cols; c0 += static_cast<int64_t>(gridDim.x) * 32) {
-    const int64_t c = c0 + lane;
-    double sum = 0;
-    if (c < cols)
-      for (int set = 0; set < 2; ++set) {
-        const MatrixView<Tin>& x = set == 0 ? a : b;
-        for (int64_t r = warp; r < x.rows; r += kStatWarps) {
-          const double v = to_double(x.at(r, c));
-          finite = finite && isfinite(v);
-          sum += v * inv_rows;
-        }
-      }
-    __syncthreads();  // the previous columns' partial sums are read
-    partial[warp][lane] = sum;
-    __syncthreads();
-    if (warp == 0 && c < cols) {
-      double total = 0;
-      for (int w = 0; w < kStatWarps; ++w) total += partial[w][lane];
-      center[c] = total;
+__global__ void __launch_bounds__(kMedianThreads)
+    column_median_kernel(MatrixView<Tin> a, MatrixView<Tin> b, int64_t cols, double* center) {
+  __shared__ double values[kCenterSampleRows];
+  const int64_t total = a.rows + b.rows, size = center_sample_size(total), rank = center_rank(size);
+  for (int64_t c = blockIdx.x; c < cols; c += gridDim.x) {
+    __syncthreads();  // the previous column's values are read
+    for (int64_t k = threadIdx.x; k < size; k += blockDim.x) {
+      const int64_t r = center_sample_row(k, size, total);
+      values[k] = to_double(r < a.rows ? a.at(r, c) : b.at(r - a.rows, c));
     }
+    if (threadIdx.x == 0) center[c] = 0;
+    __syncthreads();
+    for (int64_t k = threadIdx.x; k < size; k += blockDim.x)
+      if (rank_in_sample(values, size, k) == rank) center[c] = values[k];
   }
-  if (!finite) atomicOr(nonfinite, 1ull);
 }
 
-// Replaces each column's mean by the center used (see the top of the file) and records max |x - c| / 2 over every
+// Replaces each column's median by the center used (see the top of the file), records max |x - c| / 2 over every
 // column in *max_bits (halved: x - c cannot overflow; the bits of non-negative doubles order as their values,
-// so an integer atomicMax is the maximum, in any order).
+// so an integer atomicMax is the maximum, in any order), and sets *nonfinite if an element is NaN or infinite
+// (the result is then NaN, as on the CPU).
 template <typename Tin>
 __global__ void __launch_bounds__(32 * kStatWarps)
-    center_kernel(MatrixView<Tin> a, MatrixView<Tin> b, int64_t cols, double* center, unsigned long long* max_bits) {
+    center_kernel(MatrixView<Tin> a, MatrixView<Tin> b, int64_t cols, double* center, unsigned long long* max_bits,
+                  unsigned long long* nonfinite) {
   constexpr bool k16 = sizeof(Tin) == 2;
   __shared__ double partial_dev[kStatWarps][32], partial_raw[kStatWarps][32];
   __shared__ bool partial_exact[kStatWarps][32];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   double block_max = 0;
+  bool finite = true;
   for (int64_t c0 = static_cast<int64_t>(blockIdx.x) * 32; c0 < cols; c0 += static_cast<int64_t>(gridDim.x) * 32) {
     const int64_t c = c0 + lane;
     double dev = 0, raw = 0, cv = 0;
@@ -454,6 +448,7 @@ __global__ void __launch_bounds__(32 * kStatWarps)
         const MatrixView<Tin>& x = set == 0 ? a : b;
         for (int64_t r = warp; r < x.rows; r += kStatWarps) {
           const double v = to_double(x.at(r, c));
+          finite = finite && isfinite(v);
           dev = fmax(dev, fabs(0.5 * v - 0.5 * cv));
           if constexpr (k16) {
             raw = fmax(raw, fabs(0.5 * v));
@@ -484,6 +479,7 @@ __global__ void __launch_bounds__(32 * kStatWarps)
     if (lane == 0 && block_max > 0)
       atomicMax(max_bits, static_cast<unsigned long long>(__double_as_longlong(block_max)));
   }
+  if (!finite) atomicOr(nonfinite, 1ull);
 }
 
 // (x - c) 2^-E rounded once to T (halved first: x - c cannot overflow).
@@ -639,10 +635,9 @@ hl_status launch_centering(const MatrixView<Tin>& a, const MatrixView<Tin>& b, i
                            unsigned long long* flags, cudaStream_t stream) {
   if (const cudaError_t e = cudaMemsetAsync(flags, 0, 2 * sizeof(unsigned long long), stream); e != cudaSuccess)
     return status_of(e);
-  const unsigned stat_blocks = grid_for(cols, 32, kMaxStatBlocks);
-  column_mean_kernel<Tin><<<stat_blocks, 32 * kStatWarps, 0, stream>>>(
-      a, b, cols, 1.0 / static_cast<double>(a.rows + b.rows), center, flags + 1);
-  center_kernel<Tin><<<stat_blocks, 32 * kStatWarps, 0, stream>>>(a, b, cols, center, flags);
+  column_median_kernel<Tin><<<grid_for(cols, 1, kMaxStatBlocks), kMedianThreads, 0, stream>>>(a, b, cols, center);
+  center_kernel<Tin><<<grid_for(cols, 32, kMaxStatBlocks), 32 * kStatWarps, 0, stream>>>(a, b, cols, center, flags,
+                                                                                          flags + 1);
   return status_of(cudaGetLastError());
 }
 

@@ -1,7 +1,7 @@
 // The CUDA kernels against the CPU kernels, through the C API only (no framework). Exits 77 (skipped) where no
 // GPU is present. Inputs of every dtype and precision; values and gradients, with and without a queue; rows with a
-// large common offset (centered on the device); near-zero losses through the double-result entry point
-// (csrc/cuda/uniform.h) that hyperloss.jax uses. In a build with HYPERLOSS_TRITON_AOT, on the GPU generation its
+// large common offset (centered on the device) or one far outlier; near-zero losses through the double-result
+// entry point (csrc/cuda/uniform.h) that hyperloss.jax uses. In a build with HYPERLOSS_TRITON_AOT, on the GPU generation its
 // kernels were compiled for, the 16-bit cases (float16, bfloat16, float32 at tf32/bf16) with rows up to 256 wide
 // run the Triton kernels compiled ahead of time: the test counts those calls and fails if such a dtype had none.
 #include <cuda_bf16.h>
@@ -148,24 +148,25 @@ static void compare_grad(const Tc* dev, const std::vector<double>& ref, double r
   }
 }
 
-// Rows: spread * (unit-scale normal rows) + offset in every coordinate.
+// Rows: spread * (unit-scale normal rows) + offset in every coordinate; the first row of A then times `outlier`.
 static void make_rows(std::vector<double>& a, std::vector<double>& b, int64_t na, int64_t nb, int64_t d,
-                      double spread, double offset) {
+                      double spread, double offset, double outlier) {
   std::mt19937 rng(static_cast<unsigned>(na * 7 + nb * 3 + d));
   std::normal_distribution<double> normal;
   a.resize(na * d);
   b.resize(nb * d);
   for (auto& v : a) v = spread * normal(rng) / std::sqrt(double(d)) + offset;
   for (auto& v : b) v = spread * normal(rng) / std::sqrt(double(d)) + offset;
+  for (int64_t c = 0; c < d; ++c) a[c] *= outlier;
 }
 
 // Every combination of wanted gradients (none, A, B, both) against the float64 CPU kernel on the same values.
 template <typename Tin, typename Tc>
 static void check_uniform(hl_dtype dtype, hl_precision precision, int64_t na, int64_t nb, int64_t d, double t,
                           bool intra, double tol, const char* name, Layout layout = {}, double spread = 1.0,
-                          double offset = 0.0) {
+                          double offset = 0.0, double outlier = 1.0) {
   std::vector<double> a, b;
-  make_rows(a, b, na, nb, d, spread, offset);
+  make_rows(a, b, na, nb, d, spread, offset, outlier);
   std::vector<Tin> a_in, b_in;
   const std::vector<double> a_held = round_to(a, a_in), b_held = round_to(b, b_in);
 
@@ -349,6 +350,10 @@ static void check_all(hl_dtype dtype, hl_precision precision, double tol, const 
     // Tiny rows (squared norms below float's normal range) and a large t.
     check_uniform<Tin, Tc>(dtype, precision, 90, 0, 20, 1e36, true, tol, name, Layout{}, 1e-18, 3e-18);
   }
+  // One row far from the others (norm ~1e6, float16's ~1e4): the center is their median, not a mean it moves.
+  const double outlier = std::is_same_v<Tin, __half> ? 1e4 : 1e6;
+  check_uniform<Tin, Tc>(dtype, precision, 256, 0, 16, 2.0, true, tol, name, Layout{}, 1.0, 0.0, outlier);
+  check_uniform<Tin, Tc>(dtype, precision, 64, 192, 16, 2.0, true, tol, name, Layout{}, 1.0, 0.0, outlier);
   check_offset<Tin, Tc>(dtype, precision, name);
 }
 

@@ -11,7 +11,14 @@ import math
 
 import torch
 
-from .._common import log_num_pairs, poison_nonfinite, power_of_two_scale, row_weights, split_align_gradient
+from .._common import (
+    log_num_pairs,
+    poison_nonfinite,
+    power_of_two_scale,
+    row_weights,
+    sampled_median_center,
+    split_align_gradient,
+)
 from .._validation import compute_dtype
 
 # Scores held at once: block_rows * columns elements (64 MB in float32).
@@ -27,8 +34,9 @@ def _row_blocks(n: int, columns: int, elements: int = _BLOCK_ELEMENTS):
 def centered_and_scaled(
     x: torch.Tensor, queue: torch.Tensor | None, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """x' = (x - c) 2^-E and the queue likewise, in ``dtype``, with c the mean of all their rows and E an integer
-    (a 0-dim tensor) that brings the largest |x'| near 1.
+    """x' = (x - c) 2^-E and the queue likewise, in ``dtype``, with c the center of all their rows
+    (``hyperloss._common.sampled_median_center``) and E an integer (a 0-dim tensor) that brings the largest |x'|
+    near 1.
 
     Distances do not move under a translation, and a power of two scales them exactly; afterwards the Gram form
     ||u||^2 + ||v||^2 - 2 u.v cancels only on the spread of the rows, not on their common offset, and no squared norm
@@ -37,7 +45,7 @@ def centered_and_scaled(
 
     Args:
         x: (N, D) rows.
-        queue: optional (K, D) rows; c is the mean of the rows of x and the queue together.
+        queue: optional (K, D) rows; c is the center of the rows of x and the queue together.
         dtype: the dtype of the returned rows.
 
     Returns:
@@ -47,7 +55,7 @@ def centered_and_scaled(
     wide = rows.to(torch.float64)
     first = torch.frexp(wide.abs().amax()).exponent
     wide = torch.ldexp(wide, -first)
-    wide = wide - wide.mean(0)
+    wide = wide - torch.ldexp(sampled_median_center(x, queue).to(torch.float64), -first)  # both exact
     second = torch.frexp(wide.abs().amax()).exponent
     scaled = torch.ldexp(wide, -second).to(dtype)
     exponent = (first + second).to(torch.float64)

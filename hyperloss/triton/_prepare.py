@@ -6,14 +6,15 @@ on the spread of the rows, not on a common offset, and no squared norm over- or 
 2^-first brings the largest |x| to [0.5, 1) (so that nothing below overflows, float64 inputs near 1e308 included),
 2^-second the largest centered magnitude.
 
-The center c:
-- float32 / float64 inputs: the mean of all rows (float64 column sums taken around the column midpoints, so that a
-  common offset costs them nothing), and x' rounded once from (x - c) 2^-E computed in float64.
-- float16 / bfloat16 inputs, whose dot operands stay 16-bit (tensor cores, exact products): per column, the mean
-  rounded to the input dtype where every value of the column lies within a factor 2 of it (then x - c is exact by
-  Sterbenz's lemma, and so is x'), else 0 (then the column's values are at most twice its range: no large offset
-  to remove). float16 inputs are only ever scaled up (their products cannot overflow float32; scaling down would
-  make small values subnormal); a float16 copy of float32 inputs (tf32) is scaled either way.
+The center c: per column, the median of a sample of the rows of x and the queue together
+(``hyperloss._common.sampled_median_center``: up to 1023 rows at an even stride, one small sort; a value of the input
+dtype), so that a few outliers cannot move it away from the other rows.
+- float32 / float64 inputs: x' rounded once from (x - c) 2^-E computed in float64.
+- float16 / bfloat16 inputs, whose dot operands stay 16-bit (tensor cores, exact products): c where every value of
+  the column lies within a factor 2 of it (then x - c is exact by Sterbenz's lemma, and so is x'), else 0 (then the
+  column's values are at most twice its range: no large offset to remove). float16 inputs are only ever scaled up
+  (their products cannot overflow float32; scaling down would make small values subnormal); a float16 copy of
+  float32 inputs (tf32) is scaled either way.
 
 Exact float32 products ("ieee") of float32 inputs run on float16 tensor cores: x' is stored as two float16 parts,
 hi = fp16(x') and lo = fp16(x' - hi), with x' scaled 2^SPLIT_HEADROOM higher (its largest element in [2^11, 2^12),
@@ -23,8 +24,8 @@ the norms are those of hi + lo.
 
 Memory: one copy of x and of the queue in the operand dtype (two float16 parts for "ieee") and their squared norms
 (float64, one per row); no float64 copy of the rows. Work: a min/max per column (torch.aminmax), the scale (one
-small program), float64 column sums (one read), the center and second scale (one small program), and one pass
-that writes x' and the norms. Every scale is a tensor on the device:
+small program), the sampled median (a gather and a sort of at most 1023 rows), the center and second scale (one
+small program), and one pass that writes x' and the norms. Every scale is a tensor on the device:
 no value goes to the host (nothing to synchronize, one torch.compile graph for every input).
 """
 
@@ -37,11 +38,10 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._runtime import INTERPRET, frexp_exponent, mul_pow2, pow2
+from .._common import sampled_median_center
+from ._runtime import INTERPRET, frexp_exponent, pow2
 
-_STAT_ROWS = 64  # rows per step of the column sums
 _STAT_COLS = 16 if INTERPRET else 64
-_ROWS_PER_PROGRAM = 256 if INTERPRET else 8192  # rows per program of the column sums (partial sums per group)
 _PREP_ROWS = 16 if INTERPRET else 32
 _PREP_COLS = 64 if INTERPRET else 128
 # Float64 element-wise work: 8 warps keep it to ~16 values per thread (no register spills).
@@ -96,51 +96,9 @@ def _first_kernel(
 
 
 @triton.jit
-def _column_sums_kernel(
-    src_ptr,
-    stride_n,
-    stride_d,
-    n_rows,
-    D,
-    bounds_ptr,
-    scales_ptr,
-    out_ptr,
-    NUM_PARTS: tl.constexpr,
-    ROWS_PER_PROGRAM: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    """out[pid_r, j] = sum over this program's rows of (x_ij 2^-first - mid_j), float64, mid_j the column's
-    midpoint: the terms are at most half the column's range, so a common offset costs the sums nothing."""
-    pid_c = tl.program_id(0)
-    pid_r = tl.program_id(1)
-    s1 = tl.load(scales_ptr)
-    s2 = tl.load(scales_ptr + 1)
-    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = cols < D
-    lo, hi = _column_bounds(bounds_ptr, D, cols, mask_c, NUM_PARTS)
-    mid = (lo * s1 * s2) * 0.5 + (hi * s1 * s2) * 0.5
-    cols64 = cols.to(tl.int64)
-    acc = tl.zeros([BLOCK_C], tl.float64)
-    row_start = pid_r * ROWS_PER_PROGRAM
-    row_stop = tl.minimum(row_start + ROWS_PER_PROGRAM, n_rows)
-    for r0 in range(row_start, row_stop, BLOCK_R):
-        rows = r0 + tl.arange(0, BLOCK_R)
-        mask = (rows < row_stop)[:, None] & mask_c[None, :]
-        v = tl.load(src_ptr + rows.to(tl.int64)[:, None] * stride_n + cols64[None, :] * stride_d, mask=mask, other=0.0)
-        v = v.to(tl.float64) * s1 * s2 - mid[None, :]
-        acc += tl.sum(tl.where(mask, v, 0.0), axis=0)
-    tl.store(out_ptr + pid_r.to(tl.int64) * D + cols, acc, mask=mask_c)
-
-
-@triton.jit
 def _stats_kernel(
     bounds_ptr,
-    partials_ptr,
-    n_groups,
-    partials2_ptr,
-    n_groups2,
-    total_rows,
+    median_ptr,
     D,
     center_ptr,
     scales_ptr,
@@ -164,19 +122,13 @@ def _stats_kernel(
         lo, hi = _column_bounds(bounds_ptr, D, cols, mask_c, NUM_PARTS)
         lo_s = lo * s1 * s2
         hi_s = hi * s1 * s2
-        total = tl.zeros([BLOCK_C], tl.float64)
-        for g in range(0, n_groups):
-            total += tl.load(partials_ptr + g * D + cols, mask=mask_c, other=0.0)
-        for g in range(0, n_groups2):  # the queue's
-            total += tl.load(partials2_ptr + g * D + cols, mask=mask_c, other=0.0)
-        center = (lo_s * 0.5 + hi_s * 0.5) + total / total_rows
+        median = tl.load(median_ptr + cols, mask=mask_c, other=0.0).to(tl.float64)
+        center = median * s1 * s2  # exact: a value of the input dtype times a power of two
         if STERBENZ:
-            # The mean rounded to the input dtype (kept within the column's range); used where every value of the
-            # column is within a factor 2 of it, so that x - c is exact in the input dtype.
-            rounded = mul_pow2(center, first).to(bounds_ptr.dtype.element_ty).to(tl.float64)
-            rounded = tl.minimum(tl.maximum(rounded, lo), hi)
+            # The median is a value of the input dtype; used where every value of the column is within a factor 2
+            # of it, so that x - c is exact in the input dtype.
             within_2x = ((lo > 0) & (hi <= 2.0 * lo)) | ((hi < 0) & (lo >= 2.0 * hi))
-            center = tl.where(within_2x, rounded * s1 * s2, 0.0)
+            center = tl.where(within_2x, center, 0.0)
         tl.store(center_ptr + cols, center, mask=mask_c)
         dev = tl.maximum(tl.abs(hi_s - center), tl.abs(center - lo_s))
         spread = tl.maximum(spread, tl.where(mask_c & (dev < _INF), dev, 0.0))
@@ -287,21 +239,10 @@ def prepare(
     scales = torch.empty(4, dtype=torch.float64, device=x.device)
     info = torch.empty(2, dtype=torch.float64, device=x.device)
     wrap_triton(_first_kernel)[(1,)](bounds, d, scales, info, BLOCK_C=_STAT_COLS, **flags)
-    partials = []  # per part: float64 column sums per group of rows
-    for v in parts:
-        groups = triton.cdiv(v.shape[0], _ROWS_PER_PROGRAM)
-        partials.append(torch.empty((groups, d), dtype=torch.float64, device=x.device))
-        wrap_triton(_column_sums_kernel)[(triton.cdiv(d, _STAT_COLS), groups)](
-            v, v.stride(0), v.stride(1), v.shape[0], d, bounds, scales, partials[-1],
-            NUM_PARTS=len(parts), ROWS_PER_PROGRAM=_ROWS_PER_PROGRAM, BLOCK_R=_STAT_ROWS, BLOCK_C=_STAT_COLS,
-            num_warps=_WARPS,
-        )  # fmt: skip
-    second = partials[1] if queue is not None else partials[0]
+    median = sampled_median_center(x, queue)
     center = torch.empty(d, dtype=torch.float64, device=x.device)
-    total_rows = sum(v.shape[0] for v in parts)
     wrap_triton(_stats_kernel)[(1,)](
-        bounds, partials[0], partials[0].shape[0], second, second.shape[0] if queue is not None else 0,
-        total_rows, d, center, scales, info,
+        bounds, median, d, center, scales, info,
         STERBENZ=x.dtype in (torch.float16, torch.bfloat16), HEADROOM=SPLIT_HEADROOM if split else 0,
         BLOCK_C=_STAT_COLS, **flags,
     )  # fmt: skip
