@@ -272,6 +272,33 @@ def test_an_outlier_does_not_move_the_center(backend, queue_rows):
         assert_close_scaled(grad, want_grad, 1e-4, f"d loss / d {name}")
 
 
+@pytest.mark.parametrize("apart", [1e2, 1e3, 1e4])
+@pytest.mark.parametrize("queue_rows", [0, 100])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_far_apart_groups_on_the_cpu_kernel(apart, queue_rows, weighted):
+    """Two halves of unit-spread float32 rows ``apart`` away from each other: no center serves both, and the float32
+    Gram form of one half's rows, far from the center, loses their distances (gradients 6% off at 1e3, -1.4 for -4.2
+    at 1e4 before). The cpu kernel bounds that error from the rows' norms and computes such calls in double: the
+    loss and gradients of the float32 rows to float32 rounding, as the paper's float32 pdist gets them."""
+    if "cpu" not in CPU_BACKENDS:
+        pytest.skip("the native extension is not built")
+    g = torch.Generator().manual_seed(8)
+    rows = torch.nn.functional.normalize(torch.randn(256, 16, generator=g, dtype=torch.float64), dim=1)
+    rows[128:] += apart * torch.nn.functional.normalize(torch.randn(1, 16, generator=g, dtype=torch.float64), dim=1)
+    rows = rows[torch.randperm(256, generator=g)].float()
+    n = 256 - queue_rows
+    leaves = [rows[:n].clone().requires_grad_()] + ([rows[n:].clone().requires_grad_()] if queue_rows else [])
+    weights = 0.5 + torch.rand(n, generator=g, dtype=torch.float64) if weighted else None
+    got = hyperloss.uniform_loss(leaves[0], 2.0, queue=leaves[1] if queue_rows else None, weights=weights,
+                                 backend="cpu")  # fmt: skip
+    wide = [v.detach().double().requires_grad_() for v in leaves]
+    want = reference.dense_uniform_loss(wide[0], 2.0, queue=wide[1] if queue_rows else None, weights=weights)
+    value, want_value = float(got.detach()), float(want.detach())
+    assert abs(value - want_value) <= 1e-6 * abs(want_value), (value, want_value)
+    for grad, want_grad in zip(torch.autograd.grad(got, leaves), torch.autograd.grad(want, wide), strict=True):
+        assert_close_scaled(grad, want_grad, 1e-6, "gradient")
+
+
 def test_long_rows_sum_without_losing_digits(backend):
     """N = 2, D = 4e6 in float32: plain float32 sums over D lost 0.35% (and once gave -inf)."""
     g = torch.Generator().manual_seed(4)

@@ -75,6 +75,7 @@ class PageBuffer {
   T* data() { return data_; }
   const T* data() const { return data_; }
   T& operator[](size_t i) { return data_[i]; }
+  const T& operator[](size_t i) const { return data_[i]; }
 
  private:
   static constexpr size_t kMapBytes = size_t(1) << 20;

@@ -610,9 +610,41 @@ void write_nan(const hl_matrix& a, const hl_matrix& b, double* lse_out, T* grad_
 // at most ~3e-5 relative.
 constexpr double kNearZeroLoss = 0x1p-4;
 
+// A float32 call is also computed in double where the Gram form may cost its scores more than the float32 result
+// can afford: d'_ij = n_i + n_j - 2 x'_i . x'_j in float is off by up to ~2^-22 (n_i + n_j) (norms and products
+// rounded; x' itself to 2^-24), so a score -t' d' by t' times that, an absolute error that every pair's weight, and
+// so the gradients, carry. Bounded over every pair by the two largest n, it must stay below kGramScoreError times
+// max(1, |loss|): the paper's float32 differences err by ~2^-24 |score| (relative), so a large loss tolerates a
+// larger absolute error. Caught: groups of rows far apart compared with their own spread (two halves of unit-spread
+// rows 1e3 apart gave 6% gradient errors in float) and a single far row (whose own pairs would have been fine:
+// their errors are relative). Unit-norm rows at t = 2 stay far below it (bound ~1e-6).
+constexpr double kGramScoreError = 0x1p-12;
+
+// log2 of t' 2^-22 (n_(1) + n_(2)), the two largest squared norms (-inf for none): in logs, since t' = t 4^E may
+// lie outside double's range.
+double log2_gram_score_error(const Prepared<float>& x, double t) {
+  float first = 0, second = 0;
+  for (int64_t r = 0; r < x.rows; ++r) {
+    const float n = x.sq_norms[r];
+    if (n > first) {
+      second = first;
+      first = n;
+    } else if (n > second) {
+      second = n;
+    }
+  }
+  return std::log2(t) + 2.0 * x.exponent - 22 + std::log2(static_cast<double>(first) + second);
+}
+
+// Whether a float32 result (its loss: lse - log|P|, or lse - log W) is computed again in double (above).
+bool needs_double(const Prepared<float>& x, double t, double loss) {
+  if (loss > -kNearZeroLoss) return true;
+  return log2_gram_score_error(x, t) > std::log2(kGramScoreError * std::max(1.0, std::abs(loss)));
+}
+
 // The float32 call in double: the float inputs prepared as double (centered and scaled exactly as in float), the
-// kernel in double, the x gradients rounded once to float (weight gradients are double anyway). Only for losses
-// near 0: one more pass, ~2x the time.
+// kernel in double, the x gradients rounded once to float (weight gradients are double anyway). Only where
+// needs_double: one more pass, ~2.3x the float pass's time.
 double uniform_lse_wide(const hl_matrix& a, const hl_matrix& b, double t, bool intra, int threads, float* grad_a,
                         float* grad_b, const RowBiases* biases = nullptr, double* grad_wa = nullptr,
                         double* grad_wb = nullptr) {
@@ -643,7 +675,7 @@ hl_status uniform_lse(const hl_matrix& a, const hl_matrix& b, double t, bool int
   const double log_pairs = std::log(num_pairs(a.rows, cross ? b.rows : 0, intra));
   const double lse = kernel.run(log_pairs);
   if constexpr (std::is_same_v<T, float>) {
-    if (lse - log_pairs > -kNearZeroLoss) {
+    if (needs_double(x, t, lse - log_pairs)) {
       *lse_out = uniform_lse_wide(a, b, t, intra, threads, grad_a, grad_b);
       return HL_OK;
     }
@@ -701,7 +733,7 @@ hl_status uniform_lse_weighted(const hl_matrix& a, const hl_matrix& b, const dou
   double lse = kernel.run(std::log(num_pairs(a.rows, cross ? b.rows : 0, intra)));
   bool wide = false;
   if constexpr (std::is_same_v<T, float>) {
-    wide = lse - rough_log_pair_weight_sum(biases, a.rows, cross ? b.rows : 0, intra) > -kNearZeroLoss;
+    wide = needs_double(x, t, lse - rough_log_pair_weight_sum(biases, a.rows, cross ? b.rows : 0, intra));
     if (wide) lse = uniform_lse_wide(a, b, t, intra, threads, grad_a, grad_b, &biases, grad_wa, grad_wb);
   }
   // lse of the scaled weights; the caller's pair weights are 4^exponent times theirs.
