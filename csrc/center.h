@@ -1,13 +1,18 @@
 // The center of the uniformity kernels' rows, one rule for the CPU and CUDA kernels (hyperloss/_common.py,
-// sampled_median_center, states the same rule for the torch backends): per column, the median of a fixed sample
-// of the rows of A followed by B's, the lower one of an even count, so always one of the values.
+// sampled_center, states the same rule for the torch backends): per column, the midhinge (Q1 + Q3) / 2 of a fixed
+// sample of the rows of A followed by B's.
 //
-// Why a median: the Gram form |u|^2 + |v|^2 - 2 u.v of centered rows is off by ~eps (|u|^2 + |v|^2), so the center
-// must lie among the rows whose pairs dominate the loss. The mean does where the rows form one cloud, but one row of
-// norm 1e6 among 256 unit rows moves it ~4000 away from all the others (float32 losses of -1.1 for -3.5). The
-// median of most rows stays among them, and a pair with the outlier keeps its relative accuracy (its distance is
-// about the outlier's own norm). A common offset is removed as by the mean. Any center is exact math: distances do
-// not move.
+// Why: the Gram form |u|^2 + |v|^2 - 2 u.v of centered rows is off by ~eps (|u|^2 + |v|^2), so the center must lie
+// near the rows whose pairs dominate the loss. The mean does where the rows form one cloud, but one row of norm 1e6
+// among 256 unit rows moves it ~4000 away from all the others (float32: -1.1 for -3.5). Quartiles ignore up to a
+// quarter of the rows on either side, and a pair with such an outlier keeps its relative accuracy (its distance is
+// about the outlier's own norm); where two groups of rows hold more than a quarter each, the midhinge lies between
+// them, as the mean does (a median would sit in one group, twice as far from the other). A common offset is removed
+// as by the mean. Any center is exact math: distances do not move.
+//
+// The sample: S = min(total, 1023) rows, row k = floor(k total / S) + (k A mod floor(total / S)), one per stretch of
+// total / S rows at a jittered place in it (A a large prime), so that rows of a period dividing the stretch (every
+// third row from one group) are sampled in their share, not all or none.
 #pragma once
 
 #include <cstdint>
@@ -20,29 +25,39 @@
 
 namespace hyperloss {
 
-// At most this many rows are sampled: the median costs one small selection whatever N.
 constexpr int64_t kCenterSampleRows = 1023;
+constexpr int64_t kCenterJitter = 2654435761;  // prime
+constexpr int kCenterSortSize = 1024;          // the sample padded to a power of two (bitonic sort)
 
 // The sample's size for `total` rows (A and B together).
 HL_HOST_DEVICE inline int64_t center_sample_size(int64_t total) {
   return total < kCenterSampleRows ? total : kCenterSampleRows;
 }
 
-// Sampled row k of `total` (k < size): floor(k total / size), computed without the product k * total.
+// Sampled row k of `total` (k < size; ascending in k): floor(k total / size) computed without the product k total,
+// plus the jitter, which stays within the stretch.
 HL_HOST_DEVICE inline int64_t center_sample_row(int64_t k, int64_t size, int64_t total) {
-  return k * (total / size) + k * (total % size) / size;
+  const int64_t stretch = total / size;
+  return k * stretch + k * (total % size) / size + k * kCenterJitter % stretch;
 }
 
-// The median's rank (0-based, ascending) among the `size` sampled values.
-HL_HOST_DEVICE inline int64_t center_rank(int64_t size) { return (size - 1) / 2; }
+// The ranks (0-based, ascending) of Q1 and Q3 among the `size` sampled values; the center is their mean.
+HL_HOST_DEVICE inline int64_t center_low_rank(int64_t size) { return (size - 1) / 4; }
+HL_HOST_DEVICE inline int64_t center_high_rank(int64_t size) { return size - 1 - (size - 1) / 4; }
 
-// The rank of values[k] among values[0, size): how many come before it in (value, index) order. Exactly one value
-// has each rank 0 .. size - 1 (NaN aside): the CUDA kernel's selection of the median, one thread per value.
-HL_HOST_DEVICE inline int64_t rank_in_sample(const double* values, int64_t size, int64_t k) {
-  const double v = values[k];
-  int64_t before = 0;
-  for (int64_t j = 0; j < size; ++j) before += values[j] < v || (values[j] == v && j < k);
-  return before;
+// One compare-exchange of a bitonic sort of kCenterSortSize values into ascending order, for element i of the
+// step (len, stride): the CUDA kernel runs every i of a step on its threads between barriers, for len = 2, 4, ...,
+// kCenterSortSize and stride = len / 2, ..., 1 (NaN compares false: the order is then undefined, and the call's
+// result NaN anyway).
+HL_HOST_DEVICE inline void bitonic_step(double* values, int len, int stride, int i) {
+  const int partner = i ^ stride;
+  if (partner <= i) return;
+  const bool ascending = (i & len) == 0;
+  const double a = values[i], b = values[partner];
+  if ((a > b) == ascending && a != b) {
+    values[i] = b;
+    values[partner] = a;
+  }
 }
 
 }  // namespace hyperloss

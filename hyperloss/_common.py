@@ -43,34 +43,41 @@ def _eager_scalar(value: float) -> torch.Tensor:
     return torch.full((), value, dtype=torch.float64)
 
 
-# The center of the uniformity kernels' rows (csrc/center.h states the same rule for the C++ and CUDA kernels): per
-# column, the median of a fixed sample of the rows of x and the queue together.
+# The center of the uniformity kernels' rows (csrc/center.h states the same rule for the C++ and CUDA kernels).
 CENTER_SAMPLE_ROWS = 1023
+CENTER_JITTER = 2654435761  # prime
 
 
-def sampled_median_center(x: torch.Tensor, queue: torch.Tensor | None = None) -> torch.Tensor:
-    """The center c of the uniformity kernels' rows, in the input dtype: per column, the median (the lower one of an
-    even count, so always one of the values) of S = min(N + K, 1023) rows taken at an even stride from the rows of x
-    followed by the queue's (all of them up to 1023 rows).
+def sampled_center(x: torch.Tensor, queue: torch.Tensor | None = None) -> torch.Tensor:
+    """The center c of the uniformity kernels' rows, float64 (D,): per column, the midhinge (Q1 + Q3) / 2 of a
+    sample of S = min(N + K, 1023) rows of x followed by the queue's, row k = floor(k total / S) + (k A mod
+    floor(total / S)) (one row per stretch of total / S rows, at a jittered place in it, A a large prime: rows of a
+    period that divides the stretch are sampled in their share), Q1 and Q3 the values of ranks (S - 1) // 4 and
+    S - 1 - (S - 1) // 4.
 
-    Why a median: the Gram form ||u||^2 + ||v||^2 - 2 u.v of centered rows u, v is off by ~eps (||u||^2 + ||v||^2),
-    so the center must lie near the rows whose pairs dominate the loss. The mean does where the rows are one cloud,
-    but one outlier of norm 1e6 among 256 unit rows moves it ~4000 away from all the others (float32: -1.1 for
-    -3.5). The median of most rows stays among them, and a pair with the outlier keeps its relative accuracy
-    (its distance is about the outlier's own norm). A common offset is removed as by the mean. The sample keeps the
-    cost at one small sort, whatever N; detached (any center gives the same distances)."""
-    total = x.shape[0] + (0 if queue is None else queue.shape[0])
+    Why: the Gram form ||u||^2 + ||v||^2 - 2 u.v of centered rows u, v is off by ~eps (||u||^2 + ||v||^2), so the
+    center must lie near the rows whose pairs dominate the loss. The mean does where the rows are one cloud, but one
+    outlier of norm 1e6 among 256 unit rows moves it ~4000 away from all the others (float32: -1.1 for -3.5).
+    Quartiles ignore up to a quarter of the rows on either side, and a pair with such an outlier keeps its relative
+    accuracy (its distance is about the outlier's own norm); where two groups hold more than a quarter each, the
+    midhinge lies between them, as the mean does (a median would sit in one, twice as far from the other). A common
+    offset is removed as by the mean. The sample keeps the cost at one small sort, whatever N; detached (any center
+    gives the same distances). Traces under torch.compile(dynamic=True) without a guard on N or K."""
+    n = x.shape[0]
+    total = n + (0 if queue is None else queue.shape[0])
     size = torch.sym_min(total, CENTER_SAMPLE_ROWS)
+    stretch = total // size
     k = torch.arange(size, device=x.device)
-    rows = k * (total // size) + (k * (total % size)) // size  # floor(k total / S), no product beyond k S
-    if queue is None:
-        sample = x.detach().index_select(0, rows)
-    else:
-        from_x = (x.shape[0] * size + total - 1) // total  # sampled rows below N: k with floor(k total / S) < N
-        sample = torch.cat(
-            [x.detach().index_select(0, rows[:from_x]), queue.detach().index_select(0, rows[from_x:] - x.shape[0])]
-        )
-    return sample.sort(dim=0).values[(size - 1) // 2]
+    rows = k * stretch + (k * (total % size)) // size + (k * CENTER_JITTER) % stretch
+    sample = x.detach().index_select(0, rows.clamp(max=n - 1))
+    if queue is not None:  # rows past x's are the queue's (no slices of a data-dependent length: no guards)
+        from_queue = queue.detach().index_select(0, (rows - n).clamp(min=0))
+        sample = torch.where((rows < n)[:, None], sample, from_queue)
+    ordered = sample.sort(dim=0).values
+    low = (size - 1) // 4
+    high = size - 1 - low
+    # Slices, not indexing: a symbolic index would guard on its value (one graph per batch size).
+    return (0.5 * ordered[low : low + 1].double() + 0.5 * ordered[high : high + 1].double()).reshape(-1)
 
 
 def log_mean_from_lse(lse: torch.Tensor, n: int, k: int, intra_batch: bool, dtype: torch.dtype) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 
 import hyperloss
 from hyperloss import reference
-from hyperloss._common import sampled_median_center
+from hyperloss._common import sampled_center
 from hyperloss._precision import resolve_precision
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -106,10 +106,10 @@ def _all_rows(*tensors: torch.Tensor) -> torch.Tensor:
 
 
 def max_centered_sq_norm(*tensors: torch.Tensor) -> float:
-    """max ||v - c||^2 over the rows of every tensor, c the backends' center (``sampled_median_center``): the scale
-    of the squared distances that their Gram form works on after centering (the loss is translation invariant)."""
+    """max ||v - c||^2 over the rows of every tensor, c the backends' center (``sampled_center``): the scale of the
+    squared distances that their Gram form works on after centering (the loss is translation invariant)."""
     rows = _all_rows(*tensors).cpu()
-    center = sampled_median_center(*(v.detach().cpu().double().reshape(-1, v.shape[-1]) for v in tensors))
+    center = sampled_center(*(v.detach().cpu().double().reshape(-1, v.shape[-1]) for v in tensors))
     return float((rows - center).pow(2).sum(1).max())
 
 

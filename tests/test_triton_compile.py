@@ -126,16 +126,17 @@ def test_alignment_kernel_compiles_for_sm90(elem):
     ],
 )
 def test_preparation_kernels_compile_for_sm90(elem, operand, parts, split):
-    """Centering and scaling: statistics, the center from the sampled median, the centered copy; bfloat16/float16
-    inputs keep their center only where x - c is exact (Sterbenz), float16 is never scaled down."""
+    """Centering and scaling: statistics, the center from the sampled quartiles, the centered copy; bfloat16/float16
+    inputs round their center to the input dtype and keep it only where x - c is exact (Sterbenz), float16 is never
+    scaled down."""
     flags = dict(NUM_PARTS=parts, SCALE_DOWN=elem != "fp16")
     kernel = prepare_module._first_kernel
     types = dict(bounds_ptr=f"*{elem}", D="i32", scales_ptr="*fp64", info_ptr="*fp64")
     _compile(kernel, types, dict(BLOCK_C=64, **flags))
     kernel = prepare_module._stats_kernel
     types = {name: "i32" for name in kernel.arg_names}
-    types.update({name: "*fp64" for name in ("center_ptr", "scales_ptr", "info_ptr")})
-    types.update(bounds_ptr=f"*{elem}", median_ptr=f"*{elem}")
+    types.update({name: "*fp64" for name in ("sampled_ptr", "center_ptr", "scales_ptr", "info_ptr")})
+    types.update(bounds_ptr=f"*{elem}")
     _compile(kernel, types, dict(STERBENZ=elem in ("bf16", "fp16"), HEADROOM=12 if split else 0, BLOCK_C=64, **flags))
     kernel = prepare_module._center_kernel
     types = {name: "i32" for name in kernel.arg_names}
@@ -240,7 +241,7 @@ def test_kernels_compile_with_sizes_of_one():
         (prepare_module._center_kernel, dict(n_rows=1, D=1, SPLIT=True, BLOCK_R=32, BLOCK_C=128)),
     ):
         types = {name: "i32" for name in kernel.arg_names}
-        types.update({name: "*fp32" if name in ("src_ptr", "bounds_ptr", "median_ptr") else "*fp64"
+        types.update({name: "*fp32" if name in ("src_ptr", "bounds_ptr") else "*fp64"
                       for name in kernel.arg_names if name.endswith("_ptr")})  # fmt: skip
         types.update(out_ptr="*fp16", lo_ptr="*fp16")
         _compile(kernel, types, constants)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import hyperloss
 from hyperloss import reference
-from hyperloss._common import sampled_median_center
+from hyperloss._common import CENTER_JITTER, sampled_center
 from tests.helpers import (
     BACKENDS,
     CPU_BACKENDS,
@@ -237,24 +237,52 @@ def test_rows_around_a_far_common_vector(backend, norm, spread, t):
     check_uniform(backend, x, t, x[:40] + spread)
 
 
-@pytest.mark.parametrize(("n", "k"), [(5, 0), (1023, 0), (1024, 0), (700, 2300), (1, 4000)])
-def test_center_is_the_median_of_the_sampled_rows(n, k):
-    """The rule csrc/center.h shares: rows floor(i total / S), S = min(total, 1023), of x then the queue; the lower
-    median of each column (one of the values)."""
+@pytest.mark.parametrize(("n", "k"), [(5, 0), (1023, 0), (1024, 0), (700, 2300), (1, 4000), (3069, 0)])
+def test_center_is_the_midhinge_of_the_sampled_rows(n, k):
+    """The rule csrc/center.h shares: rows floor(i total / S) + (i A mod floor(total / S)), S = min(total, 1023), of
+    x then the queue; per column the mean of the values of ranks (S - 1) // 4 and S - 1 - (S - 1) // 4."""
     g = torch.Generator().manual_seed(n + k)
     rows = torch.randint(-50, 50, (n + k, 3), generator=g).float()  # ties
     x, queue = rows[:n], (rows[n:] if k else None)
-    size = min(n + k, 1023)
-    sample = rows[[i * (n + k) // size for i in range(size)]]
-    want = sample.sort(dim=0).values[(size - 1) // 2]
-    assert torch.equal(sampled_median_center(x, queue), want)
+    total = n + k
+    size = min(total, 1023)
+    picked = [i * total // size + i * CENTER_JITTER % (total // size) for i in range(size)]
+    assert picked == sorted(set(picked)) and picked[-1] < total
+    ordered = rows[picked].double().sort(dim=0).values
+    low = (size - 1) // 4
+    assert torch.equal(sampled_center(x, queue), (ordered[low] + ordered[size - 1 - low]) / 2)
+
+
+def test_center_samples_periodic_rows_in_their_share():
+    """5115 = 5 x 1023 rows, every fifth one from a group 1e3 away: an even stride would sample only those (the
+    center in the far group); the jitter samples a fifth of them, and the quartiles stay among the other rows."""
+    rows = torch.zeros(5115, 2)
+    rows[::5] = 1e3
+    assert torch.equal(sampled_center(rows), torch.zeros(2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("queue_rows", [0, 1])
+def test_center_traces_without_a_guard_on_the_sizes(queue_rows):
+    """Under torch.compile(dynamic=True) one graph serves every N (and K): no guard on the sample's size or ranks."""
+    frames = []
+
+    def count(graph, example_inputs):
+        frames.append(graph)
+        return graph
+
+    center = torch.compile(sampled_center, fullgraph=True, dynamic=True, backend=count)
+    for n in (300, 301, 1100, 2500):
+        x = torch.randn(n, 4)
+        got = center(x, torch.randn(n // 3 + 7, 4) if queue_rows else None)
+        assert got.shape == (4,)
+    assert len(frames) == 1
 
 
 @pytest.mark.parametrize("queue_rows", [0, 192])
 def test_an_outlier_does_not_move_the_center(backend, queue_rows):
     """One row of norm 1e6 among 255 unit rows (float32, exact products): the paper's float32 pdist is exact here.
     Centered on the mean, which the outlier moves ~4000 away from every other row, the Gram form lost the unit rows'
-    distances (-1.1 for -3.5, gradients 33% off); the sampled median stays among them, and the outlier's own pairs
+    distances (-1.1 for -3.5, gradients 33% off); the sampled quartiles stay among them, and the outlier's own pairs
     keep their relative accuracy. With a queue: the last 192 rows are the queue."""
     g = torch.Generator().manual_seed(6)
     rows = torch.nn.functional.normalize(torch.randn(256, 16, generator=g, dtype=torch.float64), dim=1)

@@ -1,8 +1,9 @@
 // Uniformity log-sum-exp and gradient on the CPU: one pass over the pair tiles, no N x N buffer, deterministic.
 //
 // Math. The rows are first centered and scaled by a power of two, x' = (x - c) 2^-E: translating every row leaves
-// every distance unchanged, so the Gram form below cancels only on the spread of the rows around c (a median that
-// outliers do not move: ../center.h), not on their common offset, and no norm overflows or underflows. With t' = t 4^E, for a pair (i, j):
+// every distance unchanged, so the Gram form below cancels only on the spread of the rows around c (quartiles that
+// outliers do not move: ../center.h), not on their common offset, and no norm overflows or underflows. With
+// t' = t 4^E, for a pair (i, j):
 //   d_ij = max(n_i + n_j - 2 x'_i . x'_j, 0),   s_ij = -t' d_ij,   lse = log sum_pairs exp(s_ij)
 //   d lse / d x_i = -2t 2^E / Z * (w_i x'_i - sum_j e_ij x'_j),   e_ij = exp(s_ij),  w_i = sum_j e_ij,  Z = sum e
 // Inside a 64 x 64 tile of pairs the exponentials are taken relative to the tile's largest score M = -t' min d:
@@ -141,7 +142,7 @@ Prepared<T> prepare(const Rows<Tin>& in, int64_t cols, int threads) {
   if (!finite) return out;
   const PowerOfTwoScale first(exponent_of(max_abs));
 
-  // 2. Center (../center.h): per block of columns, the median of the sampled rows' scaled values, then the
+  // 2. Center (../center.h): per block of columns, the midhinge of the sampled rows' scaled values, then the
   //    centered values written straight into the packed rows. |x 2^-e1 - c| <= 2: no overflow in T.
   out.data = PageBuffer<T>(static_cast<size_t>(n * out.padded_cols));
   out.sq_norms = PageBuffer<T>(static_cast<size_t>(n + kTile));
@@ -157,9 +158,11 @@ Prepared<T> prepare(const Rows<Tin>& in, int64_t cols, int threads) {
       for_each_in_row(in, center_sample_row(k, sample, n), c0, width,
                       [&](int64_t c, double v) { values[(c - c0) * sample + k] = first(v); });
     for (int64_t c = 0; c < width; ++c) {
-      const auto begin = values.begin() + c * sample, middle = begin + center_rank(sample);
-      std::nth_element(begin, middle, begin + sample);
-      center[c] = *middle;
+      const auto begin = values.begin() + c * sample, end = begin + sample;
+      const auto low = begin + center_low_rank(sample), high = begin + center_high_rank(sample);
+      std::nth_element(begin, low, end);
+      std::nth_element(low, high, end);  // the values after low are not below it
+      center[c] = 0.5 * *low + 0.5 * *high;
     }
     double block_max = 0;
     for (int64_t r = 0; r < n; ++r) {

@@ -1,10 +1,10 @@
 // Uniformity log-sum-exp and gradient on NVIDIA GPUs, with no N x N buffer and no atomics on the sums.
 //
 // First the rows of A and B are centered and scaled by a power of two into the workspace, x' = (x - c) 2^-E with
-// c the sampled column medians of A and B together (../center.h, as on the CPU): distances do not move, so the Gram
-// form below cancels only on the spread of the rows around c, not on their common offset, and no squared norm
-// overflows. With t' = t 4^E, each
-// thread block owns kTile rows i and sweeps the columns j of the pair set, flash-attention style:
+// c the sampled column midhinges of A and B together (../center.h, as on the CPU): distances do not move, so the
+// Gram form below cancels only on the spread of the rows around c, not on their common offset, and no squared norm
+// overflows. With t' = t 4^E, each thread block owns kTile rows i and sweeps the columns j of the pair set,
+// flash-attention style:
 //   s_ij = -t' * max(n_i + n_j - 2 g_ij, 0)                 (g from tensor cores for 16-bit or tf32 operands)
 //   m_i  = running max of s_ij,  r_i = sum_j exp(s_ij - m_i),  acc_i = sum_j exp(s_ij - m_i) x'_j
 // and rescales r_i and acc_i when m_i grows, so the result is an exact log-sum-exp even where every exp(s)
@@ -15,8 +15,8 @@
 // sweeps only the tiles with j > i and skips acc.
 //
 // 16-bit inputs feed the tensor cores as they are, so their centered rows must be exact in the input type: each
-// column's center is a value of that type for which every x - c is one too (the median usually is, where a
-// common offset makes centering matter), and a column where it is not stays uncentered. Float16 rows are not
+// column's center is a value of that type for which every x - c is one too (the rounded midhinge usually is, where
+// a common offset makes centering matter), and a column where it is not stays uncentered. Float16 rows are not
 // scaled (E = 0: their squares cannot overflow, and scaling could push small values into float16's subnormals).
 #include <mma.h>
 
@@ -401,30 +401,32 @@ __device__ __forceinline__ bool exact_difference(double x, double c) {
   return error == 0 && to_double(from_double<Tin>(d)) == d;
 }
 
-// Each column's center (../center.h): the median of the sampled rows of A then B, one block per column: the one
-// sampled value whose rank_in_sample is the median's (with a NaN maybe none: the column keeps 0, and the call's
-// result is NaN anyway).
-constexpr int kMedianThreads = 256;
+// Each column's center (../center.h): the midhinge of the sampled rows of A then B, one block per column, from a
+// bitonic sort of the sample in shared memory (padded with +inf).
+constexpr int kCenterThreads = 256;
 
 template <typename Tin>
-__global__ void __launch_bounds__(kMedianThreads)
-    column_median_kernel(MatrixView<Tin> a, MatrixView<Tin> b, int64_t cols, double* center) {
-  __shared__ double values[kCenterSampleRows];
-  const int64_t total = a.rows + b.rows, size = center_sample_size(total), rank = center_rank(size);
+__global__ void __launch_bounds__(kCenterThreads)
+    column_center_kernel(MatrixView<Tin> a, MatrixView<Tin> b, int64_t cols, double* center) {
+  __shared__ double values[kCenterSortSize];
+  const int64_t total = a.rows + b.rows, size = center_sample_size(total);
   for (int64_t c = blockIdx.x; c < cols; c += gridDim.x) {
     __syncthreads();  // the previous column's values are read
-    for (int64_t k = threadIdx.x; k < size; k += blockDim.x) {
-      const int64_t r = center_sample_row(k, size, total);
-      values[k] = to_double(r < a.rows ? a.at(r, c) : b.at(r - a.rows, c));
+    for (int k = threadIdx.x; k < kCenterSortSize; k += blockDim.x) {
+      const int64_t r = k < size ? center_sample_row(k, size, total) : 0;
+      values[k] = k >= size ? INFINITY : to_double(r < a.rows ? a.at(r, c) : b.at(r - a.rows, c));
     }
-    if (threadIdx.x == 0) center[c] = 0;
+    for (int len = 2; len <= kCenterSortSize; len <<= 1)
+      for (int stride = len >> 1; stride > 0; stride >>= 1) {
+        __syncthreads();
+        for (int i = threadIdx.x; i < kCenterSortSize; i += blockDim.x) bitonic_step(values, len, stride, i);
+      }
     __syncthreads();
-    for (int64_t k = threadIdx.x; k < size; k += blockDim.x)
-      if (rank_in_sample(values, size, k) == rank) center[c] = values[k];
+    if (threadIdx.x == 0) center[c] = 0.5 * values[center_low_rank(size)] + 0.5 * values[center_high_rank(size)];
   }
 }
 
-// Replaces each column's median by the center used (see the top of the file), records max |x - c| / 2 over every
+// Replaces each column's midhinge by the center used (see the top of the file), records max |x - c| / 2 over every
 // column in *max_bits (halved: x - c cannot overflow; the bits of non-negative doubles order as their values,
 // so an integer atomicMax is the maximum, in any order), and sets *nonfinite if an element is NaN or infinite
 // (the result is then NaN, as on the CPU).
@@ -635,7 +637,7 @@ hl_status launch_centering(const MatrixView<Tin>& a, const MatrixView<Tin>& b, i
                            unsigned long long* flags, cudaStream_t stream) {
   if (const cudaError_t e = cudaMemsetAsync(flags, 0, 2 * sizeof(unsigned long long), stream); e != cudaSuccess)
     return status_of(e);
-  column_median_kernel<Tin><<<grid_for(cols, 1, kMaxStatBlocks), kMedianThreads, 0, stream>>>(a, b, cols, center);
+  column_center_kernel<Tin><<<grid_for(cols, 1, kMaxStatBlocks), kCenterThreads, 0, stream>>>(a, b, cols, center);
   center_kernel<Tin><<<grid_for(cols, 32, kMaxStatBlocks), 32 * kStatWarps, 0, stream>>>(a, b, cols, center, flags,
                                                                                           flags + 1);
   return status_of(cudaGetLastError());

@@ -594,34 +594,36 @@ static void check_cuda_arguments() {
     }
 }
 
-// The center rule (../center.h): the sampled rows are distinct, ascending, within range, floor(k total / size), and
-// rank_in_sample (the CUDA kernel's selection) picks the value std::nth_element puts at the median's rank.
+// The center rule (../center.h): the sampled rows are distinct, ascending, within range, floor(k total / size)
+// plus the jitter, and the bitonic network (the CUDA kernel's sort) sorts as std::sort does.
 static void check_center_rule() {
-  for (int64_t total : {int64_t{1}, int64_t{2}, int64_t{1022}, int64_t{1023}, int64_t{1024}, int64_t{5000},
-                        int64_t{1} << 40, std::numeric_limits<int64_t>::max() / 64}) {
+  for (int64_t total : {int64_t{1}, int64_t{2}, int64_t{1022}, int64_t{1023}, int64_t{1024}, int64_t{3069},
+                        int64_t{5000}, int64_t{1} << 40, std::numeric_limits<int64_t>::max() / 64}) {
     const int64_t size = hyperloss::center_sample_size(total);
     EXPECT(size == std::min<int64_t>(total, hyperloss::kCenterSampleRows), "center sample size");
     int64_t previous = -1;
     for (int64_t k = 0; k < size; ++k) {
       const int64_t row = hyperloss::center_sample_row(k, size, total);
       EXPECT(row > previous && row < total, "center sample rows ascending, within range");
-      EXPECT(row == static_cast<int64_t>(static_cast<__int128>(k) * total / size), "center sample row value");
+      const __int128 base = static_cast<__int128>(k) * total / size;
+      EXPECT(row == static_cast<int64_t>(base + static_cast<__int128>(k) * hyperloss::kCenterJitter % (total / size)),
+             "center sample row value");
       previous = row;
     }
   }
   std::mt19937 rng(7);
   for (int64_t size : {1, 2, 3, 4, 10, 1023}) {
-    std::vector<double> values(size);
-    for (auto& v : values) v = static_cast<double>(rng() % 5);  // many ties
-    std::vector<int64_t> count(size, 0);
-    for (int64_t k = 0; k < size; ++k) ++count[hyperloss::rank_in_sample(values.data(), size, k)];
-    EXPECT(std::all_of(count.begin(), count.end(), [](int64_t c) { return c == 1; }), "one value per rank");
-    const int64_t rank = hyperloss::center_rank(size);
-    double picked = NAN;
-    for (int64_t k = 0; k < size; ++k)
-      if (hyperloss::rank_in_sample(values.data(), size, k) == rank) picked = values[k];
-    std::nth_element(values.begin(), values.begin() + rank, values.end());
-    EXPECT(picked == values[rank], "rank_in_sample's median is nth_element's");
+    double values[hyperloss::kCenterSortSize];
+    for (int k = 0; k < hyperloss::kCenterSortSize; ++k) values[k] = k < size ? double(rng() % 5) : INFINITY;
+    std::vector<double> want(values, values + hyperloss::kCenterSortSize);
+    std::sort(want.begin(), want.end());
+    for (int len = 2; len <= hyperloss::kCenterSortSize; len <<= 1)
+      for (int stride = len >> 1; stride > 0; stride >>= 1)
+        for (int i = 0; i < hyperloss::kCenterSortSize; ++i) hyperloss::bitonic_step(values, len, stride, i);
+    EXPECT(std::equal(want.begin(), want.end(), values), "bitonic network sorts");
+    EXPECT(hyperloss::center_low_rank(size) <= hyperloss::center_high_rank(size) &&
+               hyperloss::center_high_rank(size) < size,
+           "quartile ranks");
   }
 }
 

@@ -350,7 +350,7 @@ static void check_all(hl_dtype dtype, hl_precision precision, double tol, const 
     // Tiny rows (squared norms below float's normal range) and a large t.
     check_uniform<Tin, Tc>(dtype, precision, 90, 0, 20, 1e36, true, tol, name, Layout{}, 1e-18, 3e-18);
   }
-  // One row far from the others (norm ~1e6, float16's ~1e4): the center is their median, not a mean it moves.
+  // One row far from the others (norm ~1e6, float16's ~1e4): the center is their midhinge, not a mean it moves.
   const double outlier = std::is_same_v<Tin, __half> ? 1e4 : 1e6;
   check_uniform<Tin, Tc>(dtype, precision, 256, 0, 16, 2.0, true, tol, name, Layout{}, 1.0, 0.0, outlier);
   check_uniform<Tin, Tc>(dtype, precision, 64, 192, 16, 2.0, true, tol, name, Layout{}, 1.0, 0.0, outlier);

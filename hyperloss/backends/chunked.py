@@ -16,7 +16,7 @@ from .._common import (
     poison_nonfinite,
     power_of_two_scale,
     row_weights,
-    sampled_median_center,
+    sampled_center,
     split_align_gradient,
 )
 from .._validation import compute_dtype
@@ -35,7 +35,7 @@ def centered_and_scaled(
     x: torch.Tensor, queue: torch.Tensor | None, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """x' = (x - c) 2^-E and the queue likewise, in ``dtype``, with c the center of all their rows
-    (``hyperloss._common.sampled_median_center``) and E an integer (a 0-dim tensor) that brings the largest |x'|
+    (``hyperloss._common.sampled_center``) and E an integer (a 0-dim tensor) that brings the largest |x'|
     near 1.
 
     Distances do not move under a translation, and a power of two scales them exactly; afterwards the Gram form
@@ -55,7 +55,7 @@ def centered_and_scaled(
     wide = rows.to(torch.float64)
     first = torch.frexp(wide.abs().amax()).exponent
     wide = torch.ldexp(wide, -first)
-    wide = wide - torch.ldexp(sampled_median_center(x, queue).to(torch.float64), -first)  # both exact
+    wide = wide - torch.ldexp(sampled_center(x, queue), -first)
     second = torch.frexp(wide.abs().amax()).exponent
     scaled = torch.ldexp(wide, -second).to(dtype)
     exponent = (first + second).to(torch.float64)

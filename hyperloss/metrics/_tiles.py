@@ -1,7 +1,7 @@
 """The tile schedule (row blocks, the pairs of blocks, their split over ranks) and the pure-torch score tiles used
 where the kernels have no entry point yet (per-row weights, per-sample scores).
 
-Math of a score tile. Rows a_i (block A) and b_j (block B) are centered on the sampled median of A and B together
+Math of a score tile. Rows a_i (block A) and b_j (block B) are centered on the sampled midhinge of A and B together
 and scaled by 2^-E (``centered_and_scaled``), so the Gram form ||a'||^2 + ||b'||^2 - 2 a'.b' cancels only on the
 spread of the two blocks, never on a common offset; with t' = t 4^E the score is s_ij = -t ||a_i - b_j||^2 = -t' d'_ij.
 Log-sum-exps are taken per row as m + log sum exp(s - m), with m the row's largest score, exp in the compute dtype

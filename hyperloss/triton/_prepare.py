@@ -6,15 +6,15 @@ on the spread of the rows, not on a common offset, and no squared norm over- or 
 2^-first brings the largest |x| to [0.5, 1) (so that nothing below overflows, float64 inputs near 1e308 included),
 2^-second the largest centered magnitude.
 
-The center c: per column, the median of a sample of the rows of x and the queue together
-(``hyperloss._common.sampled_median_center``: up to 1023 rows at an even stride, one small sort; a value of the input
-dtype), so that a few outliers cannot move it away from the other rows.
+The center c: per column, the midhinge (Q1 + Q3) / 2 of a sample of the rows of x and the queue together
+(``hyperloss._common.sampled_center``: up to 1023 rows, one small sort), so that outliers cannot move it away from
+the other rows.
 - float32 / float64 inputs: x' rounded once from (x - c) 2^-E computed in float64.
-- float16 / bfloat16 inputs, whose dot operands stay 16-bit (tensor cores, exact products): c where every value of
-  the column lies within a factor 2 of it (then x - c is exact by Sterbenz's lemma, and so is x'), else 0 (then the
-  column's values are at most twice its range: no large offset to remove). float16 inputs are only ever scaled up
-  (their products cannot overflow float32; scaling down would make small values subnormal); a float16 copy of
-  float32 inputs (tf32) is scaled either way.
+- float16 / bfloat16 inputs, whose dot operands stay 16-bit (tensor cores, exact products): c rounded to the input
+  dtype, where every value of the column lies within a factor 2 of it (then x - c is exact by Sterbenz's lemma, and
+  so is x'), else 0 (then the column's values are at most twice its range: no large offset to remove). float16
+  inputs are only ever scaled up (their products cannot overflow float32; scaling down would make small values
+  subnormal); a float16 copy of float32 inputs (tf32) is scaled either way.
 
 Exact float32 products ("ieee") of float32 inputs run on float16 tensor cores: x' is stored as two float16 parts,
 hi = fp16(x') and lo = fp16(x' - hi), with x' scaled 2^SPLIT_HEADROOM higher (its largest element in [2^11, 2^12),
@@ -24,7 +24,7 @@ the norms are those of hi + lo.
 
 Memory: one copy of x and of the queue in the operand dtype (two float16 parts for "ieee") and their squared norms
 (float64, one per row); no float64 copy of the rows. Work: a min/max per column (torch.aminmax), the scale (one
-small program), the sampled median (a gather and a sort of at most 1023 rows), the center and second scale (one
+small program), the sampled quartiles (a gather and a sort of at most 1023 rows), the center and second scale (one
 small program), and one pass that writes x' and the norms. Every scale is a tensor on the device:
 no value goes to the host (nothing to synchronize, one torch.compile graph for every input).
 """
@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from .._common import sampled_median_center
+from .._common import sampled_center
 from ._runtime import INTERPRET, frexp_exponent, pow2
 
 _STAT_COLS = 16 if INTERPRET else 64
@@ -98,7 +98,7 @@ def _first_kernel(
 @triton.jit
 def _stats_kernel(
     bounds_ptr,
-    median_ptr,
+    sampled_ptr,
     D,
     center_ptr,
     scales_ptr,
@@ -122,13 +122,14 @@ def _stats_kernel(
         lo, hi = _column_bounds(bounds_ptr, D, cols, mask_c, NUM_PARTS)
         lo_s = lo * s1 * s2
         hi_s = hi * s1 * s2
-        median = tl.load(median_ptr + cols, mask=mask_c, other=0.0).to(tl.float64)
-        center = median * s1 * s2  # exact: a value of the input dtype times a power of two
+        sampled = tl.load(sampled_ptr + cols, mask=mask_c, other=0.0)  # float64, in the input's units
+        center = sampled * s1 * s2
         if STERBENZ:
-            # The median is a value of the input dtype; used where every value of the column is within a factor 2
-            # of it, so that x - c is exact in the input dtype.
+            # The center rounded to the input dtype (it lies within the column's range); used where every value of
+            # the column is within a factor 2 of it, so that x - c is exact in the input dtype.
+            rounded = sampled.to(bounds_ptr.dtype.element_ty).to(tl.float64)
             within_2x = ((lo > 0) & (hi <= 2.0 * lo)) | ((hi < 0) & (lo >= 2.0 * hi))
-            center = tl.where(within_2x, center, 0.0)
+            center = tl.where(within_2x, rounded * s1 * s2, 0.0)
         tl.store(center_ptr + cols, center, mask=mask_c)
         dev = tl.maximum(tl.abs(hi_s - center), tl.abs(center - lo_s))
         spread = tl.maximum(spread, tl.where(mask_c & (dev < _INF), dev, 0.0))
@@ -239,10 +240,10 @@ def prepare(
     scales = torch.empty(4, dtype=torch.float64, device=x.device)
     info = torch.empty(2, dtype=torch.float64, device=x.device)
     wrap_triton(_first_kernel)[(1,)](bounds, d, scales, info, BLOCK_C=_STAT_COLS, **flags)
-    median = sampled_median_center(x, queue)
+    sampled = sampled_center(x, queue)
     center = torch.empty(d, dtype=torch.float64, device=x.device)
     wrap_triton(_stats_kernel)[(1,)](
-        bounds, median, d, center, scales, info,
+        bounds, sampled, d, center, scales, info,
         STERBENZ=x.dtype in (torch.float16, torch.bfloat16), HEADROOM=SPLIT_HEADROOM if split else 0,
         BLOCK_C=_STAT_COLS, **flags,
     )  # fmt: skip
