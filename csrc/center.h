@@ -15,6 +15,7 @@
 // third row from one group) are sampled in their share, not all or none.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #if defined(__CUDACC__)
@@ -44,6 +45,16 @@ HL_HOST_DEVICE inline int64_t center_sample_row(int64_t k, int64_t size, int64_t
 // The ranks (0-based, ascending) of Q1 and Q3 among the `size` sampled values; the center is their mean.
 HL_HOST_DEVICE inline int64_t center_low_rank(int64_t size) { return (size - 1) / 4; }
 HL_HOST_DEVICE inline int64_t center_high_rank(int64_t size) { return size - 1 - (size - 1) / 4; }
+
+// The center of `size` sampled values by selection (the CPU kernel; reorders them): (Q1 + Q3) / 2.
+inline double midhinge_by_selection(double* values, int64_t size) {
+  double* const low = values + center_low_rank(size);
+  double* const high = values + center_high_rank(size);
+  std::nth_element(values, low, values + size);
+  const double q1 = *low;  // the second selection may move it: the values from low on are not below it
+  std::nth_element(low, high, values + size);
+  return 0.5 * q1 + 0.5 * *high;
+}
 
 // One compare-exchange of a bitonic sort of kCenterSortSize values into ascending order, for element i of the
 // step (len, stride): the CUDA kernel runs every i of a step on its threads between barriers, for len = 2, 4, ...,

@@ -157,13 +157,7 @@ Prepared<T> prepare(const Rows<Tin>& in, int64_t cols, int threads) {
     for (int64_t k = 0; k < sample; ++k)
       for_each_in_row(in, center_sample_row(k, sample, n), c0, width,
                       [&](int64_t c, double v) { values[(c - c0) * sample + k] = first(v); });
-    for (int64_t c = 0; c < width; ++c) {
-      const auto begin = values.begin() + c * sample, end = begin + sample;
-      const auto low = begin + center_low_rank(sample), high = begin + center_high_rank(sample);
-      std::nth_element(begin, low, end);
-      std::nth_element(low, high, end);  // the values after low are not below it
-      center[c] = 0.5 * *low + 0.5 * *high;
-    }
+    for (int64_t c = 0; c < width; ++c) center[c] = midhinge_by_selection(values.data() + c * sample, sample);
     double block_max = 0;
     for (int64_t r = 0; r < n; ++r) {
       T* dst = out.data.data() + r * out.padded_cols;

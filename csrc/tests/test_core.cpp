@@ -595,7 +595,8 @@ static void check_cuda_arguments() {
 }
 
 // The center rule (../center.h): the sampled rows are distinct, ascending, within range, floor(k total / size)
-// plus the jitter, and the bitonic network (the CUDA kernel's sort) sorts as std::sort does.
+// plus the jitter; the bitonic network (the CUDA kernel's sort) sorts as std::sort does, and the CPU kernel's
+// selection gives the midhinge of the sorted values.
 static void check_center_rule() {
   for (int64_t total : {int64_t{1}, int64_t{2}, int64_t{1022}, int64_t{1023}, int64_t{1024}, int64_t{3069},
                         int64_t{5000}, int64_t{1} << 40, std::numeric_limits<int64_t>::max() / 64}) {
@@ -624,6 +625,15 @@ static void check_center_rule() {
     EXPECT(hyperloss::center_low_rank(size) <= hyperloss::center_high_rank(size) &&
                hyperloss::center_high_rank(size) < size,
            "quartile ranks");
+    // The CPU kernel's selection gives the midhinge of the sorted values (distinct values: no tie hides a swap).
+    std::vector<double> distinct(size);
+    for (int64_t k = 0; k < size; ++k) distinct[k] = static_cast<double>(k) * 7.0 - static_cast<double>(size);
+    std::shuffle(distinct.begin(), distinct.end(), rng);
+    std::vector<double> sorted = distinct;
+    std::sort(sorted.begin(), sorted.end());
+    const double want_center = 0.5 * sorted[hyperloss::center_low_rank(size)] +
+                               0.5 * sorted[hyperloss::center_high_rank(size)];
+    EXPECT(hyperloss::midhinge_by_selection(distinct.data(), size) == want_center, "midhinge by selection");
   }
 }
 
