@@ -109,8 +109,7 @@ def max_centered_sq_norm(*tensors: torch.Tensor) -> float:
     """max ||v - c||^2 over the rows of every tensor, c the backends' center (``sampled_center``): the scale of the
     squared distances that their Gram form works on after centering (the loss is translation invariant)."""
     rows = _all_rows(*tensors).cpu()
-    center = sampled_center(*(v.detach().cpu().double().reshape(-1, v.shape[-1]) for v in tensors))
-    return float((rows - center).pow(2).sum(1).max())
+    return float((rows - sampled_center(rows)).pow(2).sum(1).max())  # x then the queue: the same sample
 
 
 def score_error_budget(dtype, t: float, *tensors: torch.Tensor) -> float:

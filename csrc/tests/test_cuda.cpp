@@ -1,9 +1,10 @@
 // The CUDA kernels against the CPU kernels, through the C API only (no framework). Exits 77 (skipped) where no
 // GPU is present. Inputs of every dtype and precision; values and gradients, with and without a queue; rows with a
 // large common offset (centered on the device) or one far outlier; near-zero losses through the double-result
-// entry point (csrc/cuda/uniform.h) that hyperloss.jax uses. In a build with HYPERLOSS_TRITON_AOT, on the GPU generation its
-// kernels were compiled for, the 16-bit cases (float16, bfloat16, float32 at tf32/bf16) with rows up to 256 wide
-// run the Triton kernels compiled ahead of time: the test counts those calls and fails if such a dtype had none.
+// entry point (csrc/cuda/uniform.h) that hyperloss.jax uses. In a build with HYPERLOSS_TRITON_AOT, on the GPU
+// generation its kernels were compiled for, the 16-bit cases (float16, bfloat16, float32 at tf32/bf16) with rows up
+// to 256 wide run the Triton kernels compiled ahead of time: the test counts those calls and fails if such a dtype
+// had none.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
