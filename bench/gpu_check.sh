@@ -50,7 +50,7 @@ TOTAL=${GPU_CHECK_SECONDS:-530}
 PLAN=(
     "1 GPU tests (Triton) + C library build (CUDA)|28|pytest tests/test_triton.py on the GPU, meanwhile pip install -e . (HYPERLOSS_CUDA=ON, Ninja)"
     "2 headline Triton benchmarks + AOT build|26|uniform fwd+bwd D=128: bf16/fp32-high N=65536,262144; bf16 N=2^20; align fp32 N=2^20; meanwhile cmake -DHYPERLOSS_TRITON_AOT=ON"
-    "3 CUDA + JAX tests, AOT ctest, CUDA timings|34|pytest test_cuda_backend.py test_jax.py; ctest (AOT); pytest test_uniform.py -k cuda on the AOT library; cuda vs triton N=65536"
+    "3 CUDA + JAX tests, AOT ctest, CUDA timings|34|pytest test_cuda_backend.py test_jax.py; ctest (AOT); pytest test_uniform.py -k cuda on the AOT library; cuda vs triton N=65536, MoCo 256 x 65536"
     "4 compute-sanitizer memcheck|12|small Triton and CUDA calls under memcheck"
 )
 
@@ -268,8 +268,9 @@ write_table
 
 # --- 3. CUDA + JAX tests, the AOT build's ctest and tests, CUDA timings -------------------------------------
 cat >"$TMP/cuda_timing.py" <<'EOF'
-# Uniformity (bf16, fp32 "high") and alignment (fp32) forward+backward, D = 128, on the CUDA backend (and with
-# "handwritten", the Triton backend beside it); the library is whichever hyperloss._lib loads (HYPERLOSS_LIBRARY_DIR).
+# Uniformity (bf16, fp32 "high"; bf16 MoCo: 256 rows against a 65536-row queue, which the AOT path splits into
+# column segments) and alignment (fp32) forward+backward, D = 128, on the CUDA backend (and with "handwritten", the
+# Triton backend beside it); the library is whichever hyperloss._lib loads (HYPERLOSS_LIBRARY_DIR).
 import json, os, sys
 import torch
 import hyperloss
@@ -283,24 +284,28 @@ if os.path.exists(out):
         results = json.load(f)
 backends = ["triton", "cuda"] if library == "handwritten" else ["cuda"]
 cases = [("uniform", torch.bfloat16, None, 65536), ("uniform", torch.float32, "high", 65536),
-         ("align", torch.float32, None, 1 << 20)]
+         ("moco", torch.bfloat16, None, 256), ("align", torch.float32, None, 1 << 20)]
 with saved_on_exit(out, results):
     for loss, dtype, precision, n in cases:
         torch.manual_seed(0)
         torch.set_float32_matmul_precision(precision or "highest")
         x = torch.nn.functional.normalize(torch.randn(n, 128, device="cuda"), dim=1).to(dtype).requires_grad_()
         y = torch.nn.functional.normalize(torch.randn(n, 128, device="cuda"), dim=1).to(dtype).requires_grad_()
+        queue = torch.nn.functional.normalize(torch.randn(65536, 128, device="cuda"), dim=1).to(dtype)
         for backend in backends:
             def step():
                 x.grad = y.grad = None
                 if loss == "uniform":
                     hyperloss.uniform_loss(x, 2.0, backend=backend).backward()
+                elif loss == "moco":
+                    hyperloss.uniform_loss(x, 2.0, queue=queue, intra_batch=False, backend=backend).backward()
                 else:
                     hyperloss.align_loss(x, y, backend=backend).backward()
             ms = timed(step)
             row = {"loss": loss, "dtype": str(dtype).removeprefix("torch."), "precision": precision, "n": n, "d": 128,
                    "backend": backend, "library": library if backend == "cuda" else "triton (JIT)",
-                   "library_file": _lib.lib._name if backend == "cuda" else None, "ms": ms}
+                   "library_file": _lib.lib._name if backend == "cuda" else None, "ms": ms,
+                   "queue_rows": queue.shape[0] if loss == "moco" else 0}
             record(results, row)
 EOF
 LIMIT=$(limit_for 34)
@@ -314,7 +319,7 @@ append_log "pytest tests/test_cuda_backend.py tests/test_jax.py (the package's l
 ROWS+=("pytest cuda backend + jax (GPU)|$STATUS|$SECONDS_TAKEN|$(summary_of "$TMP/cuda-tests.log")")
 run_limited "$(($(left3) / 5))" "$TMP/cuda-timing.log" "$PY" "$TMP/cuda_timing.py" "$CUDA_JSON" handwritten
 append_log "timings: triton and cuda (hand-written kernels)" "$TMP/cuda-timing.log"
-ROWS+=("timings triton + cuda (hand-written)|$STATUS|$SECONDS_TAKEN|$(grep -c '"ms"' "$TMP/cuda-timing.log") of 6 runs in $CUDA_JSON")
+ROWS+=("timings triton + cuda (hand-written)|$STATUS|$SECONDS_TAKEN|$(grep -c '"ms"' "$TMP/cuda-timing.log") of 8 runs in $CUDA_JSON")
 wait "$AOT_PID"
 AOT_STATUS=$(status_of $?)
 append_log "CMake build with the AOT Triton kernels" "$TMP/aot-build.log"
@@ -340,7 +345,7 @@ if [[ $AOT_STATUS == PASS ]]; then
     run_limited "$(left3)" "$TMP/aot-timing.log" env HYPERLOSS_LIBRARY_DIR="$AOT_LIB" "$PY" "$TMP/cuda_timing.py" \
         "$CUDA_JSON" aot
     append_log "timings: cuda (AOT library)" "$TMP/aot-timing.log"
-    ROWS+=("timings cuda (AOT)|$STATUS|$SECONDS_TAKEN|$(grep -c '"ms"' "$TMP/aot-timing.log") of 3 runs in $CUDA_JSON")
+    ROWS+=("timings cuda (AOT)|$STATUS|$SECONDS_TAKEN|$(grep -c '"ms"' "$TMP/aot-timing.log") of 4 runs in $CUDA_JSON")
 fi
 write_table
 

@@ -52,16 +52,35 @@ def listed() -> list[dict]:
 
 def test_default_set_covers_every_call(listed):
     keys = {(k["function"], k["key"]["dtype"], k["key"]["self_mode"], k["key"]["has_other"], k["key"]["need_acc"],
-             k["key"]["block_d"]) for k in listed}  # fmt: skip
+             k["key"]["block_d"], k["key"]["segment_cols"]) for k in listed}  # fmt: skip
     assert len(keys) == len(listed), "two kernels with one key"
     for dtype in (2, 3):  # float16, bfloat16 (hl_dtype)
-        assert ("_grad_kernel", dtype, ANY, ANY, ANY, ANY) in keys
+        assert ("_grad_kernel", dtype, ANY, ANY, ANY, ANY, ANY) in keys
         for width in WIDTHS:
             for sweep in SWEEPS:
-                assert ("_uniform_lean_kernel", dtype, *sweep, width) in keys, (dtype, width, sweep)
-                assert ("_uniform_rows_kernel", dtype, *sweep, width) in keys, (dtype, width, sweep)
+                # Every sweep whole; those with a queue also split into segments of 1024 columns (few rows).
+                for cols in (0, 1024) if sweep[1] else (0,):
+                    for function in ("_uniform_lean_kernel", "_uniform_rows_kernel"):
+                        assert (function, dtype, *sweep, width, cols) in keys, (function, dtype, width, sweep, cols)
     for self_mode in (0, 1, 2):
-        assert ("_combine_kernel", ANY, self_mode, ANY, ANY, ANY) in keys
+        assert ("_combine_kernel", ANY, self_mode, ANY, ANY, ANY, ANY) in keys
+    for need_acc in (0, 1):
+        assert ("_merge_segments_kernel", ANY, ANY, ANY, need_acc, ANY, ANY) in keys
+
+
+def test_split_rule_is_the_triton_backends():
+    """The C side's split of few rows against many columns (csrc/cuda/uniform.cu aot::split_columns, every length
+    compiled), as ctest triton_aot checks it on kSplitRule, is uniform._segments' on a 132-SM GPU (float32
+    accumulators as wide as the block width)."""
+    import torch
+
+    source = (ROOT / "csrc/cuda/aot/check_aot.cpp").read_text()
+    table = source[source.index("kSplitRule[][6] = {") : source.index("};", source.index("kSplitRule[][6] = {"))]
+    rows = [tuple(int(v) for v in row.split(",")) for row in re.findall(r"\{(\d+(?:, \d+){5})\}", table)]
+    assert len(rows) >= 10
+    for n, k, width, need_acc, segments, cols in rows:
+        got = uniform._segments(n, k, width, torch.float32, bool(need_acc), torch.device("cpu"))
+        assert got == (segments, cols), (n, k, width, need_acc)
 
 
 def test_arguments_are_the_kernels(listed):

@@ -1,13 +1,17 @@
 """Compiles hyperloss's Triton uniformity kernels ahead of time into C sources for libhyperloss (issue #13, item 1b).
 
     python tools/triton_aot.py --out DIR [--dtype bf16 fp16] [--d 16 32 64 128 256] [--variant ...]
-                               [--kind lean fallback combine grad] [--config largest] [--jobs N] [--list]
+                               [--kind lean fallback combine grad merge] [--segment-cols 1024] [--config largest]
+                               [--jobs N] [--list]
 
 Generates every kernel ``hl_uniform_lse_cuda`` runs for the operand dtypes (``--dtype``) and power-of-two row widths
 (``--d``: one block width BLOCK_D each; the C side pads other widths with zero columns), sm_90 (``--arch``):
 - ``lean``: ``_uniform_lean_kernel`` for each of the sweeps the C API runs (``VARIANTS``),
 - ``fallback``: ``_uniform_rows_kernel`` with CHECK_FLAGS (the rows the lean sweep flags), the same sweeps,
 - ``combine``: ``_combine_kernel`` per SELF_MODE, ``grad``: ``_grad_kernel`` per operand dtype,
+- few rows against many (``uniform._segments``): the lean and fallback sweeps with a queue again, compiled with
+  SEGMENT_COLS = each length of ``--segment-cols`` (one program per row block and column segment), and
+  ``merge``: ``_merge_segments_kernel`` per NEED_ACC, which adds up the segments' partial results,
 each with the compile-time arguments the Triton backend launches it with (``uniform.lean_launch_constants``,
 ``uniform.launch_constants`` + ``uniform._fallback_config``, the finish kernels' block sizes), pointers 16-byte
 aligned (the C side passes only workspace pieces, carved in 256-byte steps), D divisible by 16 (a block width), and
@@ -68,11 +72,14 @@ VARIANTS = {**inspect.VARIANTS, "loss+queue": (1, True, False), "queue-loss": (0
 RANK_AS = {"loss+queue": "loss", "queue-loss": "queue"}
 # Pointer arguments the row kernels' table (uniform.POINTER_TYPES) does not name: the gradient kernel's rows.
 EXTRA_POINTER_TYPES = {"v_ptr": "operand", "v_lo_ptr": "operand"}
-# Arguments never given an alignment or divisibility hint: row counts (any N) and the autotuning key.
-UNHINTED = ("n_rows", "n_other", "size_bucket")
+# Arguments never given an alignment or divisibility hint: row and segment counts (any N) and the autotuning key.
+UNHINTED = ("n_rows", "n_other", "size_bucket", "n_segments")
 # Warps of the finish kernels, as uniform.triton_uniform_lse launches them.
 FINISH_WARPS = 8
-KINDS = ("lean", "fallback", "combine", "grad")
+KINDS = ("lean", "fallback", "combine", "grad", "merge")
+# Column segment lengths compiled for the split sweeps (uniform._segments picks among powers of two times 128 from
+# _SEGMENT_MIN_COLS; the C side takes the nearest compiled one, csrc/cuda/uniform.cu aot::segments).
+SEGMENT_COLS = (1024,)
 C_KEY_NONE = -1  # a key field that does not select this kernel (aot.h)
 # The dynamic shared memory an sm_90 block may opt into (cudaDevAttrMaxSharedMemoryPerBlockOptin on H100/H200).
 MAX_SHARED_BYTES = 232448
@@ -82,13 +89,15 @@ MAX_SHARED_BYTES = 232448
 class Spec:
     """One compilation: a kernel, its dispatch key and its launch configuration."""
 
-    kind: str  # lean, fallback, combine or grad
+    kind: str  # lean, fallback, combine, grad or merge
     dtype: str | None  # operand dtype (None: any)
     variant: str | None  # VARIANTS key (row kernels) or None
     self_mode: int | None  # combine's SELF_MODE (or the variant's)
     block_d: int | None
     blocks: tuple[int, int, int, int]  # BLOCK_M (rows of a program), BLOCK_N, warps, stages
     arch: int = 90
+    segment_cols: int = 0  # row kernels: the other set's columns per segment (0: not split)
+    need_acc: bool | None = None  # merge: NEED_ACC
 
     block_m = property(lambda self: self.blocks[0])
     block_n = property(lambda self: self.blocks[1])
@@ -100,8 +109,12 @@ class Spec:
         parts = [self.kind, self.dtype, self.variant and self.variant.replace("+", "_").replace("-", "_")]
         if self.kind == "combine":
             parts.append(f"self{self.self_mode}")
+        if self.kind == "merge":
+            parts.append("acc" if self.need_acc else "sums")
         if self.block_d:
             parts.append(f"d{self.block_d}")
+        if self.segment_cols:
+            parts.append(f"seg{self.segment_cols}")
         return "_".join(p for p in parts if p)
 
     @property
@@ -111,6 +124,7 @@ class Spec:
             "fallback": uniform._uniform_rows_kernel,
             "combine": uniform._combine_kernel,
             "grad": uniform._grad_kernel,
+            "merge": uniform._merge_segments_kernel,
         }[self.kind]
 
     def constants(self) -> dict[str, object]:
@@ -121,14 +135,18 @@ class Spec:
             if self.kind == "lean":
                 operand_dtype = TORCH_DTYPES[operand]
                 out = uniform.lean_launch_constants(
-                    self.block_d, self_mode, has_other, need_acc, precision, operand_dtype
+                    self.block_d, self_mode, has_other, need_acc, precision, operand_dtype, self.segment_cols
                 )
             else:
-                out = uniform.launch_constants(self.block_d, self_mode, has_other, need_acc, precision)
+                out = uniform.launch_constants(
+                    self.block_d, self_mode, has_other, need_acc, precision, self.segment_cols
+                )
                 out["CHECK_FLAGS"] = True
             out.update(BLOCK_M=self.block_m, BLOCK_N=self.block_n)
         elif self.kind == "combine":
             out = {"SELF_MODE": self.self_mode, "BLOCK": uniform._FINISH_ROWS}
+        elif self.kind == "merge":
+            out = {"NEED_ACC": self.need_acc, "BLOCK_R": self.block_m, "BLOCK_C": self.block_n}
         else:
             out = {"SPLIT": False, "BLOCK_R": uniform._GRAD_ROWS, "BLOCK_C": uniform._GRAD_COLS}
         # Constexprs the launch leaves at their defaults (and a missing one is an error here, not a wrong kernel).
@@ -172,13 +190,15 @@ class Spec:
             self_mode, has_other, need_acc = (int(v) for v in VARIANTS[self.variant])
         else:
             self_mode = none if self.self_mode is None else self.self_mode
-            has_other = need_acc = none
+            has_other = none
+            need_acc = none if self.need_acc is None else int(self.need_acc)
         return {
             "dtype": HL_DTYPE[self.dtype] if self.dtype else none,
             "self_mode": self_mode,
             "has_other": has_other,
             "need_acc": need_acc,
             "block_d": self.block_d or none,
+            "segment_cols": self.segment_cols if self.kind in ("lean", "fallback") else none,
         }
 
 
@@ -199,19 +219,23 @@ def lean_config(dtype: str, variant: str, d: int, arch: int, config: str, jobs: 
     return bm, bn, w, s
 
 
-def specs(dtypes, widths, variants, kinds, arch: int, config: str, jobs: int) -> list[Spec]:
-    """Every compilation the C API needs for these operand dtypes and block widths."""
+def specs(dtypes, widths, variants, kinds, arch: int, config: str, jobs: int, segment_cols=SEGMENT_COLS) -> list[Spec]:
+    """Every compilation the C API needs for these operand dtypes and block widths; the sweeps with a queue also
+    split into segments of each length in ``segment_cols``, with the merges of their results."""
     out = []
     for dtype in dtypes:
         for d in widths:
             for variant in variants:
+                # The sweeps with a queue (HAS_OTHER) also split the queue's columns (few rows against many).
+                splits = [0, *segment_cols] if VARIANTS[variant][1] else [0]
                 if "lean" in kinds:
                     blocks = lean_config(dtype, variant, d, arch, config, jobs)
-                    out.append(Spec("lean", dtype, variant, None, d, blocks, arch=arch))
+                    out += [Spec("lean", dtype, variant, None, d, blocks, arch, cols) for cols in splits]
                 if "fallback" in kinds:
-                    fb = uniform._fallback_config(d)
-                    blocks = (fb.kwargs["BLOCK_M"], fb.kwargs["BLOCK_N"], fb.num_warps, fb.num_stages)
-                    out.append(Spec("fallback", dtype, variant, None, d, blocks, arch=arch))
+                    for cols in splits:
+                        fb = uniform._fallback_config(d, segmented=cols > 0)
+                        blocks = (fb.kwargs["BLOCK_M"], fb.kwargs["BLOCK_N"], fb.num_warps, fb.num_stages)
+                        out.append(Spec("fallback", dtype, variant, None, d, blocks, arch, cols))
         if "grad" in kinds:
             # block_m: the rows of a program (the C side's grid), as uniform._finish_grad launches it.
             grad_blocks = (uniform._GRAD_ROWS, uniform._GRAD_COLS, FINISH_WARPS, 1)
@@ -219,6 +243,11 @@ def specs(dtypes, widths, variants, kinds, arch: int, config: str, jobs: int) ->
     if "combine" in kinds:
         for self_mode in sorted({VARIANTS[v][0] for v in variants}):
             out.append(Spec("combine", None, None, self_mode, None, (0, 0, FINISH_WARPS, 1), arch=arch))
+    if "merge" in kinds and segment_cols:
+        # block_m x block_n: rows x acc columns of a program (the C side's 2D grid), as uniform._sweep launches it.
+        merge_blocks = (uniform._MERGE_ROWS, uniform._MERGE_COLS, uniform.MERGE_WARPS, 1)
+        for need_acc in sorted({VARIANTS[v][2] for v in variants if VARIANTS[v][1]}):
+            out.append(Spec("merge", None, None, None, None, merge_blocks, arch, need_acc=need_acc))
     return out
 
 
@@ -354,6 +383,16 @@ def write_sources(out: Path, kernels: list[Compiled], arch: int) -> None:
         f"#define HL_AOT_ROW_PAD {uniform._ROW_PAD}\n",
         "/* The compute capability the cubins run on (major * 10 + minor). */\n",
         f"#define HL_AOT_ARCH {arch}\n",
+        "/* How the sweeps split a large queue's columns (uniform._segments, the GPU's values): row blocks of\n"
+        " * SEGMENT_ROWS, PROGRAMS_PER_SM programs per SM wanted, segments of at least MIN_COLS columns (a\n"
+        " * multiple of ALIGN), at most BYTES of partial accumulators; a merge program: MERGE_ROWS x MERGE_COLS. */\n",
+        f"#define HL_AOT_SEGMENT_ROWS {uniform._SEGMENT_ROWS}\n",
+        f"#define HL_AOT_SEGMENT_PROGRAMS_PER_SM {uniform._SEGMENT_PROGRAMS_PER_SM}\n",
+        f"#define HL_AOT_SEGMENT_MIN_COLS {uniform._SEGMENT_MIN_COLS}\n",
+        f"#define HL_AOT_SEGMENT_ALIGN {uniform._SEGMENT_ALIGN}\n",
+        f"#define HL_AOT_SEGMENT_BYTES {uniform._SEGMENT_BYTES}\n",
+        f"#define HL_AOT_MERGE_ROWS {uniform._MERGE_ROWS}\n",
+        f"#define HL_AOT_MERGE_COLS {uniform._MERGE_COLS}\n",
     ]
     (out / "hl_aot_kernels.h").write_text("".join(header))
 
@@ -370,7 +409,8 @@ def write_sources(out: Path, kernels: list[Compiled], arch: int) -> None:
         source.append(
             f'  {{"{s.name}", "{k.function}", hl_aot_cubin_{i}, {len(k.cubin)}, {s.num_warps}, {k.shared}, '
             f"{len(k.args)}, {k.num_hidden}, names_{i}, types_{i}, {key['dtype']}, {key['self_mode']}, "
-            f"{key['has_other']}, {key['need_acc']}, {key['block_d']}, {s.block_m}, {s.block_n}}},\n"
+            f"{key['has_other']}, {key['need_acc']}, {key['block_d']}, {key['segment_cols']}, {s.block_m}, "
+            f"{s.block_n}}},\n"
         )
     source.append(f"}};\nconst int hl_aot_kernel_count = {len(kernels)};\n")
     (out / "hl_aot_kernels.c").write_text("".join(source))
@@ -385,7 +425,17 @@ def describe(spec: Spec) -> dict:
         "key": spec.key(),
         "case": {
             k: getattr(spec, k)
-            for k in ("dtype", "variant", "block_d", "block_m", "block_n", "num_warps", "num_stages", "arch")
+            for k in (
+                "dtype",
+                "variant",
+                "block_d",
+                "segment_cols",
+                "block_m",
+                "block_n",
+                "num_warps",
+                "num_stages",
+                "arch",
+            )
         },
         "args": spec.args(),
     }
@@ -399,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--kind", nargs="+", default=list(KINDS), choices=list(KINDS))
     parser.add_argument("--arch", type=int, default=90)
+    parser.add_argument(
+        "--segment-cols", type=int, nargs="*", default=list(SEGMENT_COLS),
+        help="column segment lengths of the split sweeps (few rows, large queue); none: no split sweeps",
+    )  # fmt: skip
     parser.add_argument("--config", default="largest", help="'largest', 'auto' or BLOCK_M,BLOCK_N,warps,stages")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compilations at a time")
     parser.add_argument("--list", action="store_true", help="print the kernels and their arguments; compile nothing")
@@ -410,7 +464,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(
                 f"--d {d}: block widths are powers of two from 16 to 256 (the lean kernel's rows in registers)"
             )
-    todo = specs(args.dtype, args.d, args.variant, args.kind, args.arch, args.config, args.jobs)
+    for cols in args.segment_cols:
+        if cols < uniform._SEGMENT_MIN_COLS or cols % uniform._SEGMENT_ALIGN or cols & (cols - 1):
+            parser.error(
+                f"--segment-cols {cols}: segment lengths are powers of two from {uniform._SEGMENT_MIN_COLS} "
+                "(uniform._segments)"
+            )
+    todo = specs(
+        args.dtype, args.d, args.variant, args.kind, args.arch, args.config, args.jobs, tuple(args.segment_cols)
+    )
     if args.list:
         print(json.dumps([describe(s) for s in todo], indent=1))
         return 0

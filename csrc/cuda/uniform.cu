@@ -732,6 +732,7 @@ constexpr const char* kLean = "_uniform_lean_kernel";
 constexpr const char* kFallback = "_uniform_rows_kernel";
 constexpr const char* kCombine = "_combine_kernel";
 constexpr const char* kGrad = "_grad_kernel";
+constexpr const char* kMerge = "_merge_segments_kernel";
 constexpr int64_t kMaxRows = int64_t(1) << 28;  // the kernels' row counts and offsets into sums are 32-bit
 constexpr int kSelfNone = 0, kSelfUpper = 1, kSelfAll = 2;  // SELF_MODE (uniform.py)
 
@@ -755,21 +756,85 @@ int64_t block_width(int64_t cols) {
 
 int64_t padded_rows(int64_t rows) { return rows == 0 ? 0 : (rows + HL_AOT_ROW_PAD - 1) / HL_AOT_ROW_PAD * HL_AOT_ROW_PAD; }
 
-// Workspace pieces, carved in this order by both the size query and the call.
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// How one side's sweep splits the other set's columns (uniform._segments): `segments` programs per row block, each
+// over `cols` columns of the other set, into its own slot of the partial results; 1 and 0: not split.
+struct Split {
+  int64_t segments = 1, cols = 0;
+};
+
+// The sm_90 GPUs the cubins run on have 132 SMs (H100 SXM, H200; 114 on an H100 PCIe). The Triton backend asks the
+// device; this side takes the number as fixed so that the workspace query, which has no device, sizes the partial
+// results exactly.
+constexpr int64_t kSmCount = 132;
+
+// uniform._segments for `rows` rows against `other` columns (accumulators of `width` floats per row when
+// `need_acc`), then the compiled segment length nearest to its choice: the longest not above it whose partial
+// accumulators fit HL_AOT_SEGMENT_BYTES, else the shortest above it that fits; none compiled (or one segment): not
+// split. `compiled(length)` says whether the build holds the split sweeps of that length.
+template <typename Compiled>
+Split split_columns(int64_t rows, int64_t other, int64_t width, bool need_acc, Compiled compiled) {
+  const int64_t target = HL_AOT_SEGMENT_PROGRAMS_PER_SM * kSmCount;
+  const int64_t row_blocks = ceil_div(rows, HL_AOT_SEGMENT_ROWS);
+  if (other == 0 || row_blocks >= target) return {};
+  auto fits = [&](int64_t cols) {
+    return !need_acc || ceil_div(other, cols) * rows * width * int64_t(sizeof(float)) <= HL_AOT_SEGMENT_BYTES;
+  };
+  // The longest power-of-two segments that still make the target (at most twice as many as needed).
+  const int64_t per_segment = ceil_div(ceil_div(other, HL_AOT_SEGMENT_ALIGN), ceil_div(target, row_blocks));
+  int64_t wanted = HL_AOT_SEGMENT_ALIGN;
+  while (wanted * 2 <= per_segment * HL_AOT_SEGMENT_ALIGN) wanted *= 2;
+  wanted = std::max<int64_t>(HL_AOT_SEGMENT_MIN_COLS, wanted);
+  while (!fits(wanted) && wanted < other) wanted *= 2;
+  if (ceil_div(other, wanted) <= 1) return {};
+  // Shorter segments than wanted: more programs and partial results, up to kMaxSegments (within the grid's y limit).
+  constexpr int64_t kMaxSegments = 4 * HL_AOT_SEGMENT_PROGRAMS_PER_SM * kSmCount;
+  int64_t best = 0;
+  for (int64_t cols = HL_AOT_SEGMENT_MIN_COLS; cols <= wanted; cols *= 2)
+    if (compiled(cols) && fits(cols) && ceil_div(other, cols) <= kMaxSegments) best = cols;
+  for (int64_t cols = wanted * 2; best == 0 && cols < 2 * other; cols *= 2)
+    if (compiled(cols) && fits(cols)) best = cols;
+  if (best == 0 || ceil_div(other, best) <= 1) return {};
+  return {ceil_div(other, best), best};
+}
+
+struct Launch {
+  const hl_aot_kernel* kernel = nullptr;
+  unsigned grid = 0, grid_y = 1;
+  bool partial = false;  // writes (row kernels) or reads (merge) the per-segment slots of dref and sums
+};
+
+// The kernels of one call and their grids; host only (no device call).
+struct Plan {
+  int op = -1;
+  int64_t rows_a = 0, rows_b = 0, cols = 0, width = 0;
+  bool intra = false, grad_a = false, grad_b = false;
+  int self_mode = kSelfNone;
+  Split split_a, split_b;
+  Launch lean_a, fallback_a, merge_a, combine, grad, lean_b, fallback_b, merge_b;
+};
+
+// Workspace pieces, carved in this order by both the size query and the call. A side whose sweep is split writes
+// S slots of dref, sums, flags and acc (uniform._segment_slot), merged into dref and sums and into acc's slot 0.
 struct Workspace {
-  void *x_a, *x_b;             // x' (padded rows x block width, operand dtype)
-  double *norms_a, *norms_b;   // per padded row
-  float *bias_a, *bias_b;      // per padded row
-  float *dref_a, *dref_b;      // per row
-  double *sums_a, *sums_b;     // 4 per row
-  int32_t *flags_a, *flags_b;  // per row
-  float *acc_a, *acc_b;        // rows x block width (gradients only)
+  void *x_a, *x_b;                    // x' (padded rows x block width, operand dtype)
+  double *norms_a, *norms_b;          // per padded row
+  float *bias_a, *bias_b;             // per padded row
+  float *dref_a, *dref_b;             // per row
+  double *sums_a, *sums_b;            // 4 per row
+  float *part_dref_a, *part_dref_b;   // S x rows (split sweeps; else dref)
+  double *part_sums_a, *part_sums_b;  // S x 4 x rows (split sweeps; else sums)
+  int32_t *flags_a, *flags_b;         // S x rows
+  float *acc_a, *acc_b;               // S x rows x block width (gradients only)
   double *center, *consts, *info, *comb, *lse;
   unsigned long long* stats;  // [0]: bits of max |x - c| / 2, [1]: non-finite input (launch_centering)
   size_t bytes;
 
-  Workspace(void* base, int64_t rows_a, int64_t rows_b, int64_t cols, bool grad_a, bool grad_b) {
-    const int64_t width = block_width(cols), pad_a = padded_rows(rows_a), pad_b = padded_rows(rows_b);
+  Workspace(void* base, const Plan& p) {
+    const int64_t width = p.width, pad_a = padded_rows(p.rows_a), pad_b = padded_rows(p.rows_b);
+    const int64_t rows_a = p.rows_a, rows_b = p.grad_b ? p.rows_b : 0;  // B's sweep runs for its gradient only
+    const int64_t s_a = p.split_a.segments, s_b = p.split_b.segments;
     WorkspaceCarver carve(base);
     x_a = carve.take<uint16_t>(pad_a * width);
     x_b = carve.take<uint16_t>(pad_b * width);
@@ -778,14 +843,18 @@ struct Workspace {
     bias_a = carve.take<float>(pad_a);
     bias_b = carve.take<float>(pad_b);
     dref_a = carve.take<float>(rows_a);
-    dref_b = carve.take<float>(grad_b ? rows_b : 0);
+    dref_b = carve.take<float>(rows_b);
     sums_a = carve.take<double>(4 * rows_a);
-    sums_b = carve.take<double>(grad_b ? 4 * rows_b : 0);
-    flags_a = carve.take<int32_t>(rows_a);
-    flags_b = carve.take<int32_t>(grad_b ? rows_b : 0);
-    acc_a = carve.take<float>(grad_a ? rows_a * width : 0);
-    acc_b = carve.take<float>(grad_b ? rows_b * width : 0);
-    center = carve.take<double>(cols);
+    sums_b = carve.take<double>(4 * rows_b);
+    part_dref_a = s_a > 1 ? carve.take<float>(s_a * rows_a) : dref_a;
+    part_dref_b = s_b > 1 ? carve.take<float>(s_b * rows_b) : dref_b;
+    part_sums_a = s_a > 1 ? carve.take<double>(s_a * 4 * rows_a) : sums_a;
+    part_sums_b = s_b > 1 ? carve.take<double>(s_b * 4 * rows_b) : sums_b;
+    flags_a = carve.take<int32_t>(s_a * rows_a);
+    flags_b = carve.take<int32_t>(s_b * rows_b);
+    acc_a = carve.take<float>(p.grad_a ? s_a * rows_a * width : 0);
+    acc_b = carve.take<float>(s_b * rows_b * width);
+    center = carve.take<double>(p.cols);
     consts = carve.take<double>(4);
     info = carve.take<double>(2);
     comb = carve.take<double>(2);
@@ -795,27 +864,40 @@ struct Workspace {
   }
 };
 
-struct Launch {
-  const hl_aot_kernel* kernel = nullptr;
-  unsigned grid = 0;
-};
-
-// The kernels of one call and their grids; host only (no device call).
-struct Plan {
-  int op = -1;
-  int64_t rows_a = 0, rows_b = 0, cols = 0, width = 0;
-  bool intra = false, grad_a = false, grad_b = false;
-  int self_mode = kSelfNone;
-  Launch lean_a, fallback_a, combine, grad, lean_b, fallback_b;
-};
-
 Launch row_launch(const char* function, int op, int self_mode, bool has_other, bool need_acc, int64_t width,
-                  int64_t rows) {
+                  int64_t rows, const Split& split) {
   Launch l;
-  l.kernel = hl_aot_find(function, op, self_mode, has_other, need_acc, static_cast<int>(width));
+  l.kernel = hl_aot_find(function, op, self_mode, has_other, need_acc, static_cast<int>(width),
+                         static_cast<int>(split.cols));
   if (l.kernel != nullptr && l.kernel->block_m > 0)
     l.grid = static_cast<unsigned>((rows + l.kernel->block_m - 1) / l.kernel->block_m);
+  l.grid_y = static_cast<unsigned>(split.segments);
+  l.partial = split.segments > 1;
   return l;
+}
+
+// The merge of a split side's slots (uniform._sweep's launch): a program per block of rows and of acc's columns.
+Launch merge_launch(bool need_acc, int64_t width, int64_t rows, const Split& split) {
+  Launch l;
+  if (split.segments <= 1) return l;
+  l.kernel = hl_aot_find(kMerge, HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY, need_acc, HL_AOT_ANY, HL_AOT_ANY);
+  if (l.kernel != nullptr && l.kernel->block_m > 0 && l.kernel->block_n > 0) {
+    l.grid = static_cast<unsigned>(ceil_div(rows, l.kernel->block_m));
+    l.grid_y = need_acc ? static_cast<unsigned>(ceil_div(width, l.kernel->block_n)) : 1;
+  }
+  l.partial = true;
+  return l;
+}
+
+// The split of one side's sweep, among the segment lengths the build holds for it (lean, fallback and the merge).
+Split plan_split(int op, int self_mode, bool need_acc, int64_t width, int64_t rows, int64_t other) {
+  auto compiled = [&](int64_t cols) {
+    const int w = static_cast<int>(width), c = static_cast<int>(cols);
+    return hl_aot_find(kLean, op, self_mode, true, need_acc, w, c) != nullptr &&
+           hl_aot_find(kFallback, op, self_mode, true, need_acc, w, c) != nullptr &&
+           hl_aot_find(kMerge, HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY, need_acc, HL_AOT_ANY, HL_AOT_ANY) != nullptr;
+  };
+  return split_columns(rows, other, width, need_acc, compiled);
 }
 
 // The plan of a call, or false where this build has no kernel for it (the hand-written kernels then run). The
@@ -835,19 +917,24 @@ bool make_plan(hl_dtype dtype, hl_precision precision, int64_t rows_a, int64_t r
   p.grad_b = grad_b && rows_b > 0;
   p.self_mode = !intra ? kSelfNone : grad_a ? kSelfAll : kSelfUpper;
   const bool has_other = rows_b > 0;
-  p.lean_a = row_launch(kLean, p.op, p.self_mode, has_other, grad_a, p.width, rows_a);
-  p.fallback_a = row_launch(kFallback, p.op, p.self_mode, has_other, grad_a, p.width, rows_a);
-  p.combine.kernel = hl_aot_find(kCombine, HL_AOT_ANY, p.self_mode, HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY);
+  if (has_other) p.split_a = plan_split(p.op, p.self_mode, grad_a, p.width, rows_a, rows_b);
+  p.lean_a = row_launch(kLean, p.op, p.self_mode, has_other, grad_a, p.width, rows_a, p.split_a);
+  p.fallback_a = row_launch(kFallback, p.op, p.self_mode, has_other, grad_a, p.width, rows_a, p.split_a);
+  p.merge_a = merge_launch(grad_a, p.width, rows_a, p.split_a);
+  p.combine.kernel = hl_aot_find(kCombine, HL_AOT_ANY, p.self_mode, HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY);
   p.combine.grid = 1;
   bool found = p.lean_a.kernel && p.fallback_a.kernel && p.combine.kernel;
+  found = found && (p.split_a.segments <= 1 || p.merge_a.kernel);
   if (p.grad_a || p.grad_b) {
-    p.grad.kernel = hl_aot_find(kGrad, p.op, HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY);
+    p.grad.kernel = hl_aot_find(kGrad, p.op, HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY);
     found = found && p.grad.kernel && p.grad.kernel->block_m > 0;
   }
   if (p.grad_b) {
-    p.lean_b = row_launch(kLean, p.op, kSelfNone, true, true, p.width, rows_b);
-    p.fallback_b = row_launch(kFallback, p.op, kSelfNone, true, true, p.width, rows_b);
-    found = found && p.lean_b.kernel && p.fallback_b.kernel;
+    p.split_b = plan_split(p.op, kSelfNone, true, p.width, rows_b, rows_a);
+    p.lean_b = row_launch(kLean, p.op, kSelfNone, true, true, p.width, rows_b, p.split_b);
+    p.fallback_b = row_launch(kFallback, p.op, kSelfNone, true, true, p.width, rows_b, p.split_b);
+    p.merge_b = merge_launch(true, p.width, rows_b, p.split_b);
+    found = found && p.lean_b.kernel && p.fallback_b.kernel && (p.split_b.segments <= 1 || p.merge_b.kernel);
   }
   if (found) *plan = p;
   return found;
@@ -860,16 +947,18 @@ unsigned grad_grid(const Plan& p, int64_t rows) {
 hl_aot_arg ptr(const char* name, const char* type, const void* value) { return hl_aot_arg{name, type, value, 0}; }
 hl_aot_arg i32(const char* name, int64_t value) { return hl_aot_arg{name, "i32", nullptr, value}; }
 
-constexpr int kSideArgs = 22;
+constexpr int kSideArgs = 25;
 
 // Every value the Triton kernels of one side take (its rows against the other side's), by argument name: the
 // kernels pick theirs (hl_aot_launch), so that each value is named once here for all of them. A's side without a
 // queue: the other set's pointers are A's own (HAS_OTHER is false: never read) and n_other = 0, as the combine needs.
+// `partial`: dref and sums are the split sweep's per-segment slots (the row kernels write them, the merge reads them
+// into dref_out and sums_out), else the merged ones (combine, gradient finish).
 struct SideArgs {
   hl_aot_arg args[kSideArgs];
 };
 
-SideArgs side_args(const Plan& p, const Workspace& ws, bool side_b) {
+SideArgs side_args(const Plan& p, const Workspace& ws, bool side_b, bool partial) {
   const char* op = operand_type(p.op);
   const void* x = side_b ? ws.x_b : ws.x_a;
   const void* norms = side_b ? ws.norms_b : ws.norms_a;
@@ -879,8 +968,12 @@ SideArgs side_args(const Plan& p, const Workspace& ws, bool side_b) {
   const void* other_norms = !has_other ? norms : side_b ? ws.norms_a : ws.norms_b;
   const void* other_bias = !has_other ? bias : side_b ? ws.bias_a : ws.bias_b;
   const float* dref = side_b ? ws.dref_b : ws.dref_a;
+  const double* sums = side_b ? ws.sums_b : ws.sums_a;
+  const float* part_dref = side_b ? ws.part_dref_b : ws.part_dref_a;
+  const double* part_sums = side_b ? ws.part_sums_b : ws.part_sums_a;
   const float* acc = side_b ? ws.acc_b : ws.acc_a;
   const bool need_acc = side_b || p.grad_a;
+  const Split& split = side_b ? p.split_b : p.split_a;
   return SideArgs{{
       ptr("rows_ptr", op, x),
       ptr("v_ptr", op, x),
@@ -897,10 +990,13 @@ SideArgs side_args(const Plan& p, const Workspace& ws, bool side_b) {
       i32("n_other", side_b ? p.rows_a : p.rows_b),
       ptr("consts_ptr", "*fp64", ws.consts),
       ptr("info_ptr", "*fp64", ws.info),
-      ptr("dref_ptr", "*fp32", dref),
-      ptr("sums_ptr", "*fp64", side_b ? ws.sums_b : ws.sums_a),
+      ptr("dref_ptr", "*fp32", partial ? part_dref : dref),
+      ptr("sums_ptr", "*fp64", partial ? part_sums : sums),
       ptr("acc_ptr", "*fp32", need_acc ? static_cast<const void*>(acc) : dref),  // never written without NEED_ACC
       ptr("flags_ptr", "*i32", side_b ? ws.flags_b : ws.flags_a),
+      ptr("dref_out_ptr", "*fp32", dref),
+      ptr("sums_out_ptr", "*fp64", sums),
+      i32("n_segments", split.segments),
       i32("D", p.width),
       i32("size_bucket", 0),  // an autotuning key only
       ptr("lse_ptr", "*fp64", ws.lse),
@@ -914,15 +1010,19 @@ struct Step {
   bool side_b;
 };
 
-int steps(const Plan& p, Step out[8]) {
+constexpr int kMaxSteps = 9;
+
+int steps(const Plan& p, Step out[kMaxSteps]) {
   int n = 0;
   out[n++] = {&p.lean_a, false};
   out[n++] = {&p.fallback_a, false};
+  if (p.split_a.segments > 1) out[n++] = {&p.merge_a, false};
   out[n++] = {&p.combine, false};
   if (p.grad_a) out[n++] = {&p.grad, false};
   if (p.grad_b) {
     out[n++] = {&p.lean_b, true};
     out[n++] = {&p.fallback_b, true};
+    if (p.split_b.segments > 1) out[n++] = {&p.merge_b, true};
     out[n++] = {&p.grad, true};
   }
   return n;
@@ -932,7 +1032,7 @@ int steps(const Plan& p, Step out[8]) {
 // first use). Where one cannot be (a driver that rejects the cubin), the call runs the hand-written kernels instead
 // of failing, and the runtime's last error is cleared so that no later check reports it.
 bool kernels_ready(const Plan& p) {
-  Step todo[8];
+  Step todo[kMaxSteps];
   const int n = steps(p, todo);
   for (int k = 0; k < n; ++k) {
     if (hl_aot_prepare(todo[k].launch->kernel) != cudaSuccess) {
@@ -944,10 +1044,11 @@ bool kernels_ready(const Plan& p) {
 }
 
 hl_status launch(const Plan& p, const Workspace& ws, const Step& step, cudaStream_t stream) {
-  const SideArgs args = side_args(p, ws, step.side_b);
+  const SideArgs args = side_args(p, ws, step.side_b, step.launch->partial);
   unsigned grid = step.launch->grid;
   if (step.launch == &p.grad) grid = grad_grid(p, step.side_b ? p.rows_b : p.rows_a);
-  return status_of(static_cast<cudaError_t>(hl_aot_launch(step.launch->kernel, stream, grid, args.args, kSideArgs)));
+  return status_of(static_cast<cudaError_t>(
+      hl_aot_launch(step.launch->kernel, stream, grid, step.launch->grid_y, args.args, kSideArgs)));
 }
 
 // x' = (x - c) 2^-E in the operand type, rows padded to `rows_out` and columns to `width` with zeros, and per row
@@ -1015,7 +1116,7 @@ hl_status launch_operand_rows(const MatrixView<Tin>& x, const Plan& p, const Wor
 template <typename Tin, typename Op>
 hl_status run(const Plan& p, const hl_matrix& a_in, const hl_matrix& b_in, double t, const Results<float>& out,
               float* grad_a, float* grad_b, void* workspace, cudaStream_t stream) {
-  const Workspace ws(workspace, p.rows_a, p.rows_b, p.cols, p.grad_a, p.grad_b);
+  const Workspace ws(workspace, p);
   const MatrixView<Tin> a{static_cast<const Tin*>(a_in.data), p.rows_a, a_in.row_stride, a_in.col_stride};
   const MatrixView<Tin> b{static_cast<const Tin*>(b_in.data), p.rows_b, b_in.row_stride, b_in.col_stride};
   hl_status status = launch_centering(a, b, p.cols, ws.center, ws.stats, stream);
@@ -1026,7 +1127,7 @@ hl_status run(const Plan& p, const hl_matrix& a_in, const hl_matrix& b_in, doubl
   const double pairs = num_pairs(p.rows_a, p.rows_b, p.intra);
   constants_kernel<<<1, 1, 0, stream>>>(t, t * 1.4426950408889634, std::log(2.0), pairs, ws.stats, ws.consts,
                                         ws.info);
-  Step todo[8];
+  Step todo[kMaxSteps];
   const int n = steps(p, todo);
   constexpr int kCopyThreads = 256;
   for (int k = 0; k < n; ++k) {
@@ -1067,14 +1168,17 @@ bool device_matches(int device) {
          major * 10 + minor == HL_AOT_ARCH;
 }
 
-// The workspace of the AOT path for a call of any precision (the query has none), 0 where none has a plan.
+// The workspace of the AOT path for a call of any precision and intra_batch (the query has neither): the largest
+// of their plans' (they differ where the build splits one sweep and not another), 0 where none has a plan.
 size_t workspace_bytes(hl_dtype dtype, int64_t rows_a, int64_t rows_b, int64_t cols, bool grad_a, bool grad_b) {
-  Plan p;
+  size_t bytes = 0;
   for (hl_precision precision : {HL_PRECISION_IEEE, HL_PRECISION_TF32, HL_PRECISION_BF16})
-    if (make_plan(dtype, precision, rows_a, rows_b, cols, true, grad_a, grad_b, &p) ||
-        make_plan(dtype, precision, rows_a, rows_b, cols, false, grad_a, grad_b, &p))
-      return Workspace(nullptr, rows_a, rows_b, cols, grad_a, grad_b && rows_b > 0).bytes;
-  return 0;
+    for (bool intra : {true, false}) {
+      Plan p;
+      if (make_plan(dtype, precision, rows_a, rows_b, cols, intra, grad_a, grad_b, &p))
+        bytes = std::max(bytes, Workspace(nullptr, p).bytes);
+    }
+  return bytes;
 }
 
 }  // namespace aot
@@ -1178,6 +1282,31 @@ bool uniform_runs_aot(hl_dtype dtype, hl_precision precision, int64_t rows_a, in
 #endif
 }
 
+int64_t uniform_aot_segments(hl_dtype dtype, hl_precision precision, int64_t rows_a, int64_t rows_b, int64_t cols,
+                             int intra_batch, bool grad_a, bool grad_b) {
+#ifdef HYPERLOSS_TRITON_AOT
+  aot::Plan plan;
+  if (aot::make_plan(dtype, precision, rows_a, rows_b, cols, intra_batch != 0, grad_a, grad_b, &plan))
+    return std::max(plan.split_a.segments, plan.split_b.segments);
+#else
+  (void)dtype, (void)precision, (void)rows_a, (void)rows_b, (void)cols, (void)intra_batch, (void)grad_a, (void)grad_b;
+#endif
+  return 1;
+}
+
+std::pair<int64_t, int64_t> aot_split_rule(int64_t rows, int64_t other, int64_t width, bool need_acc,
+                                           const std::vector<int64_t>& compiled) {
+#ifdef HYPERLOSS_TRITON_AOT
+  const aot::Split split = aot::split_columns(rows, other, width, need_acc, [&](int64_t cols) {
+    return std::find(compiled.begin(), compiled.end(), cols) != compiled.end();
+  });
+  return {split.segments, split.cols};
+#else
+  (void)rows, (void)other, (void)width, (void)need_acc, (void)compiled;
+  return {1, 0};
+#endif
+}
+
 std::vector<std::string> aot_plan_problems() {
   std::vector<std::string> problems;
 #ifdef HYPERLOSS_TRITON_AOT
@@ -1185,15 +1314,17 @@ std::vector<std::string> aot_plan_problems() {
   void* const fake = reinterpret_cast<void*>(uintptr_t(1) << 40);
   char line[256];
   int plans = 0;
+  // Rows of A and B: no queue, a queue, and the two splits (few rows of A against a long queue, few of B against A).
+  const int64_t shapes[4][2] = {{130, 0}, {130, 45}, {130, 4096}, {4096, 45}};
   for (hl_dtype dtype : {HL_FLOAT32, HL_FLOAT16, HL_BFLOAT16})
     for (hl_precision precision : {HL_PRECISION_IEEE, HL_PRECISION_TF32, HL_PRECISION_BF16})
       for (int64_t cols = 1; cols <= 256; ++cols)
-        for (int64_t rows_b : {int64_t(0), int64_t(45)})
+        for (const auto& shape : shapes)
           for (int mode = 0; mode < 8; ++mode) {
+            const int64_t rows_a = shape[0], rows_b = shape[1];
             const bool intra = mode & 1, grad_a = mode & 2, grad_b = (mode & 4) && rows_b > 0;
             if ((mode & 4) && rows_b == 0) continue;
             if (!intra && rows_b == 0) continue;  // no pairs: check_uniform_args refuses it
-            const int64_t rows_a = 130;
             const int op = aot::operand_dtype(dtype, precision);
             // Every (operand dtype, width) the table holds a lean sweep for has all the kernels of every call.
             bool expected = false;
@@ -1201,26 +1332,38 @@ std::vector<std::string> aot_plan_problems() {
               for (int other : {0, 1})
                 for (int acc : {0, 1})
                   expected = expected || (op >= 0 && hl_aot_find(aot::kLean, op, self_mode, other, acc,
-                                                                 int(aot::block_width(cols))) != nullptr);
+                                                                 int(aot::block_width(cols)), 0) != nullptr);
             aot::Plan plan;
             const bool planned = aot::make_plan(dtype, precision, rows_a, rows_b, cols, intra, grad_a, grad_b, &plan);
-            std::snprintf(line, sizeof line, "dtype %d precision %d cols %lld queue %lld intra %d grads %d%d: ",
-                          int(dtype), int(precision), (long long)cols, (long long)rows_b, int(intra), int(grad_a),
-                          int(grad_b));
+            std::snprintf(line, sizeof line,
+                          "dtype %d precision %d cols %lld rows %lld queue %lld intra %d grads %d%d: ",
+                          int(dtype), int(precision), (long long)cols, (long long)rows_a, (long long)rows_b,
+                          int(intra), int(grad_a), int(grad_b));
             if (planned != expected) {
               problems.push_back(line + std::string(planned ? "planned, not expected" : "a kernel is missing"));
               continue;
             }
             if (!planned) continue;
             ++plans;
-            const size_t need = aot::Workspace(nullptr, rows_a, rows_b, cols, plan.grad_a, plan.grad_b).bytes;
+            // The split shapes split where the build holds split sweeps of the length uniform._segments picks
+            // there (1024 columns: 4 segments of the 4096-row queue, 4 of A's 4096 rows for B's sweep).
+            const bool split_built = hl_aot_find(aot::kMerge, HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY, 1, HL_AOT_ANY,
+                                                 HL_AOT_ANY) != nullptr &&
+                                     hl_aot_find(aot::kLean, op, 0, 1, 1, int(plan.width), 1024) != nullptr;
+            if (split_built && rows_b == 4096 && plan.split_a.segments != 4)
+              problems.push_back(std::string(line) + "A's sweep not split into 4 segments: " +
+                                 std::to_string(plan.split_a.segments));
+            if (split_built && rows_a == 4096 && plan.grad_b && plan.split_b.segments != 4)
+              problems.push_back(std::string(line) + "B's sweep not split into 4 segments: " +
+                                 std::to_string(plan.split_b.segments));
+            const size_t need = aot::Workspace(nullptr, plan).bytes;
             if (hl_uniform_workspace_bytes_cuda(dtype, rows_a, rows_b, cols, grad_a, grad_b) < need)
               problems.push_back(line + std::string("the workspace query is below the plan's need"));
-            const aot::Workspace ws(fake, rows_a, rows_b, cols, plan.grad_a, plan.grad_b);
-            aot::Step todo[8];
+            const aot::Workspace ws(fake, plan);
+            aot::Step todo[aot::kMaxSteps];
             const int n = aot::steps(plan, todo);
             for (int k = 0; k < n; ++k) {
-              const aot::SideArgs args = aot::side_args(plan, ws, todo[k].side_b);
+              const aot::SideArgs args = aot::side_args(plan, ws, todo[k].side_b, todo[k].launch->partial);
               char error[160] = "";
               if (hl_aot_check_args(todo[k].launch->kernel, args.args, aot::kSideArgs, error, sizeof error) != 0)
                 problems.push_back(line + std::string(error));

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "hyperloss/hyperloss.h"
@@ -29,6 +30,19 @@ hl_status uniform_lse(hl_dtype dtype, hl_precision precision, hl_matrix a, hl_ma
 // cover); false otherwise. For the tests: the answer does not change what a call computes, only which kernels do.
 bool uniform_runs_aot(hl_dtype dtype, hl_precision precision, int64_t rows_a, int64_t rows_b, int64_t cols,
                       int intra_batch, bool grad_a, bool grad_b);
+
+// For the tests, host only: the column segments the ahead-of-time plan of such a call splits a sweep into (the
+// larger of x's sweep and the queue's; 1: none split, or no plan), as uniform._segments would on a 132-SM GPU.
+int64_t uniform_aot_segments(hl_dtype dtype, hl_precision precision, int64_t rows_a, int64_t rows_b, int64_t cols,
+                             int intra_batch, bool grad_a, bool grad_b);
+
+// For the tests, host only: how the ahead-of-time path splits `rows` rows against `other` columns (accumulators of
+// `width` floats per row when `need_acc`) among the segment lengths `compiled`: {segments, columns per segment},
+// {1, 0} where it does not split (always, in a build without those kernels). With every power of two from 1024
+// compiled it is uniform._segments' choice on a 132-SM GPU (csrc/cuda/aot/check_aot.cpp holds such cases, and
+// tests/test_aot.py checks them against the Python).
+std::pair<int64_t, int64_t> aot_split_rule(int64_t rows, int64_t other, int64_t width, bool need_acc,
+                                           const std::vector<int64_t>& compiled);
 
 // For the tests: whether this build has ahead-of-time kernels compiled for the current device's generation (so that
 // 16-bit calls should run them; uniform_runs_aot also needs the driver to load them).

@@ -26,6 +26,7 @@
 static int failures = 0;
 static std::map<std::string, int> aot_calls;       // per case name: calls that ran the ahead-of-time Triton kernels
 static std::map<std::string, int> aot_grad_calls;  // the same, of calls with a gradient
+static int aot_split_calls = 0;                    // AOT calls whose plan split a sweep's columns into segments
 
 // Counts, per case name, the calls that run the ahead-of-time kernels (hyperloss::cuda::uniform_runs_aot).
 static bool note_path(hl_dtype dtype, hl_precision precision, int64_t na, int64_t nb, int64_t d, bool intra,
@@ -33,6 +34,8 @@ static bool note_path(hl_dtype dtype, hl_precision precision, int64_t na, int64_
   const bool aot = hyperloss::cuda::uniform_runs_aot(dtype, precision, na, nb, d, intra, grad_a, grad_b);
   aot_calls[name] += aot;
   if (grad_a || grad_b) aot_grad_calls[name] += aot;
+  const int64_t segments = hyperloss::cuda::uniform_aot_segments(dtype, precision, na, nb, d, intra, grad_a, grad_b);
+  aot_split_calls += aot && segments > 1;
   return aot;
 }
 
@@ -53,7 +56,8 @@ static double aot_grad_rounding(hl_dtype dtype, hl_precision precision, bool aot
 static void check_aot_ran() {
   int total = 0;
   for (const auto& [name, count] : aot_calls) total += count;
-  std::printf("uniformity calls on the ahead-of-time Triton kernels: %d\n", total);
+  std::printf("uniformity calls on the ahead-of-time Triton kernels: %d (%d with a sweep split into segments)\n", total,
+              aot_split_calls);
 #ifdef HYPERLOSS_TRITON_AOT
   const bool aot_device = hyperloss::cuda::aot_built_for_current_device();
   std::printf("this GPU %s the ahead-of-time kernels\n", aot_device ? "runs" : "does not run");
@@ -355,6 +359,12 @@ static void check_all(hl_dtype dtype, hl_precision precision, double tol, const 
   const double outlier = std::is_same_v<Tin, __half> ? 1e4 : 1e6;
   check_uniform<Tin, Tc>(dtype, precision, 256, 0, 16, 2.0, true, tol, name, Layout{}, 1.0, 0.0, outlier);
   check_uniform<Tin, Tc>(dtype, precision, 64, 192, 16, 2.0, true, tol, name, Layout{}, 1.0, 0.0, outlier);
+  // Few rows against many (uniform._segments; the AOT path's split sweeps and their merge): x's rows against a
+  // 5000-row queue (5 segments of 1024 columns, the last one short), and for the queue's gradient its 20 rows
+  // against x's 3000 (3 segments).
+  check_uniform<Tin, Tc>(dtype, precision, 100, 5000, 64, 2.0, true, tol, name);
+  check_uniform<Tin, Tc>(dtype, precision, 100, 5000, 64, 2.0, false, tol, name);
+  check_uniform<Tin, Tc>(dtype, precision, 3000, 20, 32, 2.0, true, tol, name);
   check_offset<Tin, Tc>(dtype, precision, name);
 }
 

@@ -139,7 +139,7 @@ def cases(
                 split = uniform._split(DTYPES[dtype][2])
                 if uniform._in_registers(d, split):
                     configs = [("lean", c) for c in autotune_configs(d, dtype)]
-                    configs.append(("fallback", uniform._fallback_config(d, split)))
+                    configs.append(("fallback", uniform._fallback_config(d, split, segmented)))
                 else:  # D swept in chunks by the running-reference kernel alone
                     configs = [("rows", c) for c in uniform.rows_configs(False, split, segmented)]
                 for kernel, config in configs:

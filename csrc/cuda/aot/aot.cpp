@@ -147,11 +147,11 @@ constexpr int kMaxParams = 64;
 }  // namespace
 
 extern "C" const hl_aot_kernel* hl_aot_find(const char* function, int dtype, int self_mode, int has_other,
-                                            int need_acc, int block_d) {
+                                            int need_acc, int block_d, int segment_cols) {
   for (int i = 0; i < hl_aot_kernel_count; ++i) {
     const hl_aot_kernel& k = hl_aot_kernel_table[i];
     if (std::strcmp(k.function, function) == 0 && k.dtype == dtype && k.self_mode == self_mode &&
-        k.has_other == has_other && k.need_acc == need_acc && k.block_d == block_d)
+        k.has_other == has_other && k.need_acc == need_acc && k.block_d == block_d && k.segment_cols == segment_cols)
       return &k;
   }
   return nullptr;
@@ -176,8 +176,8 @@ extern "C" int hl_aot_prepare(const hl_aot_kernel* k) {
   return e;
 }
 
-extern "C" int hl_aot_launch(const hl_aot_kernel* k, void* stream, unsigned grid_x, const hl_aot_arg* args,
-                             int num_args) {
+extern "C" int hl_aot_launch(const hl_aot_kernel* k, void* stream, unsigned grid_x, unsigned grid_y,
+                             const hl_aot_arg* args, int num_args) {
   // The kernel's arguments, then Triton's hidden scratch pointers (NULL: the generator rejects kernels that use them).
   Slot slots[kMaxParams];
   void* params[kMaxParams];
@@ -185,12 +185,12 @@ extern "C" int hl_aot_launch(const hl_aot_kernel* k, void* stream, unsigned grid
   if (k->num_args + k->num_hidden > kMaxParams || !bind(k, args, num_args, slots, params, nullptr, 0))
     return cudaErrorInvalidValue;
   for (int i = 0; i < k->num_hidden; ++i) params[k->num_args + i] = &hidden;
-  if (grid_x == 0) return cudaSuccess;
+  if (grid_x == 0 || grid_y == 0) return cudaSuccess;
   int device = 0;
   cudaError_t e = cudaGetDevice(&device);
   cudaKernel_t kernel = nullptr;
   if (e == cudaSuccess) e = prepare(k, device, &kernel);
   if (e != cudaSuccess) return e;
-  return cudaLaunchKernel(reinterpret_cast<const void*>(kernel), dim3(grid_x), dim3(32 * k->num_warps), params,
-                          static_cast<size_t>(k->shared_bytes), static_cast<cudaStream_t>(stream));
+  return cudaLaunchKernel(reinterpret_cast<const void*>(kernel), dim3(grid_x, grid_y), dim3(32 * k->num_warps),
+                          params, static_cast<size_t>(k->shared_bytes), static_cast<cudaStream_t>(stream));
 }

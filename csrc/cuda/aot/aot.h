@@ -31,9 +31,12 @@ typedef struct hl_aot_kernel {
   const char* const* arg_types;   /* their Triton types: "*bf16", "*fp16", "*fp32", "*fp64", "*i32", "i32" */
   /* Dispatch key (HL_AOT_ANY where a field does not apply to the kernel). */
   int dtype;                           /* hl_dtype of the operand rows */
-  int self_mode, has_other, need_acc;  /* the row kernels' sweep (SELF_MODE, HAS_OTHER, NEED_ACC); combine: SELF_MODE */
+  int self_mode, has_other, need_acc;  /* the row kernels' sweep (SELF_MODE, HAS_OTHER, NEED_ACC); combine: SELF_MODE;
+                                          merge: NEED_ACC */
   int block_d;                         /* BLOCK_D: the row width the kernel was compiled for (D == BLOCK_D) */
-  int block_m, block_n;                /* row kernels: grid = ceil(rows / block_m) programs (else 0) */
+  int segment_cols;                    /* row kernels: SEGMENT_COLS, the other set's columns per program (0: all) */
+  int block_m, block_n;                /* row kernels: grid = ceil(rows / block_m) programs (x segments); merge: the
+                                          rows and acc columns of a program; else 0 */
 } hl_aot_kernel;
 
 /* One argument value, matched to the kernel's argument of the same name. */
@@ -47,7 +50,7 @@ typedef struct hl_aot_arg {
 /* The compilation of `function` for this key, or NULL where none was generated (the caller then runs its own
  * kernels). Every field must equal the entry's (HL_AOT_ANY matches HL_AOT_ANY only). */
 const hl_aot_kernel* hl_aot_find(const char* function, int dtype, int self_mode, int has_other, int need_acc,
-                                 int block_d);
+                                 int block_d, int segment_cols);
 
 /* Checks that `args` (any order; names the kernel lacks are ignored) give each of k's arguments exactly once, with
  * its type. No device call. Returns 0, or -1 with a message in `error` (which may be NULL). */
@@ -58,10 +61,11 @@ int hl_aot_check_args(const hl_aot_kernel* k, const hl_aot_arg* args, int num_ar
  * cudaError_t (0: ready); a load the driver refused is remembered and its error returned without retrying. */
 int hl_aot_prepare(const hl_aot_kernel* k);
 
-/* Launches `k` on grid (grid_x, 1, 1) on `stream` (a cudaStream_t; NULL: the legacy default stream) with `args`
+/* Launches `k` on grid (grid_x, grid_y, 1) on `stream` (a cudaStream_t; NULL: the legacy default stream) with `args`
  * bound by name (hl_aot_check_args; cudaErrorInvalidValue where they do not bind). Returns a cudaError_t (0:
  * launched). Loads the cubin on first use (thread-safe; one library for every device and context). */
-int hl_aot_launch(const hl_aot_kernel* k, void* stream, unsigned grid_x, const hl_aot_arg* args, int num_args);
+int hl_aot_launch(const hl_aot_kernel* k, void* stream, unsigned grid_x, unsigned grid_y, const hl_aot_arg* args,
+                  int num_args);
 
 #ifdef __cplusplus
 }

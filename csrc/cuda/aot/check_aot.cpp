@@ -61,20 +61,74 @@ void check_build_coverage() {
   for (const std::string& dtype_name : split(HL_AOT_BUILD_DTYPES)) {
     const int dtype = dtype_name == "bf16" ? HL_BFLOAT16 : dtype_name == "fp16" ? HL_FLOAT16 : -1;
     check(dtype >= 0, "unknown dtype " + dtype_name, "build");
-    check(hl_aot_find("_grad_kernel", dtype, HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY) != nullptr,
+    check(hl_aot_find("_grad_kernel", dtype, HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY) != nullptr,
           "no gradient finish for " + dtype_name, "build");
+    // Every sweep unsplit; those with a queue also split at every segment length the build asked for.
+    std::vector<std::string> lengths = {"0"};
+#ifdef HL_AOT_BUILD_SEGMENT_COLS
+    for (const std::string& cols : split(HL_AOT_BUILD_SEGMENT_COLS)) lengths.push_back(cols);
+#endif
     for (const std::string& width : split(HL_AOT_BUILD_D))
       for (const auto& s : kSweeps)
-        for (const char* function : {"_uniform_lean_kernel", "_uniform_rows_kernel"})
-          check(hl_aot_find(function, dtype, s[0], s[1], s[2], std::atoi(width.c_str())) != nullptr,
-                std::string("no ") + function + " for " + dtype_name + " width " + width + " sweep " +
-                    std::to_string(s[0]) + std::to_string(s[1]) + std::to_string(s[2]),
-                "build");
+        for (const std::string& cols : lengths) {
+          if (cols != "0" && !s[1]) continue;
+          for (const char* function : {"_uniform_lean_kernel", "_uniform_rows_kernel"})
+            check(hl_aot_find(function, dtype, s[0], s[1], s[2], std::atoi(width.c_str()), std::atoi(cols.c_str())) !=
+                      nullptr,
+                  std::string("no ") + function + " for " + dtype_name + " width " + width + " sweep " +
+                      std::to_string(s[0]) + std::to_string(s[1]) + std::to_string(s[2]) + " segments of " + cols,
+                  "build");
+        }
   }
   for (int self_mode = 0; self_mode < 3; ++self_mode)
-    check(hl_aot_find("_combine_kernel", HL_AOT_ANY, self_mode, HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY) != nullptr,
+    check(hl_aot_find("_combine_kernel", HL_AOT_ANY, self_mode, HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY) !=
+              nullptr,
           "no combine for SELF_MODE " + std::to_string(self_mode), "build");
+#ifdef HL_AOT_BUILD_SEGMENT_COLS
+  if (!split(HL_AOT_BUILD_SEGMENT_COLS).empty())
+    for (int need_acc = 0; need_acc < 2; ++need_acc)
+      check(hl_aot_find("_merge_segments_kernel", HL_AOT_ANY, HL_AOT_ANY, HL_AOT_ANY, need_acc, HL_AOT_ANY,
+                        HL_AOT_ANY) != nullptr,
+            "no merge for NEED_ACC " + std::to_string(need_acc), "build");
 #endif
+#endif
+}
+
+// How a sweep of `rows` rows against `other` columns splits them (accumulators `width` floats wide when need_acc):
+// {rows, other, width, need_acc, segments, columns}. With every power-of-two length compiled: uniform._segments'
+// choice on a 132-SM GPU (tests/test_aot.py reads this table and checks it against the Python function).
+constexpr int64_t kSplitRule[][6] = {
+    {256, 65536, 128, 1, 64, 1024},  // MoCo: a batch of 256 against a 65536-row queue
+    {256, 65536, 128, 0, 64, 1024},     {256, 65536, 256, 1, 64, 1024},     {100, 5000, 64, 1, 5, 1024},
+    {20, 3000, 32, 1, 3, 1024},         {130, 4096, 128, 1, 4, 1024},       {1024, 65536, 128, 1, 32, 2048},
+    {1024, 65536, 256, 1, 32, 2048},    {256, 1048576, 128, 1, 256, 4096},  {1, 1048576, 16, 0, 256, 4096},
+    {33792, 65536, 128, 1, 1, 0},       {33791, 65536, 128, 1, 1, 0},       {4096, 2048, 64, 1, 2, 1024},
+    {128, 2048, 16, 0, 2, 1024},        {2048, 65536, 256, 1, 16, 4096},    {128, 1024, 64, 1, 1, 0},
+};
+// Only 1024 compiled (the default build): the nearest length that fits the partial accumulators' budget, or no split.
+constexpr int64_t kSplitRule1024[][6] = {
+    {256, 65536, 128, 1, 64, 1024},   // as above
+    {1024, 65536, 128, 1, 64, 1024},  // shorter than uniform._segments' 2048: 64 segments, 32 MiB of partials
+    {1024, 65536, 256, 1, 1, 0},      // 1024 would take 64 MiB: not split
+    {256, 1048576, 128, 1, 1, 0},     // 1024 segments would take 128 MiB
+    {2048, 65536, 256, 1, 1, 0},
+};
+
+void check_split_rule() {
+  std::vector<int64_t> every;
+  for (int64_t cols = HL_AOT_SEGMENT_MIN_COLS; cols <= (int64_t(1) << 30); cols *= 2) every.push_back(cols);
+  auto check_table = [](const auto& table, const std::vector<int64_t>& compiled, const char* name) {
+    for (const auto& c : table) {
+      const auto [segments, cols] = hyperloss::cuda::aot_split_rule(c[0], c[1], c[2], c[3] != 0, compiled);
+      check(segments == c[4] && cols == c[5],
+            std::to_string(c[0]) + " rows against " + std::to_string(c[1]) + " width " + std::to_string(c[2]) +
+                " acc " + std::to_string(c[3]) + ": " + std::to_string(segments) + " segments of " +
+                std::to_string(cols) + ", expected " + std::to_string(c[4]) + " of " + std::to_string(c[5]),
+            name);
+    }
+  };
+  check_table(kSplitRule, every, "split rule");
+  check_table(kSplitRule1024, {1024}, "split rule, 1024 only");
 }
 
 // The all-pairs lean sweep's arguments over n rows (no queue; the low parts, read only by a split, are the rows):
@@ -94,7 +148,8 @@ std::vector<hl_aot_arg> lean_args(const hl_aot_kernel& k, int n, void* rows, voi
 }
 
 bool is_all_pairs_lean(const hl_aot_kernel& k) {
-  return std::strcmp(k.function, "_uniform_lean_kernel") == 0 && !k.has_other && k.self_mode == 2;
+  return std::strcmp(k.function, "_uniform_lean_kernel") == 0 && !k.has_other && k.self_mode == 2 &&
+         k.segment_cols == 0;
 }
 
 // One lean sweep over n equal rows (zeros), no queue; the sums as the kernel wrote them.
@@ -115,7 +170,7 @@ bool run_lean(const hl_aot_kernel& k, int n, std::vector<double>* sums, std::vec
   cudaMemcpy(info, host_info, sizeof host_info, cudaMemcpyHostToDevice);
   const std::vector<hl_aot_arg> args = lean_args(k, n, rows, rowb, consts, info, dref, sums_d, acc, flags_d);
   const int num_args = static_cast<int>(args.size());
-  ok = hl_aot_launch(&k, nullptr, (n + k.block_m - 1) / k.block_m, args.data(), num_args) == cudaSuccess &&
+  ok = hl_aot_launch(&k, nullptr, (n + k.block_m - 1) / k.block_m, 1, args.data(), num_args) == cudaSuccess &&
        cudaDeviceSynchronize() == cudaSuccess;
   sums->resize(4 * n);
   flags->resize(n);
@@ -131,11 +186,12 @@ int main() {
   check(hl_aot_kernel_count > 0, "an empty table", "table");
   for (int i = 0; i < hl_aot_kernel_count; ++i) {
     const hl_aot_kernel& k = hl_aot_kernel_table[i];
-    check(hl_aot_find(k.function, k.dtype, k.self_mode, k.has_other, k.need_acc, k.block_d) == &k,
+    check(hl_aot_find(k.function, k.dtype, k.self_mode, k.has_other, k.need_acc, k.block_d, k.segment_cols) == &k,
           "not found by its key (or a duplicate key)", k.name);
   }
-  check(hl_aot_find("_uniform_lean_kernel", HL_FLOAT64, 2, 0, 1, 128) == nullptr, "a float64 kernel", "find");
+  check(hl_aot_find("_uniform_lean_kernel", HL_FLOAT64, 2, 0, 1, 128, 0) == nullptr, "a float64 kernel", "find");
   check_build_coverage();
+  check_split_rule();
   for (const std::string& problem : hyperloss::cuda::aot_plan_problems()) check(false, problem, "plan");
   // A binding that cannot match: a missing argument and a wrong type are refused before any device call.
   const hl_aot_arg wrong[] = {{"rows_ptr", "*fp64", nullptr, 0}};
@@ -150,7 +206,7 @@ int main() {
     std::vector<hl_aot_arg> dummy;
     for (int i = 0; i < k.num_args; ++i) dummy.push_back({k.arg_names[i], k.arg_types[i], nullptr, 1});
     check(hl_aot_check_args(&k, dummy.data(), k.num_args, nullptr, 0) == 0, "its own argument list", "bind");
-    check(hl_aot_launch(&k, nullptr, 1, dummy.data(), k.num_args) != cudaSuccess, "launched without a GPU",
+    check(hl_aot_launch(&k, nullptr, 1, 1, dummy.data(), k.num_args) != cudaSuccess, "launched without a GPU",
           "launch");
     // The GPU half's own argument list binds to every kernel it would launch.
     for (int i = 0; i < hl_aot_kernel_count; ++i) {
