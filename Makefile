@@ -11,7 +11,7 @@ EXT_SOURCES := $(shell find csrc -type f) CMakeLists.txt pyproject.toml hyperlos
 HYPERLOSS_CUDA ?= $(if $(shell command -v nvidia-smi 2>/dev/null),ON,OFF)
 export HYPERLOSS_CUDA
 
-.PHONY: test bench build lint pytest ctest package-check clean
+.PHONY: test bench build lint pytest ctest aot-check package-check clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,16 @@ ctest: $(STAMP)
 	cmake --build build-cmake/consumer
 	LD_LIBRARY_PATH=$(CURDIR)/build-cmake/prefix/lib:$(CURDIR)/build-cmake/prefix/lib64 build-cmake/consumer/consumer
 
+# Not part of `make test` (the generator compiles 146 kernels: ~6 min of CPU, cold): the C library with the Triton
+# kernels compiled ahead of time for float16 (csrc/cuda/aot/README.md), its ctest, and its C plans replayed with the
+# Triton interpreter on the CPU (tests/test_aot_replay.py). Needs nvcc.
+aot-check: $(STAMP)
+	cmake -S . -B build-aot -G Ninja -DCMAKE_BUILD_TYPE=Release -DHYPERLOSS_TRITON_AOT=ON \
+	  -DHYPERLOSS_AOT_PYTHON=$(CURDIR)/$(PY) -DHYPERLOSS_AOT_DTYPES=fp16 > /dev/null
+	cmake --build build-aot
+	cd build-aot && ctest --output-on-failure -R "core|triton_aot"
+	TRITON_INTERPRET=1 HYPERLOSS_AOT_BUILD=build-aot $(PY) -m pytest -q tests/test_aot_replay.py
+
 # The sdist and the wheel, each installed into a fresh venv with a default (isolated) pip install, then a smoke test.
 package-check: $(STAMP)
 	PYTHON=$(PY) bash .ci/check_packaging.sh
@@ -68,4 +78,4 @@ bench: build
 	$(PY) -m hyperloss.bench
 
 clean:
-	rm -rf build build-cmake dist hyperloss/*.so hyperloss/.build-stamp *.egg-info
+	rm -rf build build-cmake build-aot dist hyperloss/*.so hyperloss/.build-stamp *.egg-info

@@ -58,8 +58,8 @@ def test_default_set_covers_every_call(listed):
         assert ("_grad_kernel", dtype, ANY, ANY, ANY, ANY, ANY) in keys
         for width in WIDTHS:
             for sweep in SWEEPS:
-                # Every sweep whole; those with a queue also split into segments of 1024 columns (few rows).
-                for cols in (0, 1024) if sweep[1] else (0,):
+                # Every sweep whole; those with a queue also split into segments of 1024 and 4096 columns.
+                for cols in (0, 1024, 4096) if sweep[1] else (0,):
                     for function in ("_uniform_lean_kernel", "_uniform_rows_kernel"):
                         assert (function, dtype, *sweep, width, cols) in keys, (function, dtype, width, sweep, cols)
     for self_mode in (0, 1, 2):

@@ -78,8 +78,10 @@ UNHINTED = ("n_rows", "n_other", "size_bucket", "n_segments")
 FINISH_WARPS = 8
 KINDS = ("lean", "fallback", "combine", "grad", "merge")
 # Column segment lengths compiled for the split sweeps (uniform._segments picks among powers of two times 128 from
-# _SEGMENT_MIN_COLS; the C side takes the nearest compiled one, csrc/cuda/uniform.cu aot::segments).
-SEGMENT_COLS = (1024,)
+# _SEGMENT_MIN_COLS; the C side takes the nearest compiled one that fits its budget, csrc/cuda/uniform.cu
+# aot::split_columns): 1024 (a batch of up to ~1000 rows against a 65536-row queue), 4096 (up to ~4000 rows, or a
+# queue of 2^20).
+SEGMENT_COLS = (1024, 4096)
 C_KEY_NONE = -1  # a key field that does not select this kernel (aot.h)
 # The dynamic shared memory an sm_90 block may opt into (cudaDevAttrMaxSharedMemoryPerBlockOptin on H100/H200).
 MAX_SHARED_BYTES = 232448

@@ -24,9 +24,12 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
+#include <iterator>
 #include <limits>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../args.h"
@@ -1169,15 +1172,22 @@ bool device_matches(int device) {
 }
 
 // The workspace of the AOT path for a call of any precision and intra_batch (the query has neither): the largest
-// of their plans' (they differ where the build splits one sweep and not another), 0 where none has a plan.
+// of their plans' (they differ where the build splits one sweep and not another), 0 where none has a plan. The
+// precisions that give an operand dtype already planned (all three, for 16-bit inputs) add nothing.
 size_t workspace_bytes(hl_dtype dtype, int64_t rows_a, int64_t rows_b, int64_t cols, bool grad_a, bool grad_b) {
   size_t bytes = 0;
-  for (hl_precision precision : {HL_PRECISION_IEEE, HL_PRECISION_TF32, HL_PRECISION_BF16})
+  int planned[3] = {-1, -1, -1};
+  int n = 0;
+  for (hl_precision precision : {HL_PRECISION_IEEE, HL_PRECISION_TF32, HL_PRECISION_BF16}) {
+    const int op = operand_dtype(dtype, precision);
+    if (op < 0 || std::find(planned, planned + n, op) != planned + n) continue;
+    planned[n++] = op;
     for (bool intra : {true, false}) {
       Plan p;
       if (make_plan(dtype, precision, rows_a, rows_b, cols, intra, grad_a, grad_b, &p))
         bytes = std::max(bytes, Workspace(nullptr, p).bytes);
     }
+  }
   return bytes;
 }
 
@@ -1304,6 +1314,51 @@ std::pair<int64_t, int64_t> aot_split_rule(int64_t rows, int64_t other, int64_t 
 #else
   (void)rows, (void)other, (void)width, (void)need_acc, (void)compiled;
   return {1, 0};
+#endif
+}
+
+std::string aot_plan_json(hl_dtype dtype, hl_precision precision, int64_t rows_a, int64_t rows_b, int64_t cols,
+                          int intra_batch, bool grad_a, bool grad_b) {
+#ifdef HYPERLOSS_TRITON_AOT
+  aot::Plan p;
+  if (!aot::make_plan(dtype, precision, rows_a, rows_b, cols, intra_batch != 0, grad_a, grad_b, &p))
+    return "{\"plan\": false}";
+  char* const base = reinterpret_cast<char*>(uintptr_t(1) << 40);  // never dereferenced: offsets only
+  const aot::Workspace ws(base, p);
+  auto offset = [&](const void* q) { return std::to_string(static_cast<const char*>(q) - base); };
+  std::string out = "{\"plan\": true, \"bytes\": " + std::to_string(ws.bytes) +
+                    ", \"query\": " + std::to_string(hl_uniform_workspace_bytes_cuda(dtype, rows_a, rows_b, cols,
+                                                                                     grad_a, grad_b)) +
+                    ", \"width\": " + std::to_string(p.width) + ", \"split_a\": [" +
+                    std::to_string(p.split_a.segments) + ", " + std::to_string(p.split_a.cols) + "], \"split_b\": [" +
+                    std::to_string(p.split_b.segments) + ", " + std::to_string(p.split_b.cols) + "], \"ws\": {";
+  const std::pair<const char*, const void*> pieces[] = {
+      {"x_a", ws.x_a},       {"x_b", ws.x_b},   {"norms_a", ws.norms_a}, {"norms_b", ws.norms_b},
+      {"bias_a", ws.bias_a}, {"bias_b", ws.bias_b}, {"acc_a", ws.acc_a},   {"acc_b", ws.acc_b},
+      {"consts", ws.consts}, {"info", ws.info},   {"lse", ws.lse}};
+  for (size_t i = 0; i < std::size(pieces); ++i)
+    out += std::string(i ? ", " : "") + "\"" + pieces[i].first + "\": " + offset(pieces[i].second);
+  out += "}, \"steps\": [";
+  aot::Step todo[aot::kMaxSteps];
+  const int n = aot::steps(p, todo);
+  for (int k = 0; k < n; ++k) {
+    const aot::Launch* l = todo[k].launch;
+    const aot::SideArgs args = aot::side_args(p, ws, todo[k].side_b, l->partial);
+    const unsigned grid = l == &p.grad ? aot::grad_grid(p, todo[k].side_b ? p.rows_b : p.rows_a) : l->grid;
+    out += std::string(k ? ", " : "") + "{\"name\": \"" + l->kernel->name + "\", \"side_b\": " +
+           (todo[k].side_b ? "true" : "false") + ", \"grid\": [" + std::to_string(grid) + ", " +
+           std::to_string(l->grid_y) + "], \"args\": {";
+    for (int i = 0; i < l->kernel->num_args; ++i)
+      for (const hl_aot_arg& a : args.args)
+        if (std::strcmp(a.name, l->kernel->arg_names[i]) == 0)
+          out += std::string(i ? ", " : "") + "\"" + a.name + "\": [\"" + a.type + "\", " +
+                 (a.type[0] == '*' ? offset(a.ptr) : std::to_string(a.value)) + "]";
+    out += "}}";
+  }
+  return out + "]}";
+#else
+  (void)dtype, (void)precision, (void)rows_a, (void)rows_b, (void)cols, (void)intra_batch, (void)grad_a, (void)grad_b;
+  return "{\"plan\": false}";
 #endif
 }
 

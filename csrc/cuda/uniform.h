@@ -44,6 +44,13 @@ int64_t uniform_aot_segments(hl_dtype dtype, hl_precision precision, int64_t row
 std::pair<int64_t, int64_t> aot_split_rule(int64_t rows, int64_t other, int64_t width, bool need_acc,
                                            const std::vector<int64_t>& compiled);
 
+// For the tests, host only: the ahead-of-time plan of such a call as JSON: {"plan": false} where the build has
+// none, else the workspace bytes (and the query's), the splits, the offsets of the buffers the launches read and
+// write, and each launch in order (kernel name, grid, its arguments by name: pointers as byte offsets into the
+// workspace). tests/test_aot_replay.py runs it with the Triton interpreter on the CPU (`test_aot --plan ...`).
+std::string aot_plan_json(hl_dtype dtype, hl_precision precision, int64_t rows_a, int64_t rows_b, int64_t cols,
+                          int intra_batch, bool grad_a, bool grad_b);
+
 // For the tests: whether this build has ahead-of-time kernels compiled for the current device's generation (so that
 // 16-bit calls should run them; uniform_runs_aot also needs the driver to load them).
 bool aot_built_for_current_device();

@@ -13,8 +13,11 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <set>
+#include <string>
+#include <tuple>
 #include <unordered_map>
 
 #include "hyperloss/hyperloss.h"
@@ -146,15 +149,34 @@ constexpr int kMaxParams = 64;
 
 }  // namespace
 
+namespace {
+
+using Key = std::tuple<std::string, int, int, int, int, int, int>;
+
+Key key_of(const hl_aot_kernel& k) {
+  return {k.function, k.dtype, k.self_mode, k.has_other, k.need_acc, k.block_d, k.segment_cols};
+}
+
+// The table by key, built on first use (thread-safe static initialization): a call plans several times (the
+// workspace query, the split lengths), each with a few lookups, over a table of a few hundred kernels. The first
+// entry of a key wins, as a scan would (check_aot reports duplicates).
+const std::map<Key, const hl_aot_kernel*>& index() {
+  static const auto* map = [] {
+    auto* m = new std::map<Key, const hl_aot_kernel*>;  // never destroyed: no exit-order races
+    for (int i = 0; i < hl_aot_kernel_count; ++i)
+      m->emplace(key_of(hl_aot_kernel_table[i]), &hl_aot_kernel_table[i]);
+    return m;
+  }();
+  return *map;
+}
+
+}  // namespace
+
 extern "C" const hl_aot_kernel* hl_aot_find(const char* function, int dtype, int self_mode, int has_other,
                                             int need_acc, int block_d, int segment_cols) {
-  for (int i = 0; i < hl_aot_kernel_count; ++i) {
-    const hl_aot_kernel& k = hl_aot_kernel_table[i];
-    if (std::strcmp(k.function, function) == 0 && k.dtype == dtype && k.self_mode == self_mode &&
-        k.has_other == has_other && k.need_acc == need_acc && k.block_d == block_d && k.segment_cols == segment_cols)
-      return &k;
-  }
-  return nullptr;
+  const auto& map = index();
+  const auto found = map.find(Key{function, dtype, self_mode, has_other, need_acc, block_d, segment_cols});
+  return found == map.end() ? nullptr : found->second;
 }
 
 extern "C" int hl_aot_check_args(const hl_aot_kernel* k, const hl_aot_arg* args, int num_args, char* error,

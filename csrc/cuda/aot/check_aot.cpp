@@ -114,6 +114,16 @@ constexpr int64_t kSplitRule1024[][6] = {
     {2048, 65536, 256, 1, 1, 0},
 };
 
+// 1024 and 4096 compiled (the default build).
+constexpr int64_t kSplitRuleDefault[][6] = {
+    {256, 65536, 128, 1, 64, 1024},     // as uniform._segments
+    {1024, 65536, 128, 1, 64, 1024},    // shorter than its 2048: 64 segments, 32 MiB of partials
+    {2048, 65536, 128, 1, 16, 4096},    // 1024 would take 64 MiB: the longer 4096 (it picks 32 of 2048)
+    {1024, 65536, 256, 1, 16, 4096},    //
+    {256, 1048576, 128, 1, 256, 4096},  // as uniform._segments
+    {1100, 65536, 128, 1, 16, 4096},
+};
+
 void check_split_rule() {
   std::vector<int64_t> every;
   for (int64_t cols = HL_AOT_SEGMENT_MIN_COLS; cols <= (int64_t(1) << 30); cols *= 2) every.push_back(cols);
@@ -129,6 +139,7 @@ void check_split_rule() {
   };
   check_table(kSplitRule, every, "split rule");
   check_table(kSplitRule1024, {1024}, "split rule, 1024 only");
+  check_table(kSplitRuleDefault, {1024, 4096}, "split rule, 1024 and 4096");
 }
 
 // The all-pairs lean sweep's arguments over n rows (no queue; the low parts, read only by a split, are the rows):
@@ -182,7 +193,16 @@ bool run_lean(const hl_aot_kernel& k, int n, std::vector<double>* sums, std::vec
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  if (argc == 10 && std::strcmp(argv[1], "--plan") == 0) {
+    // test_aot --plan DTYPE PRECISION ROWS_A ROWS_B COLS INTRA GRAD_A GRAD_B: the plan of that call as JSON
+    // (hyperloss::cuda::aot_plan_json; tests/test_aot_replay.py). No device call.
+    const std::string plan = hyperloss::cuda::aot_plan_json(
+        hl_dtype(std::atoi(argv[2])), hl_precision(std::atoi(argv[3])), std::atoll(argv[4]), std::atoll(argv[5]),
+        std::atoll(argv[6]), std::atoi(argv[7]), std::atoi(argv[8]) != 0, std::atoi(argv[9]) != 0);
+    std::printf("%s\n", plan.c_str());
+    return 0;
+  }
   check(hl_aot_kernel_count > 0, "an empty table", "table");
   for (int i = 0; i < hl_aot_kernel_count; ++i) {
     const hl_aot_kernel& k = hl_aot_kernel_table[i];
