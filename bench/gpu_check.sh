@@ -11,8 +11,8 @@
 #   3. the CUDA backend's and JAX's tests on the GPU (the package's library: the hand-written CUDA kernels), ctest
 #      of the AOT build (test_cuda: CUDA vs the float64 CPU kernel for every dtype, precision and gradient, counting
 #      the calls that ran the AOT kernels; triton_aot: each lean sweep launched), the CUDA backend's tests on the AOT
-#      library (HYPERLOSS_LIBRARY_DIR=build-gpu), and uniformity/alignment timed on the CUDA backend with each
-#      library against the Triton backend (JSON);
+#      library (HYPERLOSS_LIBRARY_DIR=build-gpu), and uniformity (N = 65536; MoCo: 256 rows against a 65536-row
+#      queue) and alignment timed on the CUDA backend with each library against the Triton backend (JSON);
 #   4. compute-sanitizer memcheck on small Triton and CUDA calls (the CUDA ones on the AOT library where it built).
 # Every step has a time limit and is stopped by SIGINT (pytest and the benchmarks then write what they have).
 # Everything goes into at most 5 files in the output folder: gpu-check.log (every step's output), gpu-check.json
