@@ -757,9 +757,9 @@ int64_t block_width(int64_t cols) {
   return b;
 }
 
-int64_t padded_rows(int64_t rows) { return rows == 0 ? 0 : (rows + HL_AOT_ROW_PAD - 1) / HL_AOT_ROW_PAD * HL_AOT_ROW_PAD; }
-
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+int64_t padded_rows(int64_t rows) { return ceil_div(rows, HL_AOT_ROW_PAD) * HL_AOT_ROW_PAD; }
 
 // How one side's sweep splits the other set's columns (uniform._segments): `segments` programs per row block, each
 // over `cols` columns of the other set, into its own slot of the partial results; 1 and 0: not split.
@@ -873,7 +873,7 @@ Launch row_launch(const char* function, int op, int self_mode, bool has_other, b
   l.kernel = hl_aot_find(function, op, self_mode, has_other, need_acc, static_cast<int>(width),
                          static_cast<int>(split.cols));
   if (l.kernel != nullptr && l.kernel->block_m > 0)
-    l.grid = static_cast<unsigned>((rows + l.kernel->block_m - 1) / l.kernel->block_m);
+    l.grid = static_cast<unsigned>(ceil_div(rows, l.kernel->block_m));
   l.grid_y = static_cast<unsigned>(split.segments);
   l.partial = split.segments > 1;
   return l;
@@ -943,10 +943,6 @@ bool make_plan(hl_dtype dtype, hl_precision precision, int64_t rows_a, int64_t r
   return found;
 }
 
-unsigned grad_grid(const Plan& p, int64_t rows) {
-  return static_cast<unsigned>((rows + p.grad.kernel->block_m - 1) / p.grad.kernel->block_m);
-}
-
 hl_aot_arg ptr(const char* name, const char* type, const void* value) { return hl_aot_arg{name, type, value, 0}; }
 hl_aot_arg i32(const char* name, int64_t value) { return hl_aot_arg{name, "i32", nullptr, value}; }
 
@@ -1013,6 +1009,12 @@ struct Step {
   bool side_b;
 };
 
+// The step's grid along x: its launch's, but for the gradient finish, which runs once per side on that side's rows.
+unsigned grid_of(const Plan& p, const Step& step) {
+  if (step.launch != &p.grad) return step.launch->grid;
+  return static_cast<unsigned>(ceil_div(step.side_b ? p.rows_b : p.rows_a, p.grad.kernel->block_m));
+}
+
 constexpr int kMaxSteps = 9;
 
 int steps(const Plan& p, Step out[kMaxSteps]) {
@@ -1048,10 +1050,8 @@ bool kernels_ready(const Plan& p) {
 
 hl_status launch(const Plan& p, const Workspace& ws, const Step& step, cudaStream_t stream) {
   const SideArgs args = side_args(p, ws, step.side_b, step.launch->partial);
-  unsigned grid = step.launch->grid;
-  if (step.launch == &p.grad) grid = grad_grid(p, step.side_b ? p.rows_b : p.rows_a);
   return status_of(static_cast<cudaError_t>(
-      hl_aot_launch(step.launch->kernel, stream, grid, step.launch->grid_y, args.args, kSideArgs)));
+      hl_aot_launch(step.launch->kernel, stream, grid_of(p, step), step.launch->grid_y, args.args, kSideArgs)));
 }
 
 // x' = (x - c) 2^-E in the operand type, rows padded to `rows_out` and columns to `width` with zeros, and per row
@@ -1344,7 +1344,7 @@ std::string aot_plan_json(hl_dtype dtype, hl_precision precision, int64_t rows_a
   for (int k = 0; k < n; ++k) {
     const aot::Launch* l = todo[k].launch;
     const aot::SideArgs args = aot::side_args(p, ws, todo[k].side_b, l->partial);
-    const unsigned grid = l == &p.grad ? aot::grad_grid(p, todo[k].side_b ? p.rows_b : p.rows_a) : l->grid;
+    const unsigned grid = aot::grid_of(p, todo[k]);
     out += std::string(k ? ", " : "") + "{\"name\": \"" + l->kernel->name + "\", \"side_b\": " +
            (todo[k].side_b ? "true" : "false") + ", \"grid\": [" + std::to_string(grid) + ", " +
            std::to_string(l->grid_y) + "], \"args\": {";
