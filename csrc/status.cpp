@@ -16,6 +16,7 @@ extern "C" const char* hl_status_string(hl_status status) {
 
 #ifndef HYPERLOSS_WITH_CUDA
 extern "C" int hl_has_cuda(void) { return 0; }
+extern "C" const char* hl_cuda_uniform_kernels(void) { return "none"; }
 extern "C" size_t hl_uniform_workspace_bytes_cuda(hl_dtype, int64_t, int64_t, int64_t, int, int) { return 0; }
 extern "C" hl_status hl_uniform_lse_cuda(hl_dtype, hl_precision, hl_matrix, hl_matrix, double, int, void*, void*,
                                          void*, void*, size_t, void*) {

@@ -137,6 +137,10 @@ def summary() -> list[str]:
     lines.append(f"  CPU tensors   {auto_pick('cpu')}")
     cuda = auto_pick("cuda") if torch.cuda.is_available() else "(no CUDA device)"
     lines.append(f"  CUDA tensors  {cuda}")
+    if torch.cuda.is_available():
+        from .backends import native
+
+        lines.append(f'backend="cuda" uniformity kernels (16-bit operands): {native.cuda_uniform_kernels()}')
     if env is None:
         lines.append("HYPERLOSS_BACKEND is not set")
     elif not env:

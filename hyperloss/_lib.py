@@ -75,6 +75,7 @@ def _declare(library: ctypes.CDLL) -> None:
             [c.c_int, matrix, matrix, c.c_double, void_p, void_p, void_p, void_p, size_t, void_p],
         ),
         "hl_has_cuda": (c.c_int, []),
+        "hl_cuda_uniform_kernels": (c.c_char_p, []),
         "hl_status_string": (c.c_char_p, [c.c_int]),
         "hl_cpu_isa": (c.c_char_p, []),
         "hl_version": (c.c_char_p, []),

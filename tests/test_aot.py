@@ -6,8 +6,9 @@
   argument of every kernel (the C side binds by name: aot.h).
 - Padding rows with zero columns (what the C side does for D below a block width) gives the Triton backend's numbers.
 - One compilation (bfloat16 gradient sweep, D = 128) as the CMake option HYPERLOSS_TRITON_AOT runs the generator:
-  its sm_90 cubin has no register spills, runs its dots on wgmma (HGMMA) and keeps the hot loop within issue #12's
-  8 SASS instructions per pair; the generated C compiles on its own (no CUDA header needed).
+  its sm_90 cubin has no register spills, runs its dots on wgmma (HGMMA), keeps the hot loop within issue #12's
+  8 SASS instructions per pair and within 1.25x of the JIT Triton kernel's count (the inspection tool: issue #13);
+  the generated C compiles on its own (no CUDA header needed).
 """
 
 from __future__ import annotations
@@ -152,6 +153,15 @@ def test_cubin_has_no_spills_and_uses_wgmma(generated):
     assert metrics["local_loads"] == 0, metrics
     assert metrics["hgmma"] > 0 and metrics["loop_dots"] > 0, metrics  # wgmma in the hot loop
     assert metrics["per_pair"] <= 8.0, metrics
+
+
+def test_cubin_runs_as_few_instructions_per_pair_as_the_triton_kernel(generated):
+    """Issue #13: the C API's kernel within 1.25x of the Triton backend's SASS instructions per pair in the hot loop,
+    by the inspection tool (hyperloss.triton.inspect: the JIT kernel as the Triton backend compiles it)."""
+    (kernel,) = json.loads((generated / "manifest.json").read_text())["kernels"]
+    block_m, block_n, warps, stages = map(int, CONFIG.split(","))
+    jit = kernels.inspect_case(kernels.Case("lean", "grad", "bf16", 128, block_m, block_n, warps, stages))
+    assert kernel["metrics"]["per_pair"] <= 1.25 * jit.per_pair, (kernel["metrics"], jit)
 
 
 def test_table_lists_the_kernels_arguments(generated):

@@ -3,6 +3,10 @@ called by every entry point, with no edit to the dispatcher."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -107,3 +111,20 @@ def test_old_name_reference_is_the_chunked_backend():
 def test_every_shipped_backend_has_the_protocol():
     for name in backends.names():
         assert isinstance(backends.get(name), backends.Backend), name
+
+
+def test_cuda_uniform_kernels_names_what_the_cuda_backend_runs():
+    """hl_cuda_uniform_kernels through Python: "none" without CUDA kernels or a device; on a GPU "triton-aot" or
+    "cuda", and "cuda" whenever HYPERLOSS_TRITON_AOT=0 is in the environment (read once per process)."""
+    from hyperloss.backends import native
+
+    cuda = next(b for b in hyperloss.backends() if b.name == "cuda")
+    kernels = native.cuda_uniform_kernels()
+    if not cuda.available:
+        assert kernels == "none"
+        return
+    assert kernels in ("triton-aot", "cuda")
+    code = "from hyperloss.backends import native; print(native.cuda_uniform_kernels())"
+    env = {**os.environ, "HYPERLOSS_TRITON_AOT": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "cuda"

@@ -199,9 +199,10 @@ def test_split_any_t(segmented, t):
 
 @pytest.mark.parametrize(("d", "dtype"), [(40, torch.float32), (40, torch.float64), (20, torch.float32)])
 def test_split_long_rows(segmented, d, dtype):
-    # The running-reference kernel alone, D swept in chunks (the accumulator in memory, per segment).
+    # The running-reference kernel alone, D swept in chunks (the accumulator in memory, per segment): 3 segments of
+    # 128 columns, the last one 8 wide.
     x = features(20, d, seed=d, dtype=dtype).to(DEVICE)
-    _check_split(x, 2.0, features(520, d, seed=d + 1, dtype=dtype).to(DEVICE))
+    _check_split(x, 2.0, features(264, d, seed=d + 1, dtype=dtype).to(DEVICE))
 
 
 def test_segments_for_a_small_batch_and_a_large_queue(monkeypatch):

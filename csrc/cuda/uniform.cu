@@ -21,8 +21,10 @@
 #include <mma.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <iterator>
@@ -1164,7 +1166,21 @@ hl_status dispatch(hl_dtype dtype, const Plan& p, const hl_matrix& a, const hl_m
 }
 
 // Whether the current device runs the cubins (compiled for one compute capability).
+// HYPERLOSS_TRITON_AOT=0 (or off, false, no) in the environment sends every call to the hand-written kernels: the
+// way back while this path has not run on a GPU, and a side-by-side comparison with one library. Read once.
+bool disabled_by_environment() {
+  static const bool disabled = [] {
+    const char* value = std::getenv("HYPERLOSS_TRITON_AOT");
+    if (value == nullptr) return false;
+    std::string v(value);
+    for (char& c : v) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return v == "0" || v == "off" || v == "false" || v == "no";
+  }();
+  return disabled;
+}
+
 bool device_matches(int device) {
+  if (disabled_by_environment()) return false;
   int major = 0, minor = 0;
   return cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
          cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess &&
@@ -1432,6 +1448,15 @@ std::vector<std::string> aot_plan_problems() {
 }  // namespace hyperloss::cuda
 
 extern "C" int hl_has_cuda(void) { return 1; }
+
+extern "C" const char* hl_cuda_uniform_kernels(void) {
+  int device = 0, count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0 || cudaGetDevice(&device) != cudaSuccess) {
+    cudaGetLastError();  // a machine without a driver or device: not an error for the caller's next call
+    return "none";
+  }
+  return hyperloss::cuda::aot_built_for_current_device() ? "triton-aot" : "cuda";
+}
 
 extern "C" size_t hl_uniform_workspace_bytes_cuda(hl_dtype dtype, int64_t rows_a, int64_t rows_b, int64_t cols,
                                                   int need_grad_a, int need_grad_b) {

@@ -57,6 +57,14 @@ def cpu_isa() -> str:
     return "" if LOAD_ERROR is not None else _lib.lib.hl_cpu_isa().decode()
 
 
+def cuda_uniform_kernels() -> str:
+    """Which kernels the ``cuda`` backend's uniformity runs for 16-bit operands (float16, bfloat16, float32 at
+    "high"/"medium"; D <= 256) on the current device: "triton-aot" (the Triton backend's kernels compiled into
+    libhyperloss ahead of time, sm_90), "cuda" (the hand-written kernels: built without the former, another GPU, or
+    HYPERLOSS_TRITON_AOT=0 in the environment) or "none" (no CUDA kernels, no device, or no library)."""
+    return "none" if LOAD_ERROR is not None else _lib.lib.hl_cuda_uniform_kernels().decode()
+
+
 def _matrix(t: torch.Tensor | None, cols: int) -> _lib.Matrix:
     if t is None:
         return _lib.no_matrix(cols)

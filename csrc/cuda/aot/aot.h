@@ -1,5 +1,5 @@
 /* Triton kernels compiled ahead of time (tools/triton_aot.py) and launched from libhyperloss: the table the
- * generator emits, the lookup, and the loader/launcher (aot.cpp). Built only with -DHYPERLOSS_TRITON_AOT=ON.
+ * generator emits, the lookup, and the loader/launcher (aot.cpp). Built with HYPERLOSS_TRITON_AOT (CMake's AUTO or ON).
  *
  * The generated hl_aot_kernels.c holds each kernel's cubin (sm_90 machine code, no PTX) and one hl_aot_kernel entry
  * per compilation, with the kernel's own non-constexpr arguments (names and Triton types, in order, derived from the

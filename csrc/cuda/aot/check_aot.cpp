@@ -105,7 +105,7 @@ constexpr int64_t kSplitRule[][6] = {
     {33792, 65536, 128, 1, 1, 0},       {33791, 65536, 128, 1, 1, 0},       {4096, 2048, 64, 1, 2, 1024},
     {128, 2048, 16, 0, 2, 1024},        {2048, 65536, 256, 1, 16, 4096},    {128, 1024, 64, 1, 1, 0},
 };
-// Only 1024 compiled (the default build): the nearest length that fits the partial accumulators' budget, or no split.
+// Only 1024 compiled (`make ctest`, CI): the nearest length that fits the partial accumulators' budget, or no split.
 constexpr int64_t kSplitRule1024[][6] = {
     {256, 65536, 128, 1, 64, 1024},   // as above
     {1024, 65536, 128, 1, 64, 1024},  // shorter than uniform._segments' 2048: 64 segments, 32 MiB of partials
