@@ -75,7 +75,7 @@ aot-check: $(STAMP)
 	cd build-aot && ctest --output-on-failure -R "core|triton_aot"
 	TRITON_INTERPRET=1 HYPERLOSS_AOT_BUILD=build-aot $(PY) -m pytest -q tests/test_aot_replay.py
 
-# The sdist and the wheel, each installed into a fresh venv with a default (isolated) pip install, then a smoke test.
+# The sdist, the wheel built from it (both isolated, as pip builds them), the wheel installed into a fresh venv, a smoke test.
 package-check: $(STAMP)
 	PYTHON=$(PY) bash .ci/check_packaging.sh
 
