@@ -4,8 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.deps-installed
-# The build's inputs for the rebuild check (CMakeLists.txt alone lists the sources).
-EXT_SOURCES := $(shell find csrc -type f) CMakeLists.txt pyproject.toml hyperloss/_version.py
+# The build's inputs for the rebuild check (CMakeLists.txt alone lists the sources; the Triton files are those the
+# ahead-of-time kernels are generated from, CMakeLists.txt's DEPENDS of the generator).
+EXT_SOURCES := $(shell find csrc -type f) CMakeLists.txt pyproject.toml hyperloss/_version.py tools/triton_aot.py \
+  $(addprefix hyperloss/triton/,uniform.py inspect.py _runtime.py _prepare.py)
 # The CUDA kernels are built where a GPU driver is present (override: make build HYPERLOSS_CUDA=ON); elsewhere they
 # cannot run, and `make ctest` still compiles them (and checks them on a GPU).
 HYPERLOSS_CUDA ?= $(if $(shell command -v nvidia-smi 2>/dev/null),ON,OFF)
@@ -51,13 +53,15 @@ pytest: build
 # find_package(hyperloss). The ahead-of-time set is cut to what CI can afford (float16, D <= 64, one segment length:
 # 26 kernels, ~1 min of CPU, against ~12 min for the default 287) and its C plans are replayed with the Triton
 # interpreter (tests/test_aot_replay.py); `make aot-check` covers every width.
-CTEST_AOT := -DHYPERLOSS_AOT_PYTHON=$(CURDIR)/$(PY) -DHYPERLOSS_AOT_DTYPES=fp16 -DHYPERLOSS_AOT_D=64 \
-  -DHYPERLOSS_AOT_SEGMENT_COLS=1024
+CTEST_AOT := -DHYPERLOSS_TRITON_AOT=AUTO -DHYPERLOSS_AOT_PYTHON=$(CURDIR)/$(PY) -DHYPERLOSS_AOT_DTYPES=fp16 \
+  -DHYPERLOSS_AOT_D=64 -DHYPERLOSS_AOT_SEGMENT_COLS=1024
 ctest: $(STAMP)
 	cmake -S . -B build-cmake -G Ninja -DCMAKE_BUILD_TYPE=Release $(CTEST_AOT) \
 	  -DHYPERLOSS_JAX_INCLUDE=$$($(PY) -c "import jax.ffi; print(jax.ffi.include_dir())" 2>/dev/null) > /dev/null
 	cmake --build build-cmake
 	cd build-cmake && ctest --output-on-failure
+	if [ -x build-cmake/test_cuda ] && [ ! -x build-cmake/test_aot ]; then \
+	  echo "a CUDA build without the ahead-of-time kernels: see CMake's warning"; exit 1; fi
 	if [ -x build-cmake/test_aot ]; then \
 	  TRITON_INTERPRET=1 HYPERLOSS_AOT_BUILD=build-cmake $(PY) -m pytest -q -p no:cacheprovider tests/test_aot_replay.py; fi
 	cmake --install build-cmake --prefix build-cmake/prefix > /dev/null

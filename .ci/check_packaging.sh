@@ -24,10 +24,11 @@ echo "== a fresh venv for the wheel, $TORCH (in the background)"
 venv_job=$!
 
 echo "== building the sdist, then the wheel from it (python -m build, isolated)"
-"$PYTHON" -m build --outdir "$WORK/dist" . > "$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log"; exit 1; }
+# -v: pip's own output in the isolated environments reaches the log (what the torch check below reads).
+"$PYTHON" -m build -v --outdir "$WORK/dist" . > "$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log"; exit 1; }
 ls "$WORK/dist"
 grep -q "Building wheel from sdist" "$WORK/build.log" || { echo "FAIL: the wheel was not built from the sdist"; exit 1; }
-if grep -Ei "(Collecting|Downloading) torch" "$WORK/build.log"; then
+if grep -Ei "(Collecting|Downloading) torch|^ *- torch" "$WORK/build.log"; then
     echo "FAIL: the isolated build fetched a torch"; exit 1
 fi
 echo "   built in ${SECONDS}s"

@@ -26,6 +26,8 @@
 set -u -o pipefail
 
 cd "$(dirname "$0")/.."
+# A HYPERLOSS_TRITON_AOT left in the environment would also switch the AOT library's kernels off at run time.
+unset HYPERLOSS_TRITON_AOT
 OUT_DIR=bench/results
 DRY_RUN=0
 while (($#)); do
@@ -49,7 +51,7 @@ TOTAL=${GPU_CHECK_SECONDS:-530}
 
 # The plan: step name | share of the budget (percent) | what it runs (no "|" inside). The shares add up to 100.
 PLAN=(
-    "1 GPU tests (Triton) + C library build (CUDA)|28|pytest tests/test_triton.py on the GPU, meanwhile pip install -e . (HYPERLOSS_CUDA=ON, Ninja)"
+    "1 GPU tests (Triton) + C library build (CUDA)|28|pytest tests/test_triton.py on the GPU, meanwhile pip install -e . (HYPERLOSS_CUDA=ON, HYPERLOSS_TRITON_AOT=OFF: hand-written, Ninja)"
     "2 headline Triton benchmarks + AOT build|26|uniform fwd+bwd D=128: bf16/fp32-high N=65536,262144; bf16 N=2^20; align fp32 N=2^20; meanwhile cmake -DHYPERLOSS_TRITON_AOT=ON"
     "3 CUDA + JAX tests, AOT ctest, CUDA timings|34|pytest test_cuda_backend.py test_jax.py; ctest (AOT); pytest test_uniform.py -k cuda on the AOT library; cuda vs triton N=65536, MoCo 256 x 65536"
     "4 compute-sanitizer memcheck|12|small Triton and CUDA calls under memcheck"

@@ -173,15 +173,15 @@ def test_rows_against_a_long_queue(build, intra, grads):
 
 def test_short_queue_gradient(build):
     """The queue's 20 rows against x's 3000 for its gradient: B's sweep in 3 segments."""
-    _check(build, _rows(3000, 32, 3), _rows(20, 32, 4), 2.0, True, True, True, split_b=3)
+    _check(build, _rows(3000, 48, 3), _rows(20, 48, 4), 2.0, True, True, True, split_b=3)
 
 
 def test_flagged_segments(build):
     """Queue rows far from x in the last segments: their sums underflow the fixed shift, the fallback recomputes
     those segments' rows (and two far rows of x everywhere); the merge then adds slots of different references."""
-    near = _rows(3000, 16, 13)
-    far = _rows(2200, 16, 14) * 0.1 + torch.linspace(3.0, 6.0, 2200, dtype=torch.float64)[:, None]
-    x = torch.cat([_rows(60, 16, 15), far[:2] + 0.5])
+    near = _rows(3000, 40, 13)
+    far = _rows(2200, 40, 14) * 0.1 + torch.linspace(2.0, 4.0, 2200, dtype=torch.float64)[:, None]
+    x = torch.cat([_rows(60, 40, 15), far[:2] + 0.3])
     _check(build, x, torch.cat([near, far]), 2.0, True, True, True, split_a=6)
 
 

@@ -60,7 +60,8 @@ def cpu_isa() -> str:
 def cuda_uniform_kernels() -> str:
     """Which kernels the ``cuda`` backend's uniformity runs for 16-bit operands (float16, bfloat16, float32 at
     "high"/"medium"; D <= 256) on the current device: "triton-aot" (the Triton backend's kernels compiled into
-    libhyperloss ahead of time, sm_90), "cuda" (the hand-written kernels: built without the former, another GPU, or
+    libhyperloss ahead of time for sm_90: for the operand dtypes and widths the build compiled, all by default, once
+    the driver has loaded them), "cuda" (the hand-written kernels: built without the former, another GPU, or
     HYPERLOSS_TRITON_AOT=0 in the environment) or "none" (no CUDA kernels, no device, or no library)."""
     return "none" if LOAD_ERROR is not None else _lib.lib.hl_cuda_uniform_kernels().decode()
 
@@ -316,4 +317,9 @@ CPU = NativeBackend(
     _available_cpu,
     weighted=True,
 )
-CUDA = NativeBackend("cuda", "cuda", "CUDA C++ kernels (csrc/cuda), libhyperloss built with CUDA", _available_cuda)
+CUDA = NativeBackend(
+    "cuda",
+    "cuda",
+    "libhyperloss's GPU kernels (csrc/cuda; the Triton kernels compiled ahead of time on sm_90)",
+    _available_cuda,
+)

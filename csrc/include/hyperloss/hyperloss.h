@@ -111,10 +111,11 @@ hl_status hl_align_cuda(hl_dtype dtype, hl_matrix x, hl_matrix y, double alpha, 
 int hl_has_cuda(void);
 
 /* Which kernels hl_uniform_lse_cuda runs for 16-bit operands (float16, bfloat16, float32 at tf32/bf16; D <= 256) on
- * the current device: "triton-aot" (the Triton backend's kernels, compiled into this build ahead of time for sm_90),
- * "cuda" (the hand-written kernels: a build without the ahead-of-time kernels, another GPU, or HYPERLOSS_TRITON_AOT=0
- * in the environment), or "none" (no CUDA kernels in this build, or no device). float64 and float32 at IEEE
- * precision always run the hand-written kernels. */
+ * the current device: "triton-aot" (the Triton backend's kernels, compiled into this build ahead of time for sm_90:
+ * for the operand dtypes and widths it compiled, all of them by default; a cubin the driver refuses still sends its
+ * calls to the hand-written kernels), "cuda" (the hand-written kernels: a build without the ahead-of-time kernels,
+ * another GPU, or HYPERLOSS_TRITON_AOT=0 in the environment), or "none" (no CUDA kernels in this build, or no
+ * device). float64 and float32 at IEEE precision always run the hand-written kernels. */
 const char* hl_cuda_uniform_kernels(void);
 
 /* The instruction set the CPU kernels use on this machine now: "avx512", "avx2" or "generic". The best one the CPU
