@@ -62,6 +62,41 @@ def test_gradcheck_native_kernel():
         assert torch.autograd.gradcheck(lambda a, b, al=alpha: hyperloss.align_loss(a, b, al, backend="cpu"), (x, y))
 
 
+def test_the_kernel_without_the_op_is_the_op():
+    """Plain eager CPU calls run the kernel without the torch op (the dispatcher's cost is most of a small call):
+    the same loss and gradients, bit for bit, as the op gives where it must run (here under a dispatch mode, which
+    sees hyperloss::align; also traced, faked, profiled or on tensor subclasses)."""
+    if "cpu" not in CPU_BACKENDS:
+        pytest.skip("the native extension is not built")
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    def run(want_grad: bool):
+        x = features(40, 9, seed=1, device="cpu").requires_grad_(want_grad)
+        y = features(40, 9, seed=2, device="cpu").requires_grad_(want_grad)
+        loss = hyperloss.align_loss(x, y, 1.5, backend="cpu")
+        if want_grad:
+            loss.backward()
+        return loss.detach(), x.grad, y.grad
+
+    for want_grad in (False, True):
+        record = Record()
+        with record:
+            through_op = run(want_grad)
+        assert any("hyperloss.align" in op for op in record.ops), record.ops
+        direct = run(want_grad)
+        for a, b in zip(direct, through_op, strict=True):
+            assert (a is None and b is None) or torch.equal(a, b)
+
+
 def test_non_finite_input(backend):
     x = features(5, 3, seed=6)
     y = x.clone()
