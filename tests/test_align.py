@@ -97,6 +97,22 @@ def test_the_kernel_without_the_op_is_the_op():
             assert (a is None and b is None) or torch.equal(a, b)
 
 
+def test_the_kernel_without_the_op_reads_what_the_op_reads():
+    """Where the direct call would differ, the op runs: a lazily negated view (the dispatcher resolves the bit, the
+    kernel reads the storage) and torch.jit.trace (which records the op, not a constant)."""
+    if "cpu" not in CPU_BACKENDS:
+        pytest.skip("the native extension is not built")
+    negated = torch.randn(6, 4, dtype=torch.complex128, generator=torch.Generator().manual_seed(3)).conj().imag
+    assert negated.is_neg()
+    y = features(6, 4, seed=4, device="cpu")
+    want = reference.paper_align_loss(negated.resolve_neg().double(), y.double(), 2.0)
+    assert torch.allclose(hyperloss.align_loss(negated, y, backend="cpu").double(), want, rtol=1e-6)
+    x = features(6, 4, seed=5, device="cpu")
+    traced = torch.jit.trace(lambda a, b: hyperloss.align_loss(a, b, backend="cpu"), (x, y), check_trace=False)
+    want = reference.paper_align_loss(10 * x.double(), y.double(), 2.0)
+    assert torch.allclose(traced(10 * x, y).double(), want, rtol=1e-6)
+
+
 def test_non_finite_input(backend):
     x = features(5, 3, seed=6)
     y = x.clone()

@@ -82,11 +82,12 @@ def _gradient_outputs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """An op's gradient outputs on x's device: x's (and the other input's: the queue, or y) shape where asked for,
     else empty. One rule for both ops' CPU and CUDA implementations and their fakes."""
-    if grad_x and grad_other and other is not None and x.dtype == dtype == other.dtype and x.shape == other.shape:
-        dense = torch.contiguous_format  # the kernels write row-major gradients, whatever the inputs' strides
-        return torch.empty_like(x, memory_format=dense), torch.empty_like(other, memory_format=dense)
-    gx = x.new_empty(x.shape if grad_x else (0,), dtype=dtype)
-    g_other = x.new_empty(other.shape if grad_other and other is not None else (0,), dtype=dtype)
+    # empty_like where a gradient is wanted (a third of new_empty's cost in a small call), row-major whatever the
+    # input's strides (the kernels write it so); no comparison of the two shapes (a guard under torch.compile).
+    dense = torch.contiguous_format
+    gx = torch.empty_like(x, dtype=dtype, memory_format=dense) if grad_x else x.new_empty((0,), dtype=dtype)
+    wanted = grad_other and other is not None
+    g_other = torch.empty_like(other, dtype=dtype, memory_format=dense) if wanted else x.new_empty((0,), dtype=dtype)
     return gx, g_other
 
 
@@ -220,20 +221,26 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)  # Parameter: no __torch_function__ 
 
 
 def _plain_eager_cpu(*tensors: torch.Tensor) -> bool:
-    """Whether a call on these tensors may skip the torch op and run the CPU kernel directly: eager (not traced),
-    no torch function or dispatch mode (FakeTensorMode, `with torch.device(...)`, FLOP counters) and no profiler
-    (which would miss the op), plain CPU tensors (or parameters; no other subclass, no functorch wrapper). What it
-    saves is the dispatcher's share of a small call (with it, an alignment loss of 256 x 16 rows was slower than
-    the paper's four torch ops)."""
+    """Whether a call on these tensors may skip the torch op and run the CPU kernel directly: eager (not compiled,
+    not jit-traced), no torch function or dispatch mode (FakeTensorMode, `with torch.device(...)`, FLOP counters) and
+    no profiler (which would miss the op), plain strided CPU tensors (or parameters; no other subclass, no functorch
+    wrapper, no lazy negation, no ZeroTensor). What it saves is the dispatcher's share of a small call (with it, an
+    alignment loss of 256 x 16 rows was slower than the paper's four torch ops)."""
     if (
         torch.compiler.is_compiling()
+        or torch._C._get_tracing_state() is not None  # torch.jit.trace: would record the loss as a constant
         or torch._C._is_torch_function_mode_enabled()
         or _current_dispatch_mode() is not None
-        or torch.autograd.profiler._is_profiler_enabled
+        or torch._C._autograd._profiler_enabled()  # every profiler, the legacy one included
     ):
         return False
     return all(
-        type(t) in _PLAIN and t.is_cpu and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+        type(t) in _PLAIN
+        and t.is_cpu
+        and t.layout == torch.strided
+        and not t.is_neg()  # a lazily negated view: the dispatcher resolves it, the kernel would read the storage
+        and not t._is_zerotensor()
+        and not torch._C._functorch.is_functorch_wrapped_tensor(t)
         for t in tensors
     )
 
