@@ -24,8 +24,8 @@
 #include <cctype>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <iterator>
 #include <limits>
@@ -1165,7 +1165,6 @@ hl_status dispatch(hl_dtype dtype, const Plan& p, const hl_matrix& a, const hl_m
   }
 }
 
-// Whether the current device runs the cubins (compiled for one compute capability).
 // HYPERLOSS_TRITON_AOT=0 (or off, false, no) in the environment sends every call to the hand-written kernels: the
 // way back while this path has not run on a GPU, and a side-by-side comparison with one library. Read once.
 bool disabled_by_environment() {
@@ -1179,6 +1178,7 @@ bool disabled_by_environment() {
   return disabled;
 }
 
+// Whether the current device runs the cubins (compiled for one compute capability), unless the environment says no.
 bool device_matches(int device) {
   if (disabled_by_environment()) return false;
   int major = 0, minor = 0;

@@ -324,12 +324,12 @@ def _uniform_lse_weighted(
 def _align(
     x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, grad_x: bool, grad_y: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    if _plain_eager_cpu(x, y) and LOAD_ERROR is None:  # the CPU op's implementation, without the dispatcher
-        x, y = _cpu_input(x), _cpu_input(y)
-        gx, gy = _gradient_outputs(x, y, grad_x, grad_y, x.dtype) if grad_x or grad_y else (None, None)
-        px, py = (_pointer(gx) if grad_x else None), (_pointer(gy) if grad_y else None)
-        return _align_cpu_into(x, y, float(alpha), px, py), (gx if grad_x else None), (gy if grad_y else None)
-    loss, gx, gy = torch.ops.hyperloss.align(x, y, alpha, grad_x, grad_y)
+    if LOAD_ERROR is None and _plain_eager_cpu(x, y):  # the CPU op's implementation, without the dispatcher
+        if not (grad_x or grad_y):  # the loss alone: no empty placeholders for the op's gradient outputs
+            return _align_cpu_into(_cpu_input(x), _cpu_input(y), float(alpha), None, None), None, None
+        loss, gx, gy = _align_cpu(x, y, alpha, grad_x, grad_y)
+    else:
+        loss, gx, gy = torch.ops.hyperloss.align(x, y, alpha, grad_x, grad_y)
     return loss, (gx if grad_x else None), (gy if grad_y else None)
 
 
